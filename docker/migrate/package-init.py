@@ -1,0 +1,1 @@
+"""Resto Bot migration runner (container copy: only restobot.migrate is shipped)."""

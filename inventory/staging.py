@@ -1,0 +1,30 @@
+"""Staging: a second VPS that receives `develop` before production gets `main`."""
+
+from restobot.inventory import vps
+
+SETTINGS = {
+    "stage": "staging",
+    "ssh": {"host": "203.0.113.20", "user": "root"},
+    "domains": {"domain": "staging.resto.example.com"},
+    "acme": {
+        "email": "ops@resto.example.com",
+        # Let's Encrypt's staging directory: no rate limits, untrusted chain.
+        "directory_url": "https://acme-staging-v02.api.letsencrypt.org/directory",
+    },
+    "meta": {
+        "signature_required": "enforce",
+        "wa_phone_number_id": "100000000000011",
+    },
+    "restaurant": {
+        "name": "Chez Resto (staging)",
+        "address": "1 rue de l'Exemple, 75001 Paris",
+        "hours": "Tue-Sat 12:00-14:30, 19:00-22:30",
+        "menu_url": "https://staging.resto.example.com/menu",
+    },
+    "database": {},
+    "n8n": {},
+    "admin": {},
+    "console": {"ip_allowlist": ["198.51.100.0/24"]},
+}
+
+staging = [vps(SETTINGS, name="resto-staging")]

@@ -1,0 +1,1 @@
+"""Resto Bot deploy: settings, rendering, migrations, workflows, releases."""

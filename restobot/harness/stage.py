@@ -1,0 +1,69 @@
+"""The local stage's settings tree, composed from what the harness built and started.
+
+`inventory/local.py` uses it for the demo's VPS; the e2e tests use it for VPS
+containers of their own. Image names come from the harness's image list, the
+SSH endpoint from the VPS harness, the ACME directory from the local ACME
+server: nothing is written twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from restobot.harness import images, vps
+
+BUNDLE_DIR_ON_VPS = vps.BUNDLE_MOUNT
+
+
+def local_image_refs() -> dict[str, str]:
+    """Settings key -> locally built image reference."""
+    ref = {image.name: f"{image.repository}:{image.tag}" for image in images.LOCAL_IMAGES if image.tag}
+    return {
+        "traefik": ref["traefik"],
+        "nginx": ref["nginx"],
+        "n8n": ref["n8n"],
+        "postgres": ref["postgres"],
+        "redis": ref["redis"],
+        "migrate_base": ref["python"],
+        "bundle_dir": BUNDLE_DIR_ON_VPS,
+    }
+
+
+def ssh_settings(endpoint: vps.VpsEndpoint | None = None) -> dict[str, Any]:
+    """SSH settings of a VPS endpoint; without one, the default local VPS's."""
+    if endpoint is None:
+        key_path, known_hosts = vps.key_paths()
+        return {"host": vps.LOOPBACK, "port": vps.DEFAULT_PORTS.ssh, "user": "root",
+                "key_path": str(key_path), "known_hosts_file": str(known_hosts)}
+    return {"host": endpoint.host, "port": endpoint.ssh_port, "user": endpoint.user,
+            "key_path": str(endpoint.key_path), "known_hosts_file": str(endpoint.known_hosts_path)}
+
+
+def local_stage_tree(endpoint: vps.VpsEndpoint | None = None, acme: dict[str, str] | None = None) -> dict[str, Any]:
+    """The local stage's settings (non-secret part).
+
+    + endpoint: the VPS to deploy onto (default: the demo's ``restobot-vps-local``)
+    + acme: ``directory_url`` and ``ca_certificates_path`` of the local ACME server;
+      none leaves only the e-mail, which is enough for provisioning-only runs
+    """
+    return {
+        "stage": "local",
+        "ssh": ssh_settings(endpoint),
+        "domains": {"domain": "resto.localhost.test"},
+        "acme": {"email": "ops@resto.localhost.test", **(acme or {})},
+        "images": local_image_refs(),
+        "meta": {"signature_required": "enforce", "wa_phone_number_id": "100000000000099"},
+        "restaurant": {
+            "name": "Chez Resto (local)",
+            "address": "1 rue de l'Exemple, 75001 Paris",
+            "hours": "Tue-Sat 12:00-14:30, 19:00-22:30",
+            "menu_url": "https://resto.localhost.test/menu",
+        },
+        "database": {},
+        "n8n": {},
+        "admin": {},
+        # The VPS's own docker networks: smoke checks and the demo reach the console from there.
+        "console": {"ip_allowlist": ["127.0.0.1/32", "172.16.0.0/12"]},
+        # A container has no swap of its own to manage.
+        "host": {"manage_swap": False},
+    }

@@ -1,0 +1,114 @@
+"""Releases on the host: uploaded once, unpacked atomically, pruned to the last N.
+
+A release directory is ``releases/<name>-<sha8>``: the git name for people,
+the archive hash so that a redeploy of the same tag with other settings (a
+rotated secret) is a new directory and never overwrites one that served.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pyinfra import host, logger
+from pyinfra.api import FunctionCommand, operation
+from pyinfra.operations import files
+
+from restobot.commands import HostLayout, shell
+from restobot.facts.deploy import DeployState
+
+
+def release_id(name: str, sha256: str) -> str:
+    return f"{name}-{sha256[:8]}"
+
+
+def failure(message: str) -> FunctionCommand:
+    """A command that fails the operation with ``message`` (pyinfra prints no traceback for it)."""
+
+    def report(state, host) -> bool:
+        host.log_styled(message, fg="red", log_func=logger.error)
+        return False
+
+    return FunctionCommand(report, (), {})
+
+
+def unpack_argv(layout: HostLayout, archive: str, identifier: str, sha256: str, owner: str) -> list[list[str]]:
+    """Unpack into a partial directory, stamp it, then rename it into place in one step."""
+    final = layout.release_dir(identifier)
+    partial = f"{final}.partial"
+    return [
+        ["rm", "-rf", partial],
+        ["mkdir", "-p", partial],
+        ["tar", "--no-same-owner", "-xzf", archive, "-C", partial],
+        ["chown", "-R", f"{owner}:{owner}", partial],
+        ["sh", "-c", 'printf "%s\\n" "$1" > "$0"', f"{partial}/.release.sha256", sha256],
+        ["mv", "-T", partial, final],
+        ["rm", "-f", archive],
+    ]
+
+
+@operation()
+def release_unpacked(layout: HostLayout, release: str, sha256: str, archive: Path, owner: str):
+    """
+    Ensure a release's files are unpacked under ``releases/`` on the host.
+
+    + layout: where releases live
+    + release: the release's git name (tag or commit)
+    + sha256: the archive's hash, which names and stamps the directory
+    + archive: the local archive (holds the env files: uploaded 0600)
+    + owner: the deploy user who owns the unpacked files
+
+    **Example:**
+
+    .. code:: python
+
+        release_unpacked(name="Ensure release v1.2.0 is on the host", layout=HostLayout(),
+                         release="v1.2.0", sha256=built.sha256, archive=path, owner="deploy")
+    """
+    identifier = release_id(release, sha256)
+    state = host.get_fact(DeployState, base_dir=layout.base_dir)
+    if state.releases.get(identifier) == sha256.strip():
+        host.noop(f"release {identifier} is already on the host")
+        return
+    remote_archive = f"{layout.incoming_dir}/{identifier}.tar.gz"
+    yield from files.directory._inner(path=layout.incoming_dir, mode="700")
+    yield from files.put._inner(src=str(archive), dest=remote_archive, mode="600")
+    for argv in unpack_argv(layout, remote_archive, identifier, sha256, owner):
+        yield shell(argv)
+
+
+def switch_current_argv(layout: HostLayout, identifier: str) -> list[list[str]]:
+    """Point ``current`` at a release with a rename, which is atomic."""
+    return [
+        ["ln", "-sfn", f"releases/{identifier}", f"{layout.current}.next"],
+        ["mv", "-T", f"{layout.current}.next", layout.current],
+    ]
+
+
+def releases_to_prune(newest_first: list[str], keep: int, protected: set[str]) -> list[str]:
+    """The oldest releases beyond ``keep``, never a protected one (current, the one just deployed)."""
+    kept = 0
+    prune = []
+    for identifier in newest_first:
+        if identifier in protected or kept < keep:
+            kept += 1
+            continue
+        prune.append(identifier)
+    return prune
+
+
+@operation()
+def releases_pruned(layout: HostLayout, keep: int, protected: tuple[str, ...]):
+    """
+    Ensure at most ``keep`` releases stay on the host (the newest, and every protected one).
+
+    + layout: where releases live
+    + keep: how many to keep
+    + protected: release ids never removed (current, the previous one)
+    """
+    state = host.get_fact(DeployState, base_dir=layout.base_dir)
+    prune = releases_to_prune(list(state.releases), keep, set(protected) | {state.current})
+    if not prune:
+        host.noop(f"{len(state.releases)} release(s) on the host, keeping up to {keep}")
+        return
+    for identifier in prune:
+        yield shell(["rm", "-rf", layout.release_dir(identifier)])

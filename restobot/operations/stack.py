@@ -1,0 +1,155 @@
+"""The running stack: converge it on a release, import its workflows, smoke-check it,
+and only then move ``current``; on any failure go back to the previous release.
+
+The activation is one operation whose single command is a Python function run
+at execution time: it must react to what each remote step returns (revert on
+failure, show the failing healthcheck's output), which a list of shell
+commands cannot do.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Sequence
+
+from pyinfra import host, logger
+from pyinfra.api import FunctionCommand, operation
+
+from restobot.commands import COMPOSE_PROJECT, HostLayout, LONG_RUNNING_SERVICES, compose, compose_up, shell
+from restobot.facts.deploy import DeployState, SmokeResults
+from restobot.operations.lock import write_argv
+from restobot.operations.release import switch_current_argv
+
+SMOKE_ATTEMPTS = 45  # 2 s apart: room for a first certificate and webhook registration
+
+# A function that returns the argvs importing and activating a release's workflows.
+WorkflowSteps = Callable[[str], Sequence[list[str]]]
+
+
+class StepFailed(Exception):
+    """A remote step of the activation failed; the message says which and why."""
+
+
+def run_step(target, argv: list[str], what: str) -> list[str]:
+    ok, output = target.run_shell_command(shell(argv), print_output=False, print_input=False)
+    lines = [line.line for line in output]
+    if not ok:
+        raise StepFailed(f"{what} failed:\n" + "\n".join(f"    {line}" for line in lines[-40:]))
+    return lines
+
+
+def health_report(target, release_dir: str) -> str:
+    """The state of every service and, for the unhealthy ones, their last health probe and logs."""
+    ok, output = target.run_shell_command(
+        shell(compose(release_dir, "ps", "--all", "--format", "json")), print_output=False, print_input=False
+    )
+    report: list[str] = []
+    for line in (item.line for item in output):
+        try:
+            service = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        name, state, health = service.get("Service"), service.get("State"), service.get("Health") or "-"
+        report.append(f"  {name}: {state} ({health})")
+        if name in LONG_RUNNING_SERVICES and (state != "running" or health not in ("healthy", "")):
+            _, probe = target.run_shell_command(
+                shell(["docker", "inspect", "--format", "{{json .State.Health}}", f"{COMPOSE_PROJECT}-{name}-1"]),
+                print_output=False, print_input=False,
+            )
+            report.append(f"    last healthcheck: {' '.join(item.line for item in probe)[-600:]}")
+            _, logs = target.run_shell_command(
+                shell(compose(release_dir, "logs", "--no-color", "--tail", "15", name)),
+                print_output=False, print_input=False,
+            )
+            report.extend(f"    | {item.line}" for item in logs)
+    return "\n".join(report)
+
+
+def smoke_failures(lines: list[str]) -> list[str]:
+    failures = [line for line in lines if line.startswith("FAIL ")]
+    if not any(line.startswith(("PASS ", "FAIL ")) for line in lines):
+        failures.append("FAIL smoke the smoke script printed no result")
+    return failures
+
+
+def bring_up(target, layout: HostLayout, identifier: str, workflow_steps: WorkflowSteps) -> list[str]:
+    """Converge the stack on a release, import its workflows, smoke-check it. Returns smoke lines."""
+    release_dir = layout.release_dir(identifier)
+    try:
+        run_step(target, compose_up(release_dir), f"docker compose up --wait for {identifier}")
+    except StepFailed as failure:
+        raise StepFailed(f"{failure}\n  services:\n{health_report(target, release_dir)}") from None
+    for argv in workflow_steps(release_dir):
+        run_step(target, argv, f"workflow import for {identifier}")
+    lines = run_step(target, [f"{release_dir}/bin/smoke", str(SMOKE_ATTEMPTS)], f"smoke checks of {identifier}")
+    failures = smoke_failures(lines)
+    if failures:
+        raise StepFailed(f"smoke checks of {identifier} failed:\n" + "\n".join(f"    {line}" for line in failures))
+    return lines
+
+
+def activate_release(state, host, layout: HostLayout, identifier: str, previous: str | None,
+                     workflows_sha256: str, workflow_steps: WorkflowSteps) -> bool:
+    try:
+        smoke = bring_up(host, layout, identifier, workflow_steps)
+    except StepFailed as failure:
+        host.log_styled(str(failure), fg="red", log_func=logger.error)
+        revert(host, layout, previous, workflow_steps)
+        return False
+    for argv in switch_current_argv(layout, identifier):
+        run_step(host, argv, "switching current")
+    run_step(host, ["install", "-d", "-m", "755", layout.state_dir], "state directory")
+    run_step(host, write_argv(f"{layout.state_dir}/workflows.sha256", workflows_sha256 + "\n"), "workflow stamp")
+    for line in smoke:
+        host.log_styled(f"smoke {line}", fg="green", log_func=logger.info)
+    return True
+
+
+def revert(target, layout: HostLayout, previous: str | None, workflow_steps: WorkflowSteps) -> None:
+    if previous is None:
+        target.log_styled("no previous release to go back to (first deploy)", fg="yellow", log_func=logger.warning)
+        return
+    target.log_styled(f"going back to the previous release {previous}", fg="yellow", log_func=logger.warning)
+    try:
+        bring_up(target, layout, previous, workflow_steps)
+    except StepFailed as failure:
+        target.log_styled(f"the previous release {previous} did not come back either:\n{failure}",
+                          fg="red", log_func=logger.error)
+        return
+    target.log_styled(f"{previous} serves again", fg="yellow", log_func=logger.warning)
+
+
+@operation()
+def release_serving(layout: HostLayout, identifier: str, workflows_sha256: str, workflow_steps: WorkflowSteps):
+    """
+    Ensure the stack serves ``identifier``: services healthy, its workflows active,
+    smoke checks passing, ``current`` pointing at it.
+
+    When all of that already holds (the smoke checks run as a read-only fact),
+    nothing changes. Otherwise the stack is converged on the release; if it does
+    not become healthy or fails its smoke checks, the previous release is brought
+    back and the operation fails with the failing checks' output.
+
+    + layout: where releases live
+    + identifier: the release id (``<name>-<sha8>``)
+    + workflows_sha256: the hash of the release's workflows (recorded once imported)
+    + workflow_steps: gives the argvs that import and activate the workflows
+
+    **Example:**
+
+    .. code:: python
+
+        release_serving(name="Ensure v1.2.0 serves", layout=HostLayout(), identifier="v1.2.0-1a2b3c4d",
+                        workflows_sha256=manifest["workflows_sha256"], workflow_steps=workflows.import_steps)
+    """
+    current = host.get_fact(DeployState, base_dir=layout.base_dir)
+    if current.serving(identifier) and current.workflows_sha256 == workflows_sha256:
+        smoke = host.get_fact(SmokeResults, release_dir=layout.release_dir(identifier))
+        failed = [name for name, (passed, _) in smoke.items() if not passed]
+        if smoke and not failed:
+            host.noop(f"{identifier} serves; {len(smoke)} smoke checks pass")
+            return
+    previous = current.current if current.current != identifier else None
+    yield FunctionCommand(
+        activate_release, (layout, identifier, previous, workflows_sha256, workflow_steps), {}
+    )

@@ -1,0 +1,199 @@
+"""Build a release on the operator's machine: one archive, checked by one hash.
+
+A release is everything the host needs to run one version of the stack: the
+rendered configs and env files, the migrations and the migrate image's build
+context, the workflows, the smoke script and a manifest. It is named by the git
+tag (or commit) it was built from, and its archive is byte-for-byte
+reproducible, so the same checkout and settings give the same hash and a
+redeploy with nothing changed uploads nothing.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import re
+import subprocess
+import tarfile
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from pyinfra.api.exceptions import DeployError
+
+from restobot.migrate import BACKWARD_COMPATIBLE_MARKER, header_has
+from restobot.render import RenderContext, RenderedFile, render_release
+from restobot.settings import REPO_ROOT, Settings
+
+MANIFEST = "RELEASE.json"
+RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# Files copied verbatim from the checkout into every release.
+SOURCE_GLOBS = (
+    "migrations/*.sql",
+    "workflows/*.json",
+    "docker/migrate/*",
+    "restobot/migrate.py",
+    "templates/smoke.sh",
+)
+MIGRATE_CONTEXT_GLOBS = ("docker/migrate/*", "restobot/migrate.py", "migrations/*.sql")
+
+
+class ReleaseError(DeployError, ValueError):
+    """The checkout cannot be released as asked (pyinfra prints it without a traceback)."""
+
+
+@dataclass(frozen=True)
+class MigrationInfo:
+    filename: str
+    sha256: str
+    backward_compatible: bool
+
+
+@dataclass(frozen=True)
+class Release:
+    """A built release: its name, manifest and archive bytes (which hold secrets)."""
+
+    name: str
+    manifest: dict
+    archive: bytes = field(repr=False)
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.archive).hexdigest()
+
+    @property
+    def migrate_image(self) -> str:
+        return self.manifest["migrate_image"]
+
+    def write_archive(self, directory: Path) -> Path:
+        """Write the archive into ``directory`` readable by its owner only."""
+        path = directory / f"{self.name}.tar.gz"
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(self.archive)
+        return path
+
+
+def git(*args: str, cwd: Path = REPO_ROOT) -> str:
+    result = subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+    return result.stdout.strip() if result.returncode == 0 else ""
+
+
+def release_name_from_git(cwd: Path = REPO_ROOT) -> str:
+    """The exact tag of HEAD, else ``g<commit>``; a dirty tree gets ``-dirty``."""
+    tag = git("describe", "--tags", "--exact-match", "HEAD", cwd=cwd)
+    name = tag or (f"g{git('rev-parse', '--short=12', 'HEAD', cwd=cwd)}" if git("rev-parse", "HEAD", cwd=cwd) else "")
+    if not name:
+        raise ReleaseError(f"{cwd}: not a git checkout with a commit; name the release with --data release=NAME")
+    if git("status", "--porcelain", "--untracked-files=no", cwd=cwd):
+        name += "-dirty"
+    return name
+
+
+def check_release_name(name: str) -> str:
+    if not RELEASE_NAME.match(name):
+        raise ReleaseError(
+            f"release '{name}': must be letters, digits, '.', '_' or '-' (at most 64), e.g. v1.2.0"
+        )
+    return name
+
+
+def source_files(root: Path, globs=SOURCE_GLOBS) -> dict[str, bytes]:
+    files: dict[str, bytes] = {}
+    for pattern in globs:
+        for path in sorted(root.glob(pattern)):
+            if path.is_file():
+                files[path.relative_to(root).as_posix()] = path.read_bytes()
+    return files
+
+
+def migrations_of(files: dict[str, bytes]) -> list[MigrationInfo]:
+    return [
+        MigrationInfo(
+            filename=path.removeprefix("migrations/"),
+            sha256=hashlib.sha256(content).hexdigest(),
+            backward_compatible=header_has(content.decode(errors="replace"), BACKWARD_COMPATIBLE_MARKER),
+        )
+        for path, content in sorted(files.items())
+        if path.startswith("migrations/")
+    ]
+
+
+def digest(files: dict[str, bytes], extra: str = "") -> str:
+    hasher = hashlib.sha256(extra.encode())
+    for path in sorted(files):
+        hasher.update(path.encode() + b"\0" + hashlib.sha256(files[path]).digest())
+    return hasher.hexdigest()
+
+
+def migrate_image_name(files: dict[str, bytes], base_image: str) -> str:
+    """The migrate image is tagged by its build inputs: unchanged inputs, no rebuild."""
+    context = {path: content for path, content in files.items() if path.startswith(("docker/migrate/", "restobot/", "migrations/"))}
+    return f"restobot/migrate:{digest(context, base_image)[:12]}"
+
+
+def deterministic_tar(entries: dict[str, tuple[bytes, int]]) -> bytes:
+    """A gzip'd tar whose bytes depend only on the entries (no times, owners or order)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as archive:
+        for path in sorted(entries):
+            content, mode = entries[path]
+            info = tarfile.TarInfo(path)
+            info.size = len(content)
+            info.mode = mode
+            info.mtime = 0
+            info.uid = info.gid = 0
+            info.uname = info.gname = "root"
+            archive.addfile(info, io.BytesIO(content))
+    compressed = io.BytesIO()
+    with gzip.GzipFile(fileobj=compressed, mode="wb", mtime=0, compresslevel=6) as zipped:
+        zipped.write(raw.getvalue())
+    return compressed.getvalue()
+
+
+def build_release(settings: Settings, name: str, root: Path = REPO_ROOT) -> Release:
+    """Render and package one release of ``root`` for ``settings``."""
+    check_release_name(name)
+    files = source_files(root)
+    missing = [pattern for pattern in ("migrations/*.sql", "workflows/*.json", "docker/migrate/*") if not any(
+        Path(path).match(pattern) for path in files
+    )]
+    if missing:
+        raise ReleaseError(f"{root}: nothing matches {', '.join(missing)}; is this the repository root?")
+    migrate_image = migrate_image_name(files, settings.images.migrate_base)
+    rendered: dict[str, RenderedFile] = render_release(
+        settings, RenderContext(release=name, migrate_image=migrate_image)
+    )
+    entries: dict[str, tuple[bytes, int]] = {path: (content, 0o644) for path, content in files.items()}
+    entries["bin/smoke"] = (entries.pop("templates/smoke.sh")[0], 0o755)
+    entries.update({path: (item.text.encode(), item.mode) for path, item in rendered.items()})
+    manifest = {
+        "name": name,
+        "stage": settings.stage.value,
+        "commit": git("rev-parse", "HEAD", cwd=root) or None,
+        "migrate_image": migrate_image,
+        "images": settings.images.model_dump(exclude={"bundle_dir"}),
+        "migrations": [vars(item) for item in migrations_of(files)],
+        "workflows_sha256": digest({p: c for p, c in files.items() if p.startswith("workflows/")}),
+        "config_sha256": digest({p: i.text.encode() for p, i in rendered.items()}),
+    }
+    entries[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n", 0o644)
+    return Release(name=name, manifest=manifest, archive=deterministic_tar(entries))
+
+
+_WORKDIRS: list[tempfile.TemporaryDirectory] = []
+
+
+def private_tempdir() -> Path:
+    """A temporary directory only the current user can read (archives hold secrets).
+
+    It lives until the process exits: pyinfra uploads at execution time, after
+    the deploy file that asked for it has finished running.
+    """
+    directory = tempfile.TemporaryDirectory(prefix="restobot-release-")
+    os.chmod(directory.name, 0o700)
+    _WORKDIRS.append(directory)
+    return Path(directory.name)

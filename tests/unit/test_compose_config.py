@@ -1,0 +1,126 @@
+"""The rendered compose file, as the real docker compose v2 parses it."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+
+from restobot.render import render_release, write_release
+from restobot.secrets import generate_secrets
+from tests.conftest import settings_for_stage
+
+LONG_RUNNING = {"traefik", "nginx", "n8n-main", "n8n-worker", "postgres", "redis"}
+STAGES = ["production", "staging"]
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("docker") is None, reason="the docker CLI with the compose plugin is installed by scripts/setup-host"
+)
+
+
+def compose_config(directory) -> dict:
+    result = subprocess.run(
+        ["docker", "compose", "-f", "compose.yml", "config", "--format", "json"],
+        cwd=directory, capture_output=True, text=True, check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+@pytest.fixture(scope="module", params=STAGES)
+def parsed(request, tmp_path_factory):
+    with_secrets = generate_secrets()
+    tmp_path = tmp_path_factory.mktemp(request.param)
+    settings = settings_for_stage(request.param, with_secrets, restaurant={"name": "L'Atelier $HOME & \"Co\""})
+    write_release(render_release(settings), tmp_path)
+    quiet = subprocess.run(["docker", "compose", "config", "-q"], cwd=tmp_path, capture_output=True, text=True)
+    assert quiet.returncode == 0, quiet.stderr
+    return compose_config(tmp_path), with_secrets
+
+
+def test_services_are_the_runbook_stack(parsed):
+    config, _ = parsed
+    assert set(config["services"]) == LONG_RUNNING | {"db-migrate"}
+
+
+@pytest.mark.parametrize("service", ["n8n-main", "n8n-worker"])
+def test_n8n_waits_for_migrations_and_healthy_backends(parsed, service):
+    depends = parsed[0]["services"][service]["depends_on"]
+    assert depends["db-migrate"]["condition"] == "service_completed_successfully"
+    assert depends["postgres"]["condition"] == "service_healthy"
+    assert depends["redis"]["condition"] == "service_healthy"
+
+
+@pytest.mark.parametrize("service", sorted(LONG_RUNNING))
+def test_long_running_service_has_a_healthcheck_and_restarts(parsed, service):
+    definition = parsed[0]["services"][service]
+    assert definition["healthcheck"]["test"], f"{service} has no healthcheck"
+    assert definition["restart"] == "unless-stopped"
+
+
+def test_migrations_run_once(parsed):
+    assert parsed[0]["services"]["db-migrate"]["restart"] == "no"
+    assert "healthcheck" not in parsed[0]["services"]["db-migrate"]
+
+
+def test_only_traefik_publishes_ports(parsed):
+    published = {
+        name: sorted(port["published"] for port in service.get("ports", []))
+        for name, service in parsed[0]["services"].items()
+        if service.get("ports")
+    }
+    assert published == {"traefik": ["443", "80"]}
+
+
+@pytest.mark.parametrize("service", sorted(LONG_RUNNING | {"db-migrate"}))
+def test_logs_are_rotated(parsed, service):
+    logging = parsed[0]["services"][service]["logging"]
+    assert logging["driver"] == "json-file"
+    assert logging["options"]["max-size"] and logging["options"]["max-file"]
+
+
+def test_state_lives_in_named_volumes(parsed):
+    config = parsed[0]
+    assert set(config["volumes"]) == {"postgres_data", "redis_data", "n8n_data", "traefik_acme"}
+    mounts = {
+        (name, volume["source"]): volume["target"]
+        for name, service in config["services"].items()
+        for volume in service.get("volumes", [])
+        if volume["type"] == "volume"
+    }
+    assert mounts == {
+        ("postgres", "postgres_data"): "/var/lib/postgresql/data",
+        ("redis", "redis_data"): "/data",
+        ("n8n-main", "n8n_data"): "/home/node/.n8n",
+        ("n8n-worker", "n8n_data"): "/home/node/.n8n",
+        ("traefik", "traefik_acme"): "/acme",
+    }
+
+
+def test_worker_runs_in_queue_mode_with_mains_encryption_key(parsed):
+    config, secrets = parsed
+    main = config["services"]["n8n-main"]["environment"]
+    worker = config["services"]["n8n-worker"]["environment"]
+    assert main["EXECUTIONS_MODE"] == worker["EXECUTIONS_MODE"] == "queue"
+    assert main["N8N_ENCRYPTION_KEY"] == worker["N8N_ENCRYPTION_KEY"] == secrets["N8N_ENCRYPTION_KEY"]
+    assert config["services"]["n8n-worker"]["command"][0] == "worker"
+
+
+def test_env_values_reach_the_containers_verbatim(parsed):
+    config, secrets = parsed
+    n8n = config["services"]["n8n-main"]["environment"]
+    # `compose config` prints a literal $ as $$ so that its output stays a valid compose file.
+    assert n8n["RESTAURANT_NAME"].replace("$$", "$") == "L'Atelier $HOME & \"Co\""
+    assert n8n["META_APP_SECRET"] == secrets["META_APP_SECRET"]
+    assert n8n["DB_POSTGRESDB_PASSWORD"] == secrets["POSTGRES_PASSWORD"]
+    assert config["services"]["postgres"]["environment"]["POSTGRES_PASSWORD"] == secrets["POSTGRES_PASSWORD"]
+    assert secrets["POSTGRES_PASSWORD"] in config["services"]["db-migrate"]["environment"]["DATABASE_URL"]
+
+
+def test_databases_are_on_the_private_network_only(parsed):
+    services = parsed[0]["services"]
+    assert set(services["postgres"]["networks"]) == {"private"}
+    assert set(services["redis"]["networks"]) == {"private"}
+    assert "private" not in services["traefik"]["networks"]

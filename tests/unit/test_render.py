@@ -1,0 +1,57 @@
+"""Rendering: every template renders for every inventory, strictly, with the right modes."""
+
+from __future__ import annotations
+
+import jinja2
+import pytest
+
+from restobot.render import RELEASE_FILES, SECRET_MODE, env_quote, make_environment, render_release
+from restobot.settings import load_settings
+
+
+@pytest.fixture
+def settings(production_data, secret_env):
+    return load_settings(production_data, secret_env)
+
+
+def test_every_template_is_rendered(settings):
+    assert set(render_release(settings)) == {path for path, _ in RELEASE_FILES.values()}
+
+
+def test_env_files_are_private_and_configs_are_not(settings):
+    modes = {path: rendered.mode for path, rendered in render_release(settings).items()}
+    assert {path for path, mode in modes.items() if mode == SECRET_MODE} == {
+        "env/n8n.env", "env/postgres.env", "env/migrate.env"
+    }
+
+
+def test_secrets_appear_only_in_env_files(settings, secret_env):
+    for path, rendered in render_release(settings).items():
+        if path.startswith("env/"):
+            continue
+        for name in ("META_APP_SECRET", "POSTGRES_PASSWORD", "N8N_ENCRYPTION_KEY", "ADMIN_API_TOKEN"):
+            assert secret_env[name] not in rendered.text, f"{name} leaked into {path}"
+
+
+def test_undefined_variable_fails_the_render(tmp_path):
+    (tmp_path / "broken.j2").write_text("{{ s.no_such_section }}")
+    environment = make_environment(tmp_path)
+    with pytest.raises(jinja2.UndefinedError):
+        environment.get_template("broken.j2").render(s={})
+
+
+@pytest.mark.parametrize(
+    "value, quoted",
+    [
+        ("plain", "'plain'"),
+        ("1 rue de l'Exemple", '"1 rue de l\'Exemple"'),
+        ("it's $HOME \\ \"x\"", '"it\'s \\$HOME \\\\ \\"x\\""'),
+    ],
+)
+def test_env_quote(value, quoted):
+    assert env_quote(value) == quoted
+
+
+def test_env_quote_refuses_line_breaks():
+    with pytest.raises(ValueError, match="line breaks"):
+        env_quote("a\nb")
