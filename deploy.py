@@ -16,7 +16,6 @@ from pathlib import Path
 
 from pyinfra import host, state
 
-from restobot import workflows
 from restobot.commands import HostLayout
 from restobot.operations import database, images, lock, provision, release, stack
 from restobot.release import build_release, release_name_from_git, private_tempdir
@@ -67,7 +66,7 @@ database.api_client_present(
 stack.release_serving(
     name=f"Ensure {identifier} serves and passes its smoke checks",
     layout=layout, identifier=identifier,
-    workflows_sha256=built.manifest["workflows_sha256"], workflow_steps=workflows.import_steps,
+    workflows_sha256=built.manifest["workflows_sha256"],
 )
 release.releases_pruned(
     name=f"Ensure at most {settings.host.keep_releases} releases are kept",

@@ -15,7 +15,6 @@ import time
 from pyinfra import host, state
 from pyinfra.api.exceptions import DeployError
 
-from restobot import workflows
 from restobot.commands import HostLayout
 from restobot.facts.deploy import AppliedMigrations, Backups, DeployState, ReleaseManifest
 from restobot.operations import database, images, lock, stack
@@ -60,7 +59,7 @@ if plan.restore is not None:
 stack.release_serving(
     name=f"Ensure {identifier} serves and passes its smoke checks",
     layout=layout, identifier=identifier,
-    workflows_sha256=manifest["workflows_sha256"], workflow_steps=workflows.import_steps,
+    workflows_sha256=manifest["workflows_sha256"],
 )
 
 lock.audit_logged(

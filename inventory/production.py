@@ -29,6 +29,8 @@ SETTINGS = {
     "admin": {},
     "console": {"ip_allowlist": ["198.51.100.7/32"]},
     "pipeline": {"alert_webhook_url": "https://hooks.example.com/resto-alerts"},
+    # Docker's own repository: a current engine and the compose v2 plugin.
+    "host": {"docker_source": "docker", "compose_plugin": "docker-repository"},
 }
 
 production = [vps(SETTINGS, name="resto-prod")]

@@ -25,6 +25,7 @@ SETTINGS = {
     "n8n": {},
     "admin": {},
     "console": {"ip_allowlist": ["198.51.100.0/24"]},
+    "host": {"docker_source": "docker", "compose_plugin": "docker-repository"},
 }
 
 staging = [vps(SETTINGS, name="resto-staging")]

@@ -21,7 +21,7 @@ from restobot.settings import REPO_ROOT, load_inventory, load_settings
 
 # Patterns of credentials that must never be committed.
 SECRET_PATTERNS = {
-    "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
+    "private key": re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----[A-Za-z0-9+/=\s]{40,}-----END [A-Z ]*PRIVATE KEY-----"),
     "Meta access token": re.compile(r"\bEAA[A-Za-z0-9]{60,}"),
     "AWS access key": re.compile(r"\bAKIA[0-9A-Z]{16}\b"),
     "assigned secret": re.compile(

@@ -36,6 +36,7 @@ SOURCE_GLOBS = (
     "workflows/*.json",
     "docker/migrate/*",
     "restobot/migrate.py",
+    "restobot/workflows.py",
     "templates/smoke.sh",
 )
 MIGRATE_CONTEXT_GLOBS = ("docker/migrate/*", "restobot/migrate.py", "migrations/*.sql")
@@ -131,7 +132,10 @@ def digest(files: dict[str, bytes], extra: str = "") -> str:
 
 def migrate_image_name(files: dict[str, bytes], base_image: str) -> str:
     """The migrate image is tagged by its build inputs: unchanged inputs, no rebuild."""
-    context = {path: content for path, content in files.items() if path.startswith(("docker/migrate/", "restobot/", "migrations/"))}
+    context = {
+        path: content for path, content in files.items()
+        if any(Path(path).match(pattern) for pattern in MIGRATE_CONTEXT_GLOBS)
+    }
     return f"restobot/migrate:{digest(context, base_image)[:12]}"
 
 

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import jinja2
 
+from restobot.workflows import credentials_overwrite_data
+
 from restobot.settings import REPO_ROOT, Settings
 
 TEMPLATES_DIR = REPO_ROOT / "templates"
@@ -110,7 +112,12 @@ def render_release(settings: Settings, context: RenderContext | None = None) -> 
     """Every rendered configuration file of one release, keyed by relative path."""
     context = context or RenderContext()
     environment = make_environment()
+    password = settings.database.password.get_secret_value()
     variables = {
+        "credentials_overwrite_data": credentials_overwrite_data(
+            db_host="postgres", db_port=5432, db_name=settings.database.name, db_user=settings.database.user,
+            db_password=password, redis_host="redis",
+        ),
         "s": settings,
         "release": context.release,
         "project": COMPOSE_PROJECT,

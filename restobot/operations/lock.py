@@ -75,7 +75,7 @@ def run(state, target, argv: list[str]) -> tuple[bool, list[str]]:
 
 
 def take_lock(state, host, layout: HostLayout, info: str) -> bool:
-    run(state, host, ["install", "-d", "-m", "755", layout.base_dir])
+    run(state, host, ["mkdir", "-p", layout.base_dir])  # a fresh host; provisioning sets its owner and mode
     ok, _ = run(state, host, ["mkdir", layout.lock_dir])
     if not ok:
         _, held = run(state, host, ["cat", f"{layout.lock_dir}/info"])

@@ -50,6 +50,8 @@ SWAP_FILE = "/swapfile"
 APT_CACHE_SECONDS = 24 * 3600
 """apt-get update runs when the package lists are older than this (a day)."""
 DOCKER_KEYRING = "/etc/apt/keyrings/docker.gpg"
+DOCKER_KEY_FINGERPRINT = "9DC858229FC7DD38854AE2D88D81803C0EBFCD88"
+"""Docker's release signing key (docs.docker.com/engine/install/debian)."""
 SUPPORTED_DISTRIBUTIONS = ("debian", "ubuntu")
 
 
@@ -69,11 +71,11 @@ def base_packages(settings: HostSettings, platform: Platform) -> list[str]:
     inetutils-syslogd's always reports running) to write /var/log/auth.log for fail2ban,
     and cron to run the daily apt job. systemd hosts read the journal instead.
     """
-    packages = ["ca-certificates", "curl", "gnupg", "fail2ban", "unattended-upgrades"]
+    # curl: apt.key downloads Docker's key with it; gnupg: dearmors and checks it.
+    # python3 runs each release's workflow importer on the host.
+    packages = ["ca-certificates", "curl", "gnupg", "python3", "fail2ban", "unattended-upgrades"]
     if settings.manage_firewall:
         packages.append("ufw")
-    if settings.docker_source == "docker":
-        packages.append("wget")  # apt.key downloads Docker's key with wget
     if platform.init_system == "systemd":
         packages.append("python3-systemd")  # fail2ban's journal backend
     else:
@@ -116,6 +118,7 @@ class AptRepository:
 
     key_url: str
     keyring: str
+    fingerprint: str
     uri: str
     suite: str
     components: tuple[str, ...]
@@ -128,10 +131,24 @@ def docker_repository(platform: Platform) -> AptRepository:
     return AptRepository(
         key_url=f"{uri}/gpg",
         keyring=DOCKER_KEYRING,
+        fingerprint=DOCKER_KEY_FINGERPRINT,
         uri=uri,
         suite=platform.codename,
         components=("stable",),
         architecture=platform.dpkg_architecture,
+    )
+
+
+def keyring_fingerprint_check(keyring: str, fingerprint: str) -> StringCommand:
+    """Fail, removing ``keyring``, unless it holds exactly the key ``fingerprint``.
+
+    pyinfra's apt.key installs whatever the URL serves; this pins what apt trusts.
+    """
+    return StringCommand(
+        "test \"$(gpg --show-keys --with-colons", QuoteString(keyring),
+        "| awk -F: '$1 == \"fpr\" {print $10}' | head -n 1)\" =", QuoteString(fingerprint),
+        "|| { rm -f", QuoteString(keyring), "; echo",
+        QuoteString(f"{keyring} is not the key {fingerprint}; removed it"), ">&2; exit 1; }",
     )
 
 
@@ -443,7 +460,10 @@ def docker_engine_running(settings: Settings, platform: Platform) -> None:
         # from the test machines). The commands are unit-tested.
         repository = docker_repository(platform)
         key = apt.key(name="Ensure Docker's apt signing key is in its own keyring",
-                      src=repository.key_url, dest=repository.keyring)
+                      src=repository.key_url, dest=repository.keyring, keyid=repository.fingerprint)
+        server.shell(name="Check the downloaded key is Docker's (fingerprint)",
+                     commands=[keyring_fingerprint_check(repository.keyring, repository.fingerprint)],
+                     _if=key.did_change)
         sources = apt.sources_file(
             name="Ensure Docker's apt repository is configured (signed-by its keyring)",
             filename="docker", types=["deb"], uris=[repository.uri], suites=[repository.suite],

@@ -70,7 +70,6 @@ def release_unpacked(layout: HostLayout, release: str, sha256: str, archive: Pat
         host.noop(f"release {identifier} is already on the host")
         return
     remote_archive = f"{layout.incoming_dir}/{identifier}.tar.gz"
-    yield from files.directory._inner(path=layout.incoming_dir, mode="700")
     yield from files.put._inner(src=str(archive), dest=remote_archive, mode="600")
     for argv in unpack_argv(layout, remote_archive, identifier, sha256, owner):
         yield shell(argv)

@@ -10,7 +10,6 @@ commands cannot do.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
 
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
@@ -22,8 +21,16 @@ from restobot.operations.release import switch_current_argv
 
 SMOKE_ATTEMPTS = 45  # 2 s apart: room for a first certificate and webhook registration
 
-# A function that returns the argvs importing and activating a release's workflows.
-WorkflowSteps = Callable[[str], Sequence[list[str]]]
+
+
+def workflow_import_argv(release_dir: str) -> list[str]:
+    """Run the release's own importer on the host: it imports what changed, restarts n8n main
+    if anything did, and returns only once every webhook answers from its workflow."""
+    return [
+        "python3", f"{release_dir}/restobot/workflows.py", "import",
+        "--dir", f"{release_dir}/workflows",
+        "--compose-dir", release_dir, "--compose-file", f"{release_dir}/compose.yml",
+    ]
 
 
 class StepFailed(Exception):
@@ -72,15 +79,14 @@ def smoke_failures(lines: list[str]) -> list[str]:
     return failures
 
 
-def bring_up(target, layout: HostLayout, identifier: str, workflow_steps: WorkflowSteps) -> list[str]:
+def bring_up(target, layout: HostLayout, identifier: str) -> list[str]:
     """Converge the stack on a release, import its workflows, smoke-check it. Returns smoke lines."""
     release_dir = layout.release_dir(identifier)
     try:
         run_step(target, compose_up(release_dir), f"docker compose up --wait for {identifier}")
     except StepFailed as failure:
         raise StepFailed(f"{failure}\n  services:\n{health_report(target, release_dir)}") from None
-    for argv in workflow_steps(release_dir):
-        run_step(target, argv, f"workflow import for {identifier}")
+    run_step(target, workflow_import_argv(release_dir), f"workflow import for {identifier}")
     lines = run_step(target, [f"{release_dir}/bin/smoke", str(SMOKE_ATTEMPTS)], f"smoke checks of {identifier}")
     failures = smoke_failures(lines)
     if failures:
@@ -89,29 +95,28 @@ def bring_up(target, layout: HostLayout, identifier: str, workflow_steps: Workfl
 
 
 def activate_release(state, host, layout: HostLayout, identifier: str, previous: str | None,
-                     workflows_sha256: str, workflow_steps: WorkflowSteps) -> bool:
+                     workflows_sha256: str) -> bool:
     try:
-        smoke = bring_up(host, layout, identifier, workflow_steps)
+        smoke = bring_up(host, layout, identifier)
     except StepFailed as failure:
         host.log_styled(str(failure), fg="red", log_func=logger.error)
-        revert(host, layout, previous, workflow_steps)
+        revert(host, layout, previous)
         return False
     for argv in switch_current_argv(layout, identifier):
         run_step(host, argv, "switching current")
-    run_step(host, ["install", "-d", "-m", "755", layout.state_dir], "state directory")
     run_step(host, write_argv(f"{layout.state_dir}/workflows.sha256", workflows_sha256 + "\n"), "workflow stamp")
     for line in smoke:
         host.log_styled(f"smoke {line}", fg="green", log_func=logger.info)
     return True
 
 
-def revert(target, layout: HostLayout, previous: str | None, workflow_steps: WorkflowSteps) -> None:
+def revert(target, layout: HostLayout, previous: str | None) -> None:
     if previous is None:
         target.log_styled("no previous release to go back to (first deploy)", fg="yellow", log_func=logger.warning)
         return
     target.log_styled(f"going back to the previous release {previous}", fg="yellow", log_func=logger.warning)
     try:
-        bring_up(target, layout, previous, workflow_steps)
+        bring_up(target, layout, previous)
     except StepFailed as failure:
         target.log_styled(f"the previous release {previous} did not come back either:\n{failure}",
                           fg="red", log_func=logger.error)
@@ -120,7 +125,7 @@ def revert(target, layout: HostLayout, previous: str | None, workflow_steps: Wor
 
 
 @operation()
-def release_serving(layout: HostLayout, identifier: str, workflows_sha256: str, workflow_steps: WorkflowSteps):
+def release_serving(layout: HostLayout, identifier: str, workflows_sha256: str):
     """
     Ensure the stack serves ``identifier``: services healthy, its workflows active,
     smoke checks passing, ``current`` pointing at it.
@@ -133,14 +138,13 @@ def release_serving(layout: HostLayout, identifier: str, workflows_sha256: str, 
     + layout: where releases live
     + identifier: the release id (``<name>-<sha8>``)
     + workflows_sha256: the hash of the release's workflows (recorded once imported)
-    + workflow_steps: gives the argvs that import and activate the workflows
 
     **Example:**
 
     .. code:: python
 
         release_serving(name="Ensure v1.2.0 serves", layout=HostLayout(), identifier="v1.2.0-1a2b3c4d",
-                        workflows_sha256=manifest["workflows_sha256"], workflow_steps=workflows.import_steps)
+                        workflows_sha256=manifest["workflows_sha256"])
     """
     current = host.get_fact(DeployState, base_dir=layout.base_dir)
     if current.serving(identifier) and current.workflows_sha256 == workflows_sha256:
@@ -151,5 +155,5 @@ def release_serving(layout: HostLayout, identifier: str, workflows_sha256: str, 
             return
     previous = current.current if current.current != identifier else None
     yield FunctionCommand(
-        activate_release, (layout, identifier, previous, workflows_sha256, workflow_steps), {}
+        activate_release, (layout, identifier, previous, workflows_sha256), {}
     )

@@ -7,9 +7,12 @@ its control endpoints through a port published on 127.0.0.1.
 * ``POST /{version}/{id}/messages``: recorded; answered with the next scripted
   answer (FIFO), else 200 with a WhatsApp- or Messenger-shaped success body.
 * ``POST /alert`` (any other POST): recorded and answered 200 (alert sink).
-* ``GET /_control/requests``: everything recorded, oldest first.
+* ``GET /_control/requests``: everything recorded, oldest first, each with the
+  ``status`` it was answered (0: connection closed).
 * ``POST /_control/script``: ``{"answers": [{"status": 500, "code": 131000}, ...]}``
   appends answers; ``{"status": 0}`` closes the connection (network error).
+  An answer without ``path`` is for the next ``.../messages`` call; with
+  ``"path": "/alert"`` it is for the next POST to that exact path.
 * ``POST /_control/reset``: forget requests and scripted answers.
 
 Error bodies have the real Graph API shape:
@@ -44,6 +47,15 @@ def error_body(code: int) -> dict:
     message, kind = ERROR_MESSAGES.get(code, (f"(#{code}) Error", "OAuthException"))
     return {"error": {"message": message, "type": kind, "code": code, "error_subcode": 2494010,
                       "fbtrace_id": "AbCdEfGhIjKlMnOp"}}
+
+
+def next_answer(path: str) -> dict | None:
+    """Pop the first scripted answer meant for ``path`` (call with the lock held)."""
+    for index, answer in enumerate(script):
+        wanted = answer.get("path")
+        if wanted == path or (wanted is None and path.endswith("/messages")):
+            return script.pop(index)
+    return None
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -87,9 +99,10 @@ class Handler(BaseHTTPRequestHandler):
         except json.JSONDecodeError:
             body = raw.decode(errors="replace")
         with lock:
+            answer = next_answer(self.path)
+            status = 200 if answer is None else int(answer.get("status", 200))
             recorded.append({"path": self.path, "authorization": self.headers.get("Authorization"),
-                             "content_type": self.headers.get("Content-Type"), "body": body})
-            answer = script.pop(0) if script and self.path.endswith("/messages") else None
+                             "content_type": self.headers.get("Content-Type"), "body": body, "status": status})
         if answer is not None and answer.get("status") == 0:
             self.close_connection = True
             self.connection.shutdown(2)

@@ -5,11 +5,17 @@ traefik binary runs on the host with the same resolver shape as
 templates/traefik/traefik.yml.j2 (resolver ``letsencrypt``, HTTP-01 on ``web``),
 its caServer pointed at pebble and LEGO_CA_CERTIFICATES at the local CA. With
 PEBBLE_VA_ALWAYS_VALID=1 no challenge request is made: all traffic stays on loopback.
+
+The last part starts a throwaway VPS with production's firewall (ufw, default-deny
+incoming but 22/80/443) and pebble for it on pebble's own network, outside the VPS:
+the directory must answer from the VPS and from a container of the VPS's inner
+Docker engine (Traefik's path, by egress), while the VPS's own address is dropped.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import shutil
@@ -262,7 +268,12 @@ def rendered_local_traefik(pebble, tmp_path_factory):
     from tests.conftest import settings_for_stage
 
     root = tmp_path_factory.mktemp("traefik-rendered")
-    settings = settings_for_stage("local", generate_secrets(), acme={"directory_url": pebble.directory_url})
+    # inventory/local.py reads the record of the machine's local stage (restobot-acme-local),
+    # which need not be up for this test: stand in this pebble's settings for it.
+    recorded = {"directory_url": pebble.directory_url, "ca_certificates_path": local_acme.CA_PATH_ON_VPS}
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(local_acme, "local_acme_settings", lambda *args, **kwargs: dict(recorded))
+        settings = settings_for_stage("local", generate_secrets(), acme={"directory_url": pebble.directory_url})
     ports = {"web": free_port(), "websecure": free_port(), "internal": free_port()}
     options = TraefikOptions(
         web_address=f"127.0.0.1:{ports['web']}",
@@ -292,13 +303,16 @@ def test_rendered_release_gets_each_host_a_certificate_from_pebble(rendered_loca
 # --------------------------------------------------------------------------- pure builders
 
 
-def test_run_argv_in_the_vps_netns_publishes_nothing():
+LAYOUT = local_acme.network_layout("acme-net", "10.213.7.32/28")
+
+
+def test_run_argv_on_its_network_has_the_fixed_address_and_publishes_nothing():
     argv = local_acme.run_argv(container="acme", image_ref="restobot-local/pebble:2.4",
-                               config_dir=Path("/cfg"), spec_hash="abc", vps_container="vps")
+                               config_dir=Path("/cfg"), spec_hash="abc", network=LAYOUT)
 
     assert argv == [
         "docker", "run", "--detach", "--name", "acme", "--label", "org.restobot.acme-spec=abc",
-        "--network", "container:vps",
+        "--network", "acme-net", "--ip", "10.213.7.34",
         "--volume", "/cfg:/etc/pebble-local:ro",
         "--env", "PEBBLE_VA_ALWAYS_VALID=1", "--env", "PEBBLE_VA_NOSLEEP=1", "--env", "PEBBLE_WFE_NONCEREJECT=0",
         "restobot-local/pebble:2.4", "-config", "/etc/pebble-local/pebble-config.json",
@@ -307,37 +321,99 @@ def test_run_argv_in_the_vps_netns_publishes_nothing():
 
 def test_run_argv_standalone_publishes_on_loopback_only():
     argv = local_acme.run_argv(container="acme", image_ref="img", config_dir=Path("/cfg"),
-                               spec_hash="abc", vps_container=None)
+                               spec_hash="abc", network=None)
 
     assert [argv[i + 1] for i, a in enumerate(argv) if a == "--publish"] == ["127.0.0.1::14000", "127.0.0.1::15000"]
 
 
-def test_local_settings_change_only_the_directory_and_ca():
-    acme = local_acme.LocalAcme("https://172.17.0.2:14000/dir", "https://172.17.0.2:15000/roots/0",
-                                Path("/x/ca.pem"), "/etc/restobot/acme-ca.pem", "c", "172.17.0.2")
+def test_network_layout_keeps_pebble_out_of_the_dynamic_range():
+    assert LAYOUT == local_acme.AcmeNetwork(name="acme-net", subnet="10.213.7.32/28", gateway="10.213.7.33",
+                                            ip_range="10.213.7.40/29", pebble_ip="10.213.7.34")
 
-    assert acme.settings() == {"directory_url": "https://172.17.0.2:14000/dir",
+
+def test_network_create_argv_is_internal_with_its_subnet_and_owner_label():
+    assert local_acme.network_create_argv(LAYOUT, "acme") == [
+        "docker", "network", "create", "--driver", "bridge", "--internal",
+        "--subnet", "10.213.7.32/28", "--gateway", "10.213.7.33", "--ip-range", "10.213.7.40/29",
+        "--label", "org.restobot.acme-network=acme", "acme-net",
+    ]
+
+
+def test_subnet_candidates_are_stable_distinct_small_and_outside_docker_default_pools():
+    first = local_acme.subnet_candidates("restobot-acme-local-net")
+    docker_pools = [ipaddress.ip_network(f"172.{n}.0.0/16") for n in range(17, 32)]
+    docker_pools.append(ipaddress.ip_network("192.168.0.0/16"))
+
+    assert first == local_acme.subnet_candidates("restobot-acme-local-net")
+    assert len(set(first)) == len(first) == local_acme.NETWORK_ATTEMPTS
+    assert all(net.prefixlen == 28 and net.subnet_of(local_acme.NETWORK_POOL) for net in first)
+    assert not any(net.overlaps(pool) for net in first for pool in docker_pools)
+    assert first[0] != local_acme.subnet_candidates("restobot-acme-other-net")[0]
+
+
+def test_local_settings_change_only_the_directory_and_ca():
+    acme = local_acme.LocalAcme("https://10.213.7.34:14000/dir", "https://10.213.7.34:15000/roots/0",
+                                Path("/x/ca.pem"), "/etc/restobot/acme-ca.pem", "c", "10.213.7.34",
+                                "c-net", "10.213.7.32/28")
+
+    assert acme.settings() == {"directory_url": "https://10.213.7.34:14000/dir",
                                "ca_certificates_path": "/etc/restobot/acme-ca.pem"}
 
 
-# --------------------------------------------------------------------------- inside the local VPS
+def test_a_record_written_before_the_network_fields_still_loads():
+    old = json.dumps({"directory_url": "https://172.17.0.4:14000/dir", "roots_url": "https://172.17.0.4:15000/roots/0",
+                      "ca_pem_path_on_host": "/x/ca.pem", "ca_pem_path_on_vps": "/etc/restobot/acme-ca.pem",
+                      "container": "c", "host": "172.17.0.4"})
+
+    acme = local_acme.LocalAcme.from_json(old)
+
+    assert (acme.network, acme.subnet) == (None, None)
+    assert local_acme.LocalAcme.from_json(acme.to_json()) == acme
+
+
+# --------------------------------------------------------------------------- for the local VPS
+
+# The bundle loaded into the throwaway VPS's inner engine: an image with python3 (urllib, ssl).
+INNER_BUNDLE = "restobot-local_python_3-trixie.tar"
+INNER_COMMAND_SECONDS = 120
+
+
+def vps_exec(vps_name: str, *argv: str, timeout: float = 60, check: bool = True) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(["docker", "exec", vps_name, *argv], capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert proc.returncode == 0, f"{argv}: exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    return proc
+
+
+def inspect(kind: str, name: str) -> dict:
+    return json.loads(subprocess.run(["docker", kind, "inspect", name],
+                                     capture_output=True, text=True, check=True).stdout)[0]
 
 
 @pytest.fixture(scope="module")
 def vps_with_pebble(tmp_path_factory):
-    """A throwaway VPS container (unique name, 127.0.0.1 ports) with pebble in its netns."""
+    """A throwaway VPS container (unique name, 127.0.0.1 ports) and a pebble for it.
+
+    The bundle dir holds only the python bundle (hard link or copy), when the host has one.
+    """
     if not docker_answers():
         pytest.skip("the docker daemon does not answer (scripts/setup-host starts it)")
     from restobot.harness import vps
 
     if images.inspect_image(images.current_ref(vps.VPS_IMAGE)) is None:
         pytest.skip("restobot-local/vps:bookworm is not built yet: python -m restobot.harness.images build vps")
+    bundle_dir = tmp_path_factory.mktemp("bundles")
+    source = images.BUNDLE_DIR / INNER_BUNDLE
+    if source.exists():
+        try:
+            os.link(source, bundle_dir / INNER_BUNDLE)
+        except OSError:
+            shutil.copy2(source, bundle_dir / INNER_BUNDLE)
     suffix = uuid.uuid4().hex[:8]
     vps_name, acme_name = f"restobot-vps-acmetest-{suffix}", f"restobot-acme-acmetest-{suffix}"
     ports = vps.VpsPorts(ssh=free_port(), http=free_port(), https=free_port())
     try:
-        vps.ensure_vps_running(container=vps_name, ports=ports, build=False, out=None,
-                               bundle_dir=tmp_path_factory.mktemp("bundles"))
+        vps.ensure_vps_running(container=vps_name, ports=ports, build=False, out=None, bundle_dir=bundle_dir)
         try:
             yield vps_name, local_acme.ensure_acme_running(vps_container=vps_name, container=acme_name, out=None)
         finally:
@@ -346,29 +422,32 @@ def vps_with_pebble(tmp_path_factory):
         vps.ensure_vps_absent(container=vps_name, out=None)
 
 
-def test_acme_server_reachable_from_a_container_in_the_vps_netns(vps_with_pebble):
-    # curl runs inside the VPS with the CA file the deploy mounts into Traefik: it proves
-    # the copy, pebble's SAN for the VPS address and the listener on that address.
+def test_pebble_runs_outside_the_vps_on_its_own_network_at_the_recorded_address(vps_with_pebble):
     vps_name, acme = vps_with_pebble
+    pebble_state, vps_state = inspect("container", acme.container), inspect("container", vps_name)
+    network = inspect("network", acme.network)
+    pebble_ip = pebble_state["NetworkSettings"]["Networks"][acme.network]["IPAddress"]
 
-    proc = subprocess.run(
-        ["docker", "exec", vps_name, "curl", "-sS", "--max-time", "5", "--cacert", acme.ca_pem_path_on_vps,
-         acme.directory_url],
-        capture_output=True, text=True, timeout=30,
-    )
+    assert pebble_state["HostConfig"]["NetworkMode"] == acme.network  # not container:<vps>
+    assert acme.network == local_acme.network_name(acme.container)
+    assert network["IPAM"]["Config"][0]["Subnet"] == acme.subnet
+    assert ipaddress.ip_address(pebble_ip) in ipaddress.ip_network(acme.subnet)
+    assert acme.host == pebble_ip
+    assert acme.directory_url == f"https://{pebble_ip}:14000/dir"
+    assert acme.roots_url == f"https://{pebble_ip}:15000/roots/0"
+    assert acme.network in vps_state["NetworkSettings"]["Networks"]  # the VPS routes to pebble directly
+    assert local_acme.LocalAcme.from_json(local_acme.state_path(acme.container).read_text()) == acme
 
-    assert proc.returncode == 0, proc.stderr
-    assert "newOrder" in json.loads(proc.stdout)
 
-
-def test_directory_url_uses_the_vps_address(vps_with_pebble):
+def test_up_again_keeps_the_container_the_network_and_the_connection(vps_with_pebble):
     vps_name, acme = vps_with_pebble
-    state = json.loads(subprocess.run(["docker", "container", "inspect", vps_name],
-                                      capture_output=True, text=True, check=True).stdout)[0]
+    before = (inspect("container", acme.container)["Id"], inspect("network", acme.network)["Id"])
 
-    [address] = [n["IPAddress"] for n in state["NetworkSettings"]["Networks"].values() if n["IPAddress"]]
+    again = local_acme.ensure_acme_running(vps_container=vps_name, container=acme.container, out=None)
 
-    assert acme.directory_url == f"https://{address}:14000/dir"
+    assert again == acme
+    assert (inspect("container", acme.container)["Id"], inspect("network", acme.network)["Id"]) == before
+    assert acme.network in inspect("container", vps_name)["NetworkSettings"]["Networks"]
 
 
 def test_ca_on_the_vps_is_the_local_ca_certificate(vps_with_pebble):
@@ -379,3 +458,129 @@ def test_ca_on_the_vps_is_the_local_ca_certificate(vps_with_pebble):
 
     assert on_vps == acme.ca_pem_path_on_host.read_bytes()
     assert b"PRIVATE KEY" not in on_vps
+
+
+@pytest.fixture(scope="module")
+def firewalled_vps(vps_with_pebble):
+    """The throwaway VPS with production's host firewall (ufw, default-deny incoming but 22/80/443).
+
+    The ufw commands are production's (restobot.operations.provision.firewall_commands);
+    docker.io is installed in the same apt run for ``inner_docker``. Also starts a
+    listener on the VPS's own address, port 14000: where pebble listened before.
+    """
+    from restobot.facts.provision import Firewall
+    from restobot.operations.provision import firewall_commands
+    from restobot.settings import HostSettings
+
+    vps_name, acme = vps_with_pebble
+    env = ["env", "DEBIAN_FRONTEND=noninteractive"]
+    vps_exec(vps_name, *env, "apt-get", "update", "-qq", timeout=300)
+    vps_exec(vps_name, *env, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "ufw", "docker.io",
+             timeout=600)
+    open_ports = HostSettings.model_fields["open_ports"].default
+    for argv in firewall_commands(Firewall(False, "allow", "deny", ()), open_ports):
+        vps_exec(vps_name, *argv)
+    vps_exec(vps_name, "sh", "-c", "nohup python3 -m http.server 14000 >/tmp/old-place.log 2>&1 &")
+    deadline = time.monotonic() + 15
+    while vps_exec(vps_name, "curl", "-sS", "-o", "/dev/null", "--max-time", "2", "http://127.0.0.1:14000/",
+                   check=False).returncode != 0:
+        assert time.monotonic() < deadline, "the listener on the VPS's port 14000 did not start"
+        time.sleep(0.3)
+    [vps_ip] = [n["IPAddress"] for name, n in inspect("container", vps_name)["NetworkSettings"]["Networks"].items()
+                if name != acme.network and n["IPAddress"]]
+    return vps_name, acme, vps_ip
+
+
+def test_vps_firewall_is_production_default_deny(firewalled_vps):
+    vps_name, _, _ = firewalled_vps
+
+    status = vps_exec(vps_name, "ufw", "status", "verbose").stdout
+    policy = vps_exec(vps_name, "iptables", "-S", "INPUT").stdout.splitlines()[0]
+
+    assert "Status: active" in status
+    assert "Default: deny (incoming), allow (outgoing)" in status
+    assert policy == "-P INPUT DROP"
+
+
+def test_vps_firewall_drops_what_comes_to_the_vps_own_address(firewalled_vps):
+    # Control: the old placement (a listener on the VPS's own address) is dropped by INPUT.
+    _, _, vps_ip = firewalled_vps
+
+    with pytest.raises((TimeoutError, socket.timeout)):
+        socket.create_connection((vps_ip, 14000), timeout=3).close()
+
+
+def test_acme_directory_answers_inside_the_firewalled_vps(firewalled_vps):
+    # curl runs in the VPS with the CA file the deploy mounts into Traefik: it proves the copy,
+    # pebble's SAN for its address and the route from the VPS to pebble by egress.
+    vps_name, acme, _ = firewalled_vps
+
+    proc = vps_exec(vps_name, "curl", "-sS", "--max-time", "5", "--cacert", acme.ca_pem_path_on_vps,
+                    acme.directory_url, check=False, timeout=30)
+
+    assert proc.returncode == 0, proc.stderr
+    assert "newOrder" in json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def inner_docker(firewalled_vps):
+    """The firewalled VPS's own Docker engine, started as the deploy does, with the python image loaded."""
+    from restobot.harness import vps
+    from restobot.operations.provision import DOCKER_INIT_DEFAULTS, TEMPLATES
+
+    vps_name, acme, vps_ip = firewalled_vps
+    if vps_exec(vps_name, "test", "-s", f"{vps.BUNDLE_MOUNT}/{INNER_BUNDLE}", check=False).returncode != 0:
+        pytest.skip(f"{images.BUNDLE_DIR / INNER_BUNDLE} is not built (python -m restobot.harness.images bundle)")
+    subprocess.run(["docker", "cp", str(TEMPLATES / "docker-default.sh"), f"{vps_name}:{DOCKER_INIT_DEFAULTS}"],
+                   check=True, capture_output=True)
+    vps_exec(vps_name, "service", "docker", "start", timeout=120, check=False)
+    deadline = time.monotonic() + 60
+    while vps_exec(vps_name, "docker", "info", check=False, timeout=20).returncode != 0:
+        if time.monotonic() > deadline:
+            log = vps_exec(vps_name, "tail", "-30", "/var/log/docker.log", check=False)
+            pytest.fail(f"the inner dockerd did not answer in 60 s:\n{log.stdout}{log.stderr}")
+        time.sleep(1)
+    loaded = vps_exec(vps_name, "docker", "load", "-i", f"{vps.BUNDLE_MOUNT}/{INNER_BUNDLE}", timeout=300).stdout
+    [image] = [line.split(": ", 1)[1].strip() for line in loaded.splitlines() if line.startswith("Loaded image")]
+    return vps_name, acme, vps_ip, image
+
+
+PROBE = """
+import json, socket, ssl, sys, urllib.request
+url, vps_ip = sys.argv[1], sys.argv[2]
+result = {}
+context = ssl.create_default_context(cafile="/ca.pem")
+try:
+    with urllib.request.urlopen(url, timeout=10, context=context) as response:
+        result["directory"] = json.load(response)
+except Exception as error:
+    result["directory_error"] = repr(error)
+try:
+    socket.create_connection((vps_ip, 14000), timeout=3).close()
+    result["old_place"] = "connected"
+except socket.timeout:
+    result["old_place"] = "timeout"
+except OSError as error:
+    result["old_place"] = repr(error)
+print(json.dumps(result))
+"""
+
+
+@pytest.fixture(scope="module")
+def inner_probe(inner_docker) -> dict:
+    """What a container of the inner engine (where Traefik runs) sees: pebble, and the VPS's own port 14000."""
+    vps_name, acme, vps_ip, image = inner_docker
+    proc = vps_exec(vps_name, "docker", "run", "--rm", "--volume", f"{acme.ca_pem_path_on_vps}:/ca.pem:ro",
+                    image, "python3", "-c", PROBE, acme.directory_url, vps_ip, timeout=INNER_COMMAND_SECONDS)
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def test_acme_directory_answers_from_a_container_of_the_inner_engine(inner_probe):
+    # Traefik's path: inner container -> the VPS's NAT (FORWARD, egress) -> pebble, verified with the CA copy.
+    assert "directory_error" not in inner_probe, inner_probe
+    assert {"newAccount", "newNonce", "newOrder"} <= inner_probe["directory"].keys()
+
+
+def test_the_old_placement_would_time_out_from_the_inner_engine(inner_probe):
+    # The bug this placement fixes: "dial tcp <vps ip>:14000: i/o timeout" (dropped by the VPS's INPUT).
+    assert inner_probe["old_place"] == "timeout"

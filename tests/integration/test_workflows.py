@@ -7,8 +7,9 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import subprocess
+import shutil
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,15 +22,48 @@ pytestmark = pytest.mark.integration
 CHANNEL_PATHS = {"whatsapp": "whatsapp", "messenger": "messenger", "instagram": "instagram"}
 
 
+# A test-only workflow: POST /webhook/restobot-test/run-w8 runs W8_DLQ_HANDLER (through its
+# "When called" trigger) on the worker and answers when it has finished. `n8n execute --id`
+# cannot do it: that CLI command never loads CREDENTIALS_OVERWRITE_DATA (only `start` and
+# `worker` do), so W8's Postgres node connects to localhost and fails ("Connection refused").
+W8_RUNNER_PATH = "restobot-test/run-w8"
+W8_RUNNER = {
+    "id": "RbTestRunW8000000", "name": "TEST_RUN_W8", "active": True,
+    "nodes": [
+        {"id": "test-run-w8-webhook", "name": "Run W8", "type": "n8n-nodes-base.webhook", "typeVersion": 2,
+         "position": [200, 200], "webhookId": "5f7f0c1e-8a52-4d0e-9d7e-7a1d0b1c0a08",
+         "parameters": {"httpMethod": "POST", "path": W8_RUNNER_PATH, "responseMode": "lastNode",
+                        "options": {}}},
+        {"id": "test-run-w8-call", "name": "Call W8", "type": "n8n-nodes-base.executeWorkflow",
+         "typeVersion": 1.2, "position": [440, 200],
+         "parameters": {"source": "database", "mode": "once", "options": {"waitForSubWorkflow": True},
+                        "workflowId": {"__rl": True, "mode": "id", "value": "RbW8DlqHandler00"},
+                        "workflowInputs": {"mappingMode": "defineBelow", "value": {}, "matchingColumns": [],
+                                           "schema": [], "attemptToConvertTypes": False,
+                                           "convertFieldsToString": True}}},
+    ],
+    "connections": {"Run W8": {"main": [[{"node": "Call W8", "type": "main", "index": 0}]]}},
+    "settings": {"executionOrder": "v1"},
+}
+
+
+def workflows_with_test_runner(directory: Path) -> Path:
+    """The release's workflow files plus the test-only W8 runner, in ``directory``."""
+    for source in workflows.WORKFLOWS_DIR.glob("*.json"):
+        shutil.copy(source, directory / source.name)
+    (directory / "TEST_RUN_W8.json").write_text(json.dumps(W8_RUNNER))
+    return directory
+
+
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
     missing = missing_images()
     if missing:
         pytest.skip(f"local images not built ({', '.join(missing)}): run python -m restobot.harness.images build")
-    running = Stack()
+    running = Stack(publish_main=True)
     try:
         running.start(tmp_path_factory.mktemp("wfstack"))
-        workflows.import_workflows(running.target)
+        workflows.import_workflows(running.target, workflows_with_test_runner(tmp_path_factory.mktemp("wfdir")))
         yield running
     except Exception:
         print(running.logs("main"), running.logs("worker"))
@@ -62,7 +96,7 @@ def test_verify_with_the_right_token_echoes_the_challenge(stack, channel):
     answer = http("GET", f"{stack.gateway_url}/v1/inbound/{channel}?hub.mode=subscribe"
                          f"&hub.verify_token={stack.verify_token}&hub.challenge={challenge}")
     assert (answer.status, answer.text) == (200, challenge)
-    assert answer.headers["Content-Type"].startswith("text/plain")
+    assert answer.headers["content-type"].startswith("text/plain")
 
 
 @pytest.mark.parametrize("query", ["hub.mode=subscribe&hub.verify_token=wrong&hub.challenge=c123",

@@ -68,10 +68,10 @@ def test_changed_workflow_is_updated_in_place(stack, tmp_path):
     assert len(rows) == N_WORKFLOWS and all(published for _, _, published in rows)
     answer = http("GET", f"{stack.gateway_url}/v1/inbound/whatsapp?hub.mode=subscribe"
                          f"&hub.verify_token={stack.verify_token}&hub.challenge=ch43")
-    assert (answer.status, answer.text, answer.headers.get("X-Release")) == (200, "ch43", "two")
+    assert (answer.status, answer.text, answer.headers.get("x-release")) == (200, "ch43", "two")
     # roll back: the release's own files restore the previous workflow
     plan = workflows.import_workflows(stack.target)
     assert plan.updated == ("W0_META_VERIFY_UNIFIED",)
-    assert "X-Release" not in http("GET", f"{stack.gateway_url}/v1/inbound/whatsapp?hub.mode=subscribe"
+    assert "x-release" not in http("GET", f"{stack.gateway_url}/v1/inbound/whatsapp?hub.mode=subscribe"
                                           f"&hub.verify_token={stack.verify_token}&hub.challenge=c").headers
     assert len(n8n_rows(stack)) == N_WORKFLOWS

@@ -3,13 +3,22 @@
 PostgreSQL 17 (schema from the project's migration runner), Redis, n8n main +
 worker in queue mode, the rendered Nginx gateway and the Graph API double, on
 a docker network created here, with unique names, removed on close. Only the
-gateway, PostgreSQL and the double's control port are published, on 127.0.0.1.
+gateway, PostgreSQL and the double's control port are published, on 127.0.0.1
+(n8n main's 5678 too with ``publish_main``).
+
+Configuration goes through the real render path: a local-stage settings tree
+(restobot.harness.stage.local_stage_tree plus this stack's knobs) is rendered
+by ``render_release``; n8n main and worker get the rendered ``env/n8n.env``,
+PostgreSQL the rendered ``env/postgres.env``, the gateway the rendered
+``nginx/nginx.conf``. The containers carry the service names of compose.yml
+as network aliases (postgres, redis, n8n-main, nginx), so no value is
+rewritten; the Graph API double answers as ``graph`` and the settings point
+``meta.graph_api_base_url`` and ``pipeline.alert_webhook_url`` at it.
 """
 
 from __future__ import annotations
 
 import json
-import secrets
 import subprocess
 import sys
 import time
@@ -22,8 +31,10 @@ from pathlib import Path
 import psycopg
 
 from restobot import workflows
-from restobot.render import GatewayOptions, RenderContext, render_release
+from restobot.harness.stage import local_stage_tree
+from restobot.render import GatewayOptions, RenderContext, RenderedFile, render_release, write_release
 from restobot.secrets import generate_secrets
+from restobot.settings import Settings, load_settings, read_env_file
 from restobot.versions import N8N_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
@@ -61,7 +72,7 @@ def published_port(container: str, port: int) -> int:
 class Response:
     status: int
     body: bytes
-    headers: dict
+    headers: dict  # names lower-cased
 
     @property
     def text(self) -> str:
@@ -73,25 +84,43 @@ def http(method: str, url: str, body: bytes | None = None, headers: dict | None 
     request = urllib.request.Request(url, data=body, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(request, timeout=timeout) as answer:
-            return Response(answer.status, answer.read(), dict(answer.headers))
+            return Response(answer.status, answer.read(), {k.lower(): v for k, v in answer.headers.items()})
     except urllib.error.HTTPError as error:
-        return Response(error.code, error.read(), dict(error.headers))
+        return Response(error.code, error.read(), {k.lower(): v for k, v in error.headers.items()})
+
+
+# Test values placed in the settings tree (what the tests assert on in replies and Graph calls).
+TEST_META = {"wa_phone_number_id": "109876543210", "ig_account_id": "17841400000000000",
+             "msg_page_id": "1122334455", "graph_api_base_url": "http://graph:8000", "graph_api_version": "v21.0"}
+TEST_RESTAURANT = {"name": "Chez Test", "address": "1 rue de la Paix, Paris", "hours": "mar-dim 12h-14h30, 19h-22h30",
+                   "menu_url": "https://chez-test.example/menu", "default_locale": "fr", "timezone": "Europe/Paris"}
+# Set in the tree, so dropped from the generated environment (the environment would win over the tree).
+TREE_OVER_ENV = ("META_SIGNATURE_REQUIRED", "WA_PHONE_NUMBER_ID")
+
+
+def test_secrets() -> dict[str, str]:
+    return {k: v for k, v in generate_secrets().items() if k not in TREE_OVER_ENV}
+
+
+test_secrets.__test__ = False  # a helper, not a pytest test
 
 
 @dataclass
 class Stack:
-    app_secret: str = field(default_factory=lambda: secrets.token_hex(32))
-    verify_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
-    legacy_token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    """The knobs below go into the local stage's settings tree; n8n main and worker get the env
+    file that ``render_release`` renders from it (templates/env/n8n.env.j2), as in production."""
+
     signature_mode: str = "enforce"
     rate_limit: int = 5
     max_retries: int = 2
+    retry_base_seconds: int = 1
     dlq_threshold: int = 2
     prefix: str = field(default_factory=lambda: f"rbwf-{uuid.uuid4().hex[:8]}")
-    db_password: str = field(default_factory=lambda: secrets.token_hex(16))
-    encryption_key: str = field(default_factory=lambda: secrets.token_hex(24))
+    environ: dict[str, str] = field(default_factory=test_secrets)  # secrets, fixed for the stack's life
+    publish_main: bool = False  # n8n main's 5678 on 127.0.0.1 (benchmark, test-only webhooks)
     workdir: Path | None = None
     started: list[str] = field(default_factory=list)
+    _db_url: str | None = field(default=None, repr=False)
 
     # --- names
     def name(self, role: str) -> str:
@@ -105,78 +134,98 @@ class Stack:
     def target(self) -> workflows.ContainerTarget:
         return workflows.ContainerTarget({"n8n-main": self.name("main")})
 
-    # --- environment of n8n main and worker (mirrors templates/env/n8n.env.j2)
-    def n8n_env(self) -> dict[str, str]:
-        return {
-            "DB_TYPE": "postgresdb", "DB_POSTGRESDB_HOST": "postgres", "DB_POSTGRESDB_PORT": "5432",
-            "DB_POSTGRESDB_DATABASE": "resto", "DB_POSTGRESDB_USER": "resto",
-            "DB_POSTGRESDB_PASSWORD": self.db_password,
-            "EXECUTIONS_MODE": "queue", "QUEUE_BULL_REDIS_HOST": "redis", "QUEUE_BULL_REDIS_PORT": "6379",
-            "QUEUE_HEALTH_CHECK_ACTIVE": "true", "OFFLOAD_MANUAL_EXECUTIONS_TO_WORKERS": "true",
-            "N8N_ENCRYPTION_KEY": self.encryption_key, "N8N_PORT": "5678",
-            "WEBHOOK_URL": "http://gateway:8080/", "N8N_PROXY_HOPS": "1",
-            "N8N_DIAGNOSTICS_ENABLED": "false", "N8N_VERSION_NOTIFICATIONS_ENABLED": "false",
-            "N8N_TEMPLATES_ENABLED": "false", "N8N_PERSONALIZATION_ENABLED": "false",
-            "N8N_RUNNERS_ENABLED": "true", "N8N_BLOCK_ENV_ACCESS_IN_NODE": "false",
-            "NODE_FUNCTION_ALLOW_BUILTIN": "crypto", "GENERIC_TIMEZONE": "Europe/Paris",
-            "CREDENTIALS_OVERWRITE_DATA": workflows.credentials_overwrite_data(
-                db_host="postgres", db_port=5432, db_name="resto", db_user="resto",
-                db_password=self.db_password, redis_host="redis"),
-            "META_VERIFY_TOKEN": self.verify_token, "META_APP_SECRET": self.app_secret,
-            "META_SIGNATURE_REQUIRED": self.signature_mode,
-            "WA_API_TOKEN": "wa-token-" + self.prefix, "WA_PHONE_NUMBER_ID": "109876543210",
-            "IG_API_TOKEN": "ig-token-" + self.prefix, "IG_ACCOUNT_ID": "17841400000000000",
-            "MSG_API_TOKEN": "msg-token-" + self.prefix, "MSG_PAGE_ID": "1122334455",
-            "REPLAY_CHECK_ENABLED": "true", "REDIS_URL": "redis://redis:6379/0",
-            "RATE_LIMIT_PER_30S": str(self.rate_limit), "DLQ_ALERT_THRESHOLD": str(self.dlq_threshold),
-            "ALERT_WEBHOOK_URL": "http://graph:8000/alert",
-            "GRAPH_API_BASE_URL": "http://graph:8000", "GRAPH_API_VERSION": "v21.0",
-            "OUTBOUND_MAX_RETRIES": str(self.max_retries), "OUTBOUND_RETRY_BASE_SECONDS": "1",
-            "LEGACY_SHARED_TOKEN": self.legacy_token,
-            "RESTAURANT_NAME": "Chez Test", "RESTAURANT_ADDRESS": "1 rue de la Paix, Paris",
-            "RESTAURANT_HOURS": "mar-dim 12h-14h30, 19h-22h30",
-            "RESTAURANT_MENU_URL": "https://chez-test.example/menu", "RESTAURANT_DEFAULT_LOCALE": "fr",
+    # --- settings and the rendered release files
+    def settings(self) -> Settings:
+        """The local stage's settings with this stack's knobs (Graph API and alerts go to the double)."""
+        tree = local_stage_tree()
+        tree["meta"] = {**tree.get("meta", {}), **TEST_META, "signature_required": self.signature_mode}
+        tree["restaurant"] = dict(TEST_RESTAURANT)
+        tree["pipeline"] = {
+            "rate_limit_per_30s": self.rate_limit, "dlq_alert_threshold": self.dlq_threshold,
+            "alert_webhook_url": "http://graph:8000/alert", "outbound_max_retries": self.max_retries,
+            "outbound_retry_base_seconds": self.retry_base_seconds, "replay_check_enabled": True,
         }
+        return load_settings(tree, self.environ)
 
-    def _env_args(self) -> list[str]:
-        args = []
-        for key, value in self.n8n_env().items():
-            args += ["-e", f"{key}={value}"]
-        return args
+    def render(self) -> dict[str, RenderedFile]:
+        context = RenderContext(release=self.prefix, gateway=GatewayOptions(rate_per_second=2000, burst=4000))
+        return render_release(self.settings(), context)
 
-    def _run(self, role: str, image: str, *args: str, alias: str | None = None, publish: str | None = None,
+    def release_dir(self) -> Path:
+        """Render and write the release files (env files mode 0600) under the workdir."""
+        assert self.workdir is not None, "start() first"
+        directory = self.workdir / "release"
+        write_release(self.render(), directory)
+        return directory
+
+    def n8n_env(self) -> dict[str, str]:
+        """The rendered env/n8n.env, read back as compose reads it."""
+        return read_env_file(self.release_dir() / "env/n8n.env")
+
+    def _env_file(self, name: str) -> Path:
+        """A rendered env file rewritten for ``docker run --env-file`` (which does not unquote)."""
+        values = read_env_file(self.release_dir() / "env" / name)
+        path = self.workdir / f"{name}.docker"
+        path.touch(mode=0o600)
+        path.write_text("".join(f"{key}={value}\n" for key, value in values.items()))
+        return path
+
+    @property
+    def app_secret(self) -> str:
+        return self.environ["META_APP_SECRET"]
+
+    @property
+    def verify_token(self) -> str:
+        return self.environ["META_VERIFY_TOKEN"]
+
+    @property
+    def legacy_token(self) -> str:
+        return self.environ["LEGACY_SHARED_TOKEN"]
+
+    def graph_token(self, channel: str) -> str:
+        """The Graph API token of ``channel`` (whatsapp, instagram, messenger)."""
+        return self.environ[{"whatsapp": "WA_API_TOKEN", "instagram": "IG_API_TOKEN",
+                             "messenger": "MSG_API_TOKEN"}[channel]]
+
+    def _run(self, role: str, image: str, *args: str, aliases: tuple[str, ...] = (), publish: str | None = None,
              command: tuple[str, ...] = ()) -> str:
+        """Start a container on the stack's network, reachable by the service names of compose.yml."""
         name = self.name(role)
-        argv = ["run", "-d", "--name", name, "--network", self.network,
-                "--network-alias", alias or role, "--label", "restobot-test=workflows"]
+        argv = ["run", "-d", "--name", name, "--network", self.network, "--label", "restobot-test=workflows"]
+        for alias in aliases or (role,):
+            argv += ["--network-alias", alias]
         if publish:
             argv += ["-p", f"127.0.0.1::{publish}"]
         docker(*argv, *args, image, *command)
         self.started.append(name)
         return name
 
+    def _start_n8n(self) -> None:
+        env = ["--env-file", str(self._env_file("n8n.env"))]
+        concurrency = self.settings().n8n.worker_concurrency
+        self._run("main", N8N_IMAGE, *env, aliases=("n8n-main",), command=("start",),
+                  publish="5678" if self.publish_main else None)
+        self._run("worker", N8N_IMAGE, *env, aliases=("n8n-worker",),
+                  command=("worker", f"--concurrency={concurrency}"))
+
     # --- lifecycle
     def start(self, workdir: Path) -> "Stack":
         self.workdir = workdir
+        release = self.release_dir()
         docker("network", "create", "--label", "restobot-test=workflows", self.network)
-        self._run("postgres", IMAGES["postgres"], "-e", "POSTGRES_USER=resto",
-                  "-e", f"POSTGRES_PASSWORD={self.db_password}", "-e", "POSTGRES_DB=resto", publish="5432")
-        self._run("redis", IMAGES["redis"])
+        self._run("postgres", IMAGES["postgres"], "--env-file", str(self._env_file("postgres.env")),
+                  aliases=("postgres",), publish="5432")
+        self._run("redis", IMAGES["redis"], aliases=("redis",))
         graph = workdir / "graph_api.py"
         graph.write_text((REPO / "tests/doubles/graph_api.py").read_text())
-        self._run("graph", IMAGES["python"], "-v", f"{graph}:/srv/graph_api.py:ro", publish="8000",
-                  command=("python3", "/srv/graph_api.py", "8000"))
+        self._run("graph", IMAGES["python"], "-v", f"{graph}:/srv/graph_api.py:ro", aliases=("graph",),
+                  publish="8000", command=("python3", "/srv/graph_api.py", "8000"))
         self.wait_postgres()
         subprocess.run([sys.executable, "-m", "restobot.migrate", "apply", "--database-url", self.db_url],
                        check=True, capture_output=True, cwd=REPO)
-        self._run("main", N8N_IMAGE, *self._env_args(), alias="n8n-main", command=("start",))
-        self._run("worker", N8N_IMAGE, *self._env_args(), "-e", "QUEUE_HEALTH_CHECK_PORT=5680",
-                  alias="n8n-worker", command=("worker", "--concurrency=10"))
-        settings_files = render_release(_production_settings(),
-                                        RenderContext(gateway=GatewayOptions(rate_per_second=2000, burst=4000)))
-        conf = workdir / "nginx.conf"
-        conf.write_text(settings_files["nginx/nginx.conf"].text)
-        self._run("gateway", IMAGES["nginx"], "-v", f"{conf}:/etc/nginx/nginx.conf:ro", publish="8080")
+        self._start_n8n()
+        self._run("gateway", IMAGES["nginx"], "-v", f"{release / 'nginx/nginx.conf'}:/etc/nginx/nginx.conf:ro",
+                  aliases=("nginx",), publish="8080")
         self.wait_n8n()
         return self
 
@@ -191,23 +240,25 @@ class Stack:
         return result.stdout + result.stderr
 
     def restart_n8n(self, **changes) -> None:
-        """Recreate main and worker with changed settings (e.g. signature_mode)."""
+        """Render the release again with changed knobs (e.g. signature_mode) and recreate main and worker."""
         for key, value in changes.items():
+            if not hasattr(self, key):
+                raise AttributeError(f"Stack has no knob {key!r}")
             setattr(self, key, value)
-        for role, alias, command in (("main", "n8n-main", ("start",)),
-                                     ("worker", "n8n-worker", ("worker", "--concurrency=10"))):
+        for role in ("main", "worker"):
             docker("rm", "-f", self.name(role), check=False)
             self.started.remove(self.name(role))
-            extra = ["-e", "QUEUE_HEALTH_CHECK_PORT=5680"] if role == "worker" else []
-            self._run(role, N8N_IMAGE, *self._env_args(), *extra, alias=alias, command=command)
+        self._start_n8n()
         self.wait_n8n()
         workflows.wait_until_live(self.target, timeout=120)
 
     # --- readiness
     @property
     def db_url(self) -> str:
-        port = published_port(self.name("postgres"), 5432)
-        return f"postgresql://resto:{self.db_password}@127.0.0.1:{port}/resto"
+        if self._db_url is None:
+            port = published_port(self.name("postgres"), 5432)
+            self._db_url = self.settings().database_url(host="127.0.0.1", port=port)
+        return self._db_url
 
     def wait_postgres(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
@@ -234,6 +285,11 @@ class Stack:
     @property
     def gateway_url(self) -> str:
         return f"http://127.0.0.1:{published_port(self.name('gateway'), 8080)}"
+
+    @property
+    def direct_url(self) -> str:
+        """n8n main itself (only with publish_main): /webhook/<path>."""
+        return f"http://127.0.0.1:{published_port(self.name('main'), 5678)}/webhook"
 
     @property
     def graph_url(self) -> str:
@@ -264,8 +320,3 @@ class Stack:
     def graph_reset(self) -> None:
         http("POST", self.graph_url + "/_control/reset", b"{}", {"Content-Type": "application/json"})
 
-
-def _production_settings():
-    from tests.conftest import settings_for_stage
-
-    return settings_for_stage("production", generate_secrets())

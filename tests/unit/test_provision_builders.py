@@ -22,6 +22,7 @@ from restobot.operations.provision import (
     docker_repository,
     elf_machine,
     firewall_commands,
+    keyring_fingerprint_check,
     provision_problems,
     release_directories,
     sshd_check_command,
@@ -40,18 +41,18 @@ REPOSITORY = HostSettings(docker_source="docker", compose_plugin="docker-reposit
 
 def test_base_packages_without_systemd_bring_syslog_and_cron():
     assert base_packages(HostSettings(), BOOKWORM) == [
-        "ca-certificates", "curl", "gnupg", "fail2ban", "unattended-upgrades", "ufw", "syslog-ng-core", "cron",
+        "ca-certificates", "curl", "gnupg", "python3", "fail2ban", "unattended-upgrades", "ufw", "syslog-ng-core", "cron",
     ]
 
 
 def test_base_packages_with_systemd_read_the_journal():
     assert base_packages(HostSettings(manage_firewall=False), BOOKWORM_SYSTEMD) == [
-        "ca-certificates", "curl", "gnupg", "fail2ban", "unattended-upgrades", "python3-systemd",
+        "ca-certificates", "curl", "gnupg", "python3", "fail2ban", "unattended-upgrades", "python3-systemd",
     ]
 
 
-def test_base_packages_for_docker_repository_bring_wget():
-    assert "wget" in base_packages(REPOSITORY, BOOKWORM_SYSTEMD)
+def test_base_packages_do_not_depend_on_the_docker_source():
+    assert base_packages(REPOSITORY, BOOKWORM_SYSTEMD) == base_packages(HostSettings(), BOOKWORM_SYSTEMD)
 
 
 @pytest.mark.parametrize(
@@ -79,6 +80,7 @@ def test_docker_repository_for_debian():
     assert docker_repository(BOOKWORM_SYSTEMD) == AptRepository(
         key_url="https://download.docker.com/linux/debian/gpg",
         keyring="/etc/apt/keyrings/docker.gpg",
+        fingerprint="9DC858229FC7DD38854AE2D88D81803C0EBFCD88",
         uri="https://download.docker.com/linux/debian",
         suite="bookworm",
         components=("stable",),
@@ -90,6 +92,15 @@ def test_docker_repository_for_ubuntu_arm():
     repository = docker_repository(NOBLE_ARM)
     assert (repository.uri, repository.suite, repository.architecture) == (
         "https://download.docker.com/linux/ubuntu", "noble", "arm64",
+    )
+
+
+def test_keyring_fingerprint_check():
+    assert keyring_fingerprint_check("/etc/apt/keyrings/docker.gpg", "9DC8").get_raw_value() == (
+        "test \"$(gpg --show-keys --with-colons /etc/apt/keyrings/docker.gpg"
+        " | awk -F: '$1 == \"fpr\" {print $10}' | head -n 1)\" = 9DC8"
+        " || { rm -f /etc/apt/keyrings/docker.gpg ; echo '/etc/apt/keyrings/docker.gpg is not the key 9DC8;"
+        " removed it' >&2; exit 1; }"
     )
 
 
@@ -218,7 +229,7 @@ def test_compose_upload_without_a_binary():
 
 
 def test_provision_problems_distribution_compose_on_bookworm(secret_env):
-    settings = settings_for_stage("production", secret_env, host={"compose_plugin": "distribution"})
+    settings = settings_for_stage("production", secret_env, host={"compose_plugin": "distribution", "docker_source": "distribution"})
     assert provision_problems(settings, BOOKWORM_SYSTEMD) == [
         "host.compose_plugin: 'debian 12' has no compose v2 package; "
         "use 'upload' (pinned binary) or 'docker-repository'"

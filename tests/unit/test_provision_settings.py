@@ -54,7 +54,8 @@ def test_open_ports_are_valid(production_data, secret_env, ports, problem):
 
 
 def test_repository_plugin_needs_repository_engine(production_data, secret_env):
-    [problem] = problems_of(with_host(production_data, compose_plugin="docker-repository"), secret_env)
+    data = with_host(production_data, compose_plugin="docker-repository", docker_source="distribution")
+    [problem] = problems_of(data, secret_env)
     assert problem.startswith("host: compose_plugin 'docker-repository' needs docker_source 'docker'")
 
 

@@ -55,3 +55,22 @@ def test_env_quote(value, quoted):
 def test_env_quote_refuses_line_breaks():
     with pytest.raises(ValueError, match="line breaks"):
         env_quote("a\nb")
+
+
+def test_n8n_env_defines_every_variable_the_workflows_read(settings):
+    from restobot.workflows import WORKFLOW_ENV_VARS
+
+    text = render_release(settings)["env/n8n.env"].text
+    defined = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}
+    assert set(WORKFLOW_ENV_VARS) <= defined, set(WORKFLOW_ENV_VARS) - defined
+
+
+def test_credentials_overwrite_reaches_n8n_as_json(settings, secret_env):
+    import json
+
+    line = next(
+        l for l in render_release(settings)["env/n8n.env"].text.splitlines() if l.startswith("CREDENTIALS_OVERWRITE_DATA=")
+    )
+    data = json.loads(line.split("=", 1)[1].strip("'"))
+    assert data["postgres"]["password"] == secret_env["POSTGRES_PASSWORD"]
+    assert data["redis"]["host"] == "redis"

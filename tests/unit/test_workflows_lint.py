@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,16 @@ from restobot import workflows
 from restobot.versions import N8N_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
-NODES_PACKAGE = REPO / ".cache/n8n-host/node_modules/n8n-nodes-base"
+N8N_IMAGE = f"restobot-local/n8n:{N8N_VERSION}"
+BUILD_COMMAND = "python -m restobot.harness.images build"
+N8N_DIR_IN_IMAGE = "/usr/local/lib/node_modules/n8n"
+# What the lint needs from the image, read without starting n8n: path in the image -> cached name.
+IMAGE_FILES = {
+    f"{N8N_DIR_IN_IMAGE}/package.json": "n8n-package.json",
+    f"{N8N_DIR_IN_IMAGE}/node_modules/n8n-nodes-base/package.json": "nodes-base-package.json",
+    f"{N8N_DIR_IN_IMAGE}/node_modules/n8n-nodes-base/dist/types/nodes.json": "nodes.json",
+}
+NODES_CACHE = REPO / ".cache/n8n-nodes"
 FILES = sorted((REPO / "workflows").glob("*.json"))
 GATEWAY_ROUTES = {
     ("GET", "v1/inbound/whatsapp"), ("GET", "v1/inbound/instagram"), ("GET", "v1/inbound/messenger"),
@@ -36,19 +48,54 @@ def load(path: Path) -> dict:
     return json.loads(path.read_text())
 
 
+def image_id(image: str = N8N_IMAGE) -> str:
+    """The local image's id; FAILS (never skips) when docker or the image is missing."""
+    try:
+        result = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
+                                capture_output=True, text=True, timeout=60)
+    except FileNotFoundError:
+        pytest.fail(f"docker is not installed: the lint reads the node list out of {image}")
+    if result.returncode != 0:
+        pytest.fail(f"{image} is not built ({result.stderr.strip()[-300:]}): run {BUILD_COMMAND}")
+    return result.stdout.strip()
+
+
+def nodes_files(image: str = N8N_IMAGE) -> Path:
+    """The image's n8n and n8n-nodes-base package files, copied once into .cache/ per image id."""
+    cached = NODES_CACHE / image_id(image).removeprefix("sha256:")[:24]
+    if all((cached / name).is_file() for name in IMAGE_FILES.values()):
+        return cached
+    staging = Path(tempfile.mkdtemp(prefix="n8n-nodes-", dir=NODES_CACHE.parent if NODES_CACHE.parent.exists()
+                                    else None))
+    container = subprocess.run(["docker", "create", image], capture_output=True, text=True, timeout=60)
+    assert container.returncode == 0, f"docker create {image}: {container.stderr[-500:]}"
+    container_id = container.stdout.strip()
+    try:
+        for source, name in IMAGE_FILES.items():
+            copied = subprocess.run(["docker", "cp", f"{container_id}:{source}", str(staging / name)],
+                                    capture_output=True, text=True, timeout=120)
+            assert copied.returncode == 0, f"docker cp {image}:{source}: {copied.stderr[-500:]}"
+    finally:
+        subprocess.run(["docker", "rm", container_id], capture_output=True, timeout=60)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        staging.rename(cached)
+    except OSError:  # another run cached it meanwhile
+        shutil.rmtree(staging, ignore_errors=True)
+    return cached
+
+
 @pytest.fixture(scope="module")
 def known_nodes() -> dict[str, set[float]]:
-    """name -> typeVersions, from the installed n8n-nodes-base of the pinned n8n."""
-    package = NODES_PACKAGE / "package.json"
-    if not package.exists():
-        pytest.skip(f"n8n {N8N_VERSION} is not installed in .cache/n8n-host (scripts/setup-host installs it)")
-    n8n_version = json.loads((NODES_PACKAGE.parent / "n8n/package.json").read_text())["version"]
-    assert n8n_version == N8N_VERSION, f"installed n8n {n8n_version}, pinned {N8N_VERSION}"
+    """name -> typeVersions, from n8n-nodes-base inside the locally built n8n image."""
+    files = nodes_files()
+    n8n_version = json.loads((files / "n8n-package.json").read_text())["version"]
+    assert n8n_version == N8N_VERSION, f"{N8N_IMAGE} holds n8n {n8n_version}, pinned {N8N_VERSION}"
     known: dict[str, set[float]] = {}
-    for node in json.loads((NODES_PACKAGE / "dist/types/nodes.json").read_text()):
+    for node in json.loads((files / "nodes.json").read_text()):
         versions = node["version"] if isinstance(node["version"], list) else [node["version"]]
         known.setdefault("n8n-nodes-base." + node["name"], set()).update(float(v) for v in versions)
-    declared = json.loads(package.read_text())["n8n"]["nodes"]
+    declared = json.loads((files / "nodes-base-package.json").read_text())["n8n"]["nodes"]
     assert len(declared) > 100
     return known
 
