@@ -25,7 +25,7 @@ SETTINGS = {
         "default_locale": "fr",
     },
     "database": {"name": "n8n", "user": "n8n"},
-    "n8n": {"owner_email": "ops@resto.example.com"},
+    "n8n": {},
     "admin": {},
     "console": {"ip_allowlist": ["198.51.100.7/32"]},
     "pipeline": {"alert_webhook_url": "https://hooks.example.com/resto-alerts"},

@@ -26,7 +26,7 @@ SECRET_PATTERNS = {
     "AWS access key": re.compile(r"\bAKIA[0-9A-Z]{16}\b"),
     "assigned secret": re.compile(
         r"^(META_APP_SECRET|POSTGRES_PASSWORD|N8N_ENCRYPTION_KEY|ADMIN_API_TOKEN|WA_API_TOKEN|IG_API_TOKEN"
-        r"|MSG_API_TOKEN|META_VERIFY_TOKEN|N8N_OWNER_PASSWORD)\s*=\s*['\"]?[A-Za-z0-9_\-]{8,}",
+        r"|MSG_API_TOKEN|META_VERIFY_TOKEN)\s*=\s*['\"]?[A-Za-z0-9_\-]{8,}",
         re.MULTILINE,
     ),
 }

@@ -270,12 +270,8 @@ class DatabaseSettings(Section):
 class N8nSettings(Section):
     encryption_key: SecretStr
     worker_concurrency: int = Field(10, ge=1, le=100)
-    # The owner account the importer uses to activate workflows through the API.
-    owner_email: str = "ops@localhost.localdomain"
-    owner_password: SecretStr
 
     _key = field_validator("encryption_key")(secret_rule(32))
-    _owner = field_validator("owner_password")(secret_rule(16))
 
 
 class AdminSettings(Section):
@@ -335,6 +331,60 @@ class MonitoringSettings(Section):
     disk_percent: int = Field(90, ge=1, le=100)
     redis_queue_length: int = Field(1000, ge=1)
     errors_per_hour: int = Field(10, ge=1)
+
+
+CHANNELS = ("whatsapp", "instagram", "messenger")
+
+
+class ChecksSettings(Section):
+    """The go-live checklist (``python -m restobot.checklist``, suite in ``checks/``).
+
+    How the operator's machine reaches the stack from outside, and what the
+    checks compare against. Every field has a production default: public names
+    through DNS, the system trust store, the VPS's SSH address for exposure probes.
+    """
+
+    # "HOST:PORT" every HTTPS request to api./console. connects to instead of
+    # the names' DNS answer (curl --connect-to; SNI and Host stay the public
+    # names). The local stage publishes 443 on 127.0.0.1 at a random port.
+    public_address: str | None = None
+    # The same for plain HTTP (:80, the redirect to https).
+    public_http_address: str | None = None
+    # The address probed from outside for ports that must be closed
+    # (5432, 6379, 5678...); None: ssh.host.
+    exposure_address: str | None = None
+    # PEM file (on the operator's machine) of the roots the chain must verify
+    # against; None: the system trust store (Let's Encrypt's roots).
+    ca_bundle: Path | None = None
+    certificate_min_days: int = Field(14, ge=1, le=365)
+    # Per channel, the sender id of a test account: the inbound -> outbound
+    # check sends a signed message "from" it and the bot answers it. A channel
+    # without one is reported as manual.
+    test_recipients: dict[Literal["whatsapp", "instagram", "messenger"], str] = {}
+    outbound_timeout_seconds: float = Field(30.0, gt=0, le=300)
+    http_timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+    @field_validator("public_address", "public_http_address")
+    @classmethod
+    def address_has_a_port(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z0-9.:\[\]-]+:[0-9]{1,5}", value):
+            raise ValueError("must be HOST:PORT such as 127.0.0.1:8443")
+        return value
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def ca_bundle_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"{value} is not a file on this machine (a PEM bundle of trusted roots)")
+        return value
+
+    @field_validator("test_recipients")
+    @classmethod
+    def recipients_are_ids(cls, value: dict[str, str]) -> dict[str, str]:
+        for channel, recipient in value.items():
+            if not re.fullmatch(r"[0-9]{5,20}", recipient):
+                raise ValueError(f"{channel}: must be the numeric id of a test account (a phone number or PSID)")
+        return value
 
 
 class HostSettings(Section):
@@ -497,6 +547,7 @@ class Settings(Section):
     backup: BackupSettings = BackupSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     host: HostSettings = HostSettings()
+    checks: ChecksSettings = ChecksSettings()
 
     @model_validator(mode="after")
     def production_is_strict(self) -> Settings:
@@ -536,7 +587,6 @@ SECRET_ENV: dict[str, tuple[str, str]] = {
     "LEGACY_SHARED_TOKEN": ("pipeline", "legacy_shared_token"),
     "POSTGRES_PASSWORD": ("database", "password"),
     "N8N_ENCRYPTION_KEY": ("n8n", "encryption_key"),
-    "N8N_OWNER_PASSWORD": ("n8n", "owner_password"),
     "ADMIN_API_TOKEN": ("admin", "api_token"),
 }
 # Settings from the runbook's table that are not secret but that operators

@@ -39,20 +39,27 @@ def ssh_settings(endpoint: vps.VpsEndpoint | None = None) -> dict[str, Any]:
             "key_path": str(endpoint.key_path), "known_hosts_file": str(endpoint.known_hosts_path)}
 
 
-def local_stage_tree(endpoint: vps.VpsEndpoint | None = None, acme: dict[str, str] | None = None) -> dict[str, Any]:
+def local_stage_tree(endpoint: vps.VpsEndpoint | None = None, acme: dict[str, str] | None = None,
+                     checks: dict[str, Any] | None = None) -> dict[str, Any]:
     """The local stage's settings (non-secret part).
 
     + endpoint: the VPS to deploy onto (default: the demo's ``restobot-vps-local``)
     + acme: ``directory_url`` and ``ca_certificates_path`` of the local ACME server;
       none leaves only the e-mail, which is enough for provisioning-only runs
+    + checks: the go-live checklist's section, merged over the local defaults
+      (``public_address``/``public_http_address`` from ``endpoint``'s published
+      ports, test recipients the local Graph API double accepts)
     """
-    return {
+    tree = {
         "stage": "local",
         "ssh": ssh_settings(endpoint),
         "domains": {"domain": "resto.localhost.test"},
         "acme": {"email": "ops@resto.localhost.test", **(acme or {})},
         "images": local_image_refs(),
-        "meta": {"signature_required": "enforce", "wa_phone_number_id": "100000000000099"},
+        # Until a local Graph API double is given, replies go to a closed port on the
+        # container's own loopback: nothing may leave this machine.
+        "meta": {"signature_required": "enforce", "wa_phone_number_id": "100000000000099",
+                 "graph_api_base_url": "http://127.0.0.1:9"},
         "restaurant": {
             "name": "Chez Resto (local)",
             "address": "1 rue de l'Exemple, 75001 Paris",
@@ -67,3 +74,20 @@ def local_stage_tree(endpoint: vps.VpsEndpoint | None = None, acme: dict[str, st
         # A container has no swap of its own to manage.
         "host": {"manage_swap": False},
     }
+    tree["checks"] = {**local_checks(endpoint), **(checks or {})}
+    return tree
+
+
+def local_checks(endpoint: vps.VpsEndpoint | None = None) -> dict[str, Any]:
+    """The checklist's section for a local VPS: its 80/443 are published on 127.0.0.1."""
+    values: dict[str, Any] = {
+        "test_recipients": {"whatsapp": "33600000099", "instagram": "1000000000000099",
+                            "messenger": "2000000000000099"},
+    }
+    if endpoint is not None:
+        values["public_address"] = f"{endpoint.host}:{endpoint.https_port}"
+        values["public_http_address"] = f"{endpoint.host}:{endpoint.http_port}"
+    else:
+        values["public_address"] = f"{vps.LOOPBACK}:{vps.DEFAULT_PORTS.https}"
+        values["public_http_address"] = f"{vps.LOOPBACK}:{vps.DEFAULT_PORTS.http}"
+    return values

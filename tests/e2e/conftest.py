@@ -176,3 +176,93 @@ def write_deploy(path: Path, body: Sequence[str]) -> Path:
     """A deploy file: the imports pyinfra deploys need, then ``body``."""
     path.write_text("\n".join(["from pyinfra import host", *body]) + "\n")
     return path
+
+
+# --- a deployed stack, shared by the e2e tests that need one ----------------------
+
+# One stack per pytest session (several sessions may run at once); the pid names it.
+STACK_PREFIX = "restobot-vps-e2e-"
+STACK_VPS = f"{STACK_PREFIX}{os.getpid()}"
+STACK_ACME = f"restobot-acme-e2e-{os.getpid()}"
+
+
+def remove_stacks_of_dead_sessions() -> None:
+    """Leftovers of killed sessions: their containers are named after a pid that no longer runs."""
+    from restobot.harness import acme as harness_acme
+
+    names = subprocess.run(
+        ["docker", "ps", "--all", "--format", "{{.Names}}", "--filter", f"name={STACK_PREFIX}"],
+        capture_output=True, text=True,
+    ).stdout.split()
+    for name in names:
+        pid = name.removeprefix(STACK_PREFIX)
+        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            harness_acme.ensure_acme_absent(container=f"restobot-acme-e2e-{pid}", out=None)
+            stop_vps(name)
+
+
+@dataclasses.dataclass
+class DeployedStack:
+    """A VPS container with the stack deployed by the real deploy.py, and how to reach it."""
+
+    endpoint: Any
+    inventory: Path
+    settings: dict[str, Any]
+    acme: Any
+    first_deploy: PyinfraRun
+    workdir: Path
+
+    def deploy(self, *args: str, source: Path | None = None, release: str | None = None) -> PyinfraRun:
+        extra = [*args]
+        if source is not None:
+            extra += ["--data", f"source={source}"]
+        if release is not None:
+            extra += ["--data", f"release={release}"]
+        return run_pyinfra(self.inventory, REPO_ROOT / "deploy.py", *extra)
+
+    def rollback(self, release: str, *args: str) -> PyinfraRun:
+        return run_pyinfra(self.inventory, REPO_ROOT / "rollback.py", "--data", f"release={release}", *args)
+
+    def ssh(self, *command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return vps_exec(self.endpoint, *command, check=check, timeout=timeout)
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for sock in sockets:
+            sock.bind(("127.0.0.1", 0))
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+@pytest.fixture(scope="session")
+def deployed_stack(local_secrets, tmp_path_factory) -> DeployedStack:
+    """A fresh VPS container, the local ACME server beside it, and deploy.py run once onto it.
+
+    Every e2e module that needs a running stack shares this one (a deploy from
+    scratch takes minutes). Modules that break things on purpose put them back.
+    """
+    from restobot.harness import acme as harness_acme
+    from restobot.harness.stage import local_stage_tree
+
+    workdir = tmp_path_factory.mktemp("deployed-stack")
+    remove_stacks_of_dead_sessions()
+    endpoint = start_vps(STACK_VPS, tuple(_free_ports(3)), fresh=True)
+    try:
+        acme = harness_acme.ensure_acme_running(vps_container=STACK_VPS, container=STACK_ACME, out=None)
+    except Exception as error:  # noqa: BLE001
+        pytest.fail(f"the local ACME server did not start: {error}", pytrace=False)
+    settings = local_stage_tree(endpoint, acme=acme.settings())
+    inventory = write_inventory(workdir / "e2e.py", settings, group="e2e", name="e2e-vps")
+    first = run_pyinfra(inventory, REPO_ROOT / "deploy.py", "--data", "release=e2e-base")
+    if first.returncode != 0:
+        pytest.fail(f"the first deploy onto {STACK_VPS} failed\n{first.output_tail()}", pytrace=False)
+    yield DeployedStack(endpoint, inventory, settings, acme, first, workdir)
+    if os.environ.get("RESTOBOT_KEEP_E2E_STACK") != "1":
+        harness_acme.ensure_acme_absent(container=STACK_ACME, out=None)
+        stop_vps(STACK_VPS)

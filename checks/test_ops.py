@@ -1,0 +1,120 @@
+"""Backups and monitoring: the runbook's "Backup DB configuré et testé" and "Monitoring/alertes configurés"."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from conftest import container, manual
+
+from restobot import checklist
+
+# --- backups --------------------------------------------------------------------------------
+
+
+def _scheduled_dir(target) -> str:
+    return f"{target.layout.backups_dir}/scheduled"
+
+
+def test_backup_schedule_is_installed(target, evidence):
+    script = f"{target.settings.host.base_dir}/bin/backup"
+    result = target.host.run(
+        f"grep -lsF {script} /etc/cron.d/* /var/spool/cron/crontabs/* /etc/crontab 2>/dev/null")
+    assert result.stdout.strip(), f"no cron entry runs {script} (looked in /etc/cron.d, the crontabs, /etc/crontab)"
+    evidence(f"{script} scheduled in {result.stdout.split()[0]}")
+
+
+def test_cron_daemon_is_running(target, evidence):
+    result = target.host.run("pgrep -x cron || pgrep -x crond")
+    assert result.rc == 0, "no cron daemon runs: the backup schedule never fires"
+    evidence(f"cron pid {result.stdout.split()[0]}")
+
+
+def test_latest_backup_is_newer_than_its_period(target, evidence):
+    stamp = f"{_scheduled_dir(target)}/last-success"
+    period = checklist.cron_period_seconds(target.settings.backup.schedule)
+    allowed = int(period * 1.1) + 600  # the run's own duration and clock drift
+    result = target.host.run(f"now=$(date +%s); m=$(stat -c %Y {stamp}) && echo $((now - m))")
+    assert result.rc == 0 and result.stdout.strip().isdigit(), (
+        f"no {stamp}: no scheduled backup has succeeded yet"
+    )
+    age = int(result.stdout.strip())
+    assert age <= allowed, (
+        f"the last successful backup is {age / 3600:.1f} h old; the schedule '{target.settings.backup.schedule}' "
+        f"runs every {period / 3600:.0f} h"
+    )
+    evidence(f"last success {age / 3600:.1f} h ago (period {period / 3600:.0f} h)")
+
+
+def test_latest_backup_restores_with_the_same_row_counts(target, evidence):
+    verify = f"{target.settings.host.base_dir}/bin/backup-verify"
+    if not target.host.file(verify).exists:
+        pytest.fail(f"{verify} is missing: the backup cannot be proven restorable")
+    result = target.host.run(verify)
+    last = (result.stdout.strip().splitlines() or ["{}"])[-1]
+    try:
+        report = json.loads(last)
+    except json.JSONDecodeError:
+        pytest.fail(f"{verify} exited {result.rc} without its JSON report: {(result.stdout + result.stderr)[-300:]}")
+    assert result.rc == 0 and report.get("ok") is True, (
+        f"{verify} exited {result.rc}: {json.dumps({k: report.get(k) for k in ('dump', 'tables', 'error') if k in report})[:400]}"
+    )
+    evidence(f"{report.get('dump')} restored in {report.get('restore_seconds')} s, "
+             f"{len(report.get('tables') or {})} tables with equal row counts")
+
+
+# --- monitoring and alerts ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("threshold", sorted(checklist.RUNBOOK_THRESHOLDS))
+def test_threshold_is_within_the_runbook(target, threshold, evidence):
+    value = getattr(target.settings.monitoring, threshold)
+    limit = checklist.RUNBOOK_THRESHOLDS[threshold]
+    assert value <= limit, f"monitoring.{threshold} is {value}, above the runbook's alert threshold {limit}"
+    evidence(f"{threshold} = {value} (runbook: {limit})")
+
+
+def test_alert_destination_is_configured_in_n8n(target, evidence):
+    configured = target.settings.pipeline.alert_webhook_url
+    assert configured is not None, "pipeline.alert_webhook_url (ALERT_WEBHOOK_URL) is not set: alerts go nowhere"
+    running = target.container_env("n8n-main", "ALERT_WEBHOOK_URL")
+    assert running == str(configured), "ALERT_WEBHOOK_URL in n8n-main is not the settings' (deploy again)"
+    evidence(f"ALERT_WEBHOOK_URL set in n8n-main ({configured.host})")
+
+
+NODE_POST = """
+const url = process.env.ALERT_WEBHOOK_URL;
+if (!url) { console.log('unset'); process.exit(3); }
+const text = process.argv[1];
+fetch(url, {method: 'POST', headers: {'content-type': 'application/json'},
+  body: JSON.stringify({text, content: text, test: true}), signal: AbortSignal.timeout(8000)})
+  .then((r) => { console.log(r.status); process.exit(r.ok ? 0 : 1); })
+  .catch((e) => { console.log('error ' + (e.cause && e.cause.code || e.message)); process.exit(2); });
+"""
+
+
+def test_alert_destination_answers_a_test_alert(target, evidence):
+    """Posted from n8n-main itself (the path real alerts take), Slack/Discord-compatible."""
+    if target.settings.pipeline.alert_webhook_url is None:
+        pytest.fail("pipeline.alert_webhook_url is not set: no destination to test")
+    message = f"[{target.settings.stage.value}] go-live checklist: test alert, no action needed ({time.strftime('%Y-%m-%d %H:%M')})"
+    result = target.run("docker", "exec", container("n8n-main"), "node", "-e", NODE_POST, message)
+    answer = result.stdout.strip()
+    assert result.rc == 0, f"the alert destination answered {answer or result.stderr.strip()[-200:]} to a test alert"
+    evidence(f"test alert answered {answer}")
+
+
+RUNBOOK_ALERTS = {
+    "container-down": "a container stops",
+    "healthcheck-fail": "https://api.../healthz stops answering ok",
+    "signature-errors": "SIGNATURE_INVALID events spike in security_events",
+    "rate-limit": "RATE_LIMIT events are excessive",
+    "disk": "the disk passes 90%",
+}
+
+
+@pytest.mark.parametrize("alert", sorted(RUNBOOK_ALERTS))
+def test_runbook_alert_is_wired(target, alert):
+    manual(f"the stack alerts only on the DLQ (W8_DLQ_HANDLER); confirm your external monitoring alerts when "
+           f"{RUNBOOK_ALERTS[alert]}")

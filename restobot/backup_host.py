@@ -1,0 +1,290 @@
+"""The scheduled backups' helper that runs ON THE VPS: retention and restore checks.
+
+Uploaded verbatim to ``{base_dir}/bin/restobot_backup.py`` by
+``restobot.operations.backup.backups_scheduled`` and run with the host's
+``python3`` (provisioning installs it); standard library only, no import from
+the rest of ``restobot``, Python 3.9+ (Debian 11 / Ubuntu 22.04 and newer).
+The same functions are unit-tested on the operator's side by exact value.
+
+``bin/backup`` (templates/backup/backup.sh.j2) writes, per run, under the
+scheduled directory::
+
+    resto-20261128T031702Z.dump          pg_dump -Fc (mode 0600)
+    resto-20261128T031702Z.globals.sql   pg_dumpall --globals-only (roles)
+    resto-20261128T031702Z.json          metadata, written last (a dump without it is incomplete):
+                                         created_at, size, sha256 and the row counts
+                                         of KEY_TABLES taken in the dump's own snapshot
+    last-success                         "<ISO time> <dump path> <size in bytes>"
+
+then calls ``prune``. ``bin/backup-verify`` calls ``verify``.
+
+    python3 restobot_backup.py prune  --dir DIR --daily 7 --weekly 4 --monthly 6
+    python3 restobot_backup.py verify --dir DIR --container resto-postgres-1
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import hashlib
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+KEY_TABLES = ("inbound_messages", "outbound_messages", "security_events", "api_clients", "schema_migrations")
+"""The tables whose row counts a restore must reproduce."""
+SCRATCH_DATABASE = "restore_check"
+DUMP_PREFIX = "resto-"
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"
+DUMP_NAME = re.compile(r"^resto-(\d{8}T\d{6}Z)\.dump$")
+SUFFIXES = (".dump", ".globals.sql", ".json")
+"""The files of one backup, removed together by ``prune``."""
+PSQL = 'exec psql -X -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$0" -c "$1"'
+PG_RESTORE = 'exec pg_restore --exit-on-error --no-owner --no-privileges -U "$POSTGRES_USER" -d "$0"'
+COMMAND_TIMEOUT = 3600
+
+
+# --- pure builders -------------------------------------------------------------------
+
+
+def count_sql(tables: Sequence[str] = KEY_TABLES) -> str:
+    """One query returning ``{"table": rows, ...}`` as JSON text, for the tables that exist.
+
+    Counted in the caller's transaction (the backup runs it in the snapshot it hands to
+    pg_dump), so the counts describe exactly what the dump holds. A missing table is left
+    out rather than failing: the restore comparison then reports it as absent.
+    """
+    for table in tables:
+        if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", table):
+            raise ValueError(f"count_sql: table name {table!r} is not a plain lower-case identifier")
+    names = ", ".join(f"'{table}'" for table in tables)
+    return (
+        "SELECT coalesce(json_object_agg(t, (xpath('/row/c/text()', query_to_xml("
+        "format('SELECT count(*) AS c FROM %I', t), false, true, '')))[1]::text::bigint), '{}')::text AS counts "
+        f"FROM unnest(ARRAY[{names}]::text[]) AS t WHERE to_regclass(t) IS NOT NULL"
+    )
+
+
+def dump_stamp(name: str) -> datetime.datetime | None:
+    """The UTC time in a dump's file name (``resto-20261128T031702Z.dump``); None for other names."""
+    match = DUMP_NAME.match(name)
+    if not match:
+        return None
+    return datetime.datetime.strptime(match.group(1), STAMP_FORMAT).replace(tzinfo=datetime.timezone.utc)
+
+
+def dump_name(when: datetime.datetime) -> str:
+    return f"{DUMP_PREFIX}{when.astimezone(datetime.timezone.utc).strftime(STAMP_FORMAT)}.dump"
+
+
+def _bucket_keys(when: datetime.datetime) -> dict[str, tuple[int, ...]]:
+    iso = when.isocalendar()
+    return {
+        "daily": (when.year, when.month, when.day),
+        "weekly": (iso[0], iso[1]),
+        "monthly": (when.year, when.month),
+    }
+
+
+def kept_stamps(stamps: Iterable[datetime.datetime], daily: int, weekly: int,
+                monthly: int) -> list[datetime.datetime]:
+    """The backups to keep, newest first (pure: tested by value).
+
+    Each rule is applied on its own to every backup (as restic's ``forget`` does):
+    walking from the newest, the first backup of each calendar day (UTC) is kept until
+    ``daily`` days are covered, the first of each ISO week until ``weekly`` weeks are,
+    the first of each month until ``monthly`` months are. A backup kept by one rule
+    still counts for the others. The newest backup is always kept.
+
+    + stamps: when each backup was taken (UTC)
+    + daily, weekly, monthly: how many days, weeks and months keep a backup
+    """
+    ordered = sorted(set(stamps), reverse=True)
+    limits = {"daily": daily, "weekly": weekly, "monthly": monthly}
+    seen: dict[str, list[tuple[int, ...]]] = {rule: [] for rule in limits}
+    kept: list[datetime.datetime] = []
+    for index, stamp in enumerate(ordered):
+        keep = index == 0
+        for rule, key in _bucket_keys(stamp).items():
+            buckets = seen[rule]
+            if key not in buckets and len(buckets) < limits[rule]:
+                buckets.append(key)
+                keep = True
+        if keep:
+            kept.append(stamp)
+    return kept
+
+
+def verify_report(dump: str, age_seconds: float, restore_seconds: float, expected: dict[str, int],
+                  restored: dict[str, int], tables: Sequence[str] = KEY_TABLES,
+                  error: str | None = None) -> dict:
+    """The JSON object ``verify`` prints (pure: tested by value).
+
+    ``ok`` only when there is no error and every key table has the recorded count in
+    the restore; a table absent on either side is ``null`` there and fails the check.
+    """
+    compared = {table: [expected.get(table), restored.get(table)] for table in tables}
+    ok = error is None and all(pair[0] is not None and pair[0] == pair[1] for pair in compared.values())
+    report = {
+        "ok": ok,
+        "dump": dump,
+        "age_seconds": round(age_seconds),
+        "restore_seconds": round(restore_seconds, 3),
+        "tables": compared,
+    }
+    if error is not None:
+        report["error"] = error
+    return report
+
+
+def psql_argv(container: str, database: str, sql: str) -> list[str]:
+    """Run one statement as the container's POSTGRES_USER in ``database`` (unaligned tuples)."""
+    return ["docker", "exec", container, "sh", "-c", PSQL, database, sql]
+
+
+def pg_restore_argv(container: str, database: str) -> list[str]:
+    """Restore a custom-format dump read from stdin into ``database``, stopping at the first error."""
+    return ["docker", "exec", "-i", container, "sh", "-c", PG_RESTORE, database]
+
+
+def scratch_argvs(container: str, live_database: str, scratch: str) -> tuple[list[str], list[str]]:
+    """(drop-and-create, drop) of the scratch database, run from the live one."""
+    drop = psql_argv(container, live_database, f'DROP DATABASE IF EXISTS "{scratch}" WITH (FORCE)')
+    create = psql_argv(container, live_database, f'CREATE DATABASE "{scratch}"')
+    return drop, create
+
+
+# --- on the host ------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Backup:
+    stamp: datetime.datetime
+    dump: Path
+
+    def files(self) -> list[Path]:
+        base = str(self.dump)[: -len(".dump")]
+        return [Path(base + suffix) for suffix in SUFFIXES]
+
+    @property
+    def metadata(self) -> Path:
+        return Path(str(self.dump)[: -len(".dump")] + ".json")
+
+
+def complete_backups(directory: Path) -> list[Backup]:
+    """The backups of ``directory`` whose metadata was written (complete ones), newest first."""
+    backups = []
+    for path in directory.glob(f"{DUMP_PREFIX}*.dump"):
+        stamp = dump_stamp(path.name)
+        if stamp is not None and Backup(stamp, path).metadata.is_file():
+            backups.append(Backup(stamp, path))
+    return sorted(backups, key=lambda backup: backup.stamp, reverse=True)
+
+
+def prune(directory: Path, daily: int, weekly: int, monthly: int, out=sys.stdout) -> list[Path]:
+    """Remove the backups ``kept_stamps`` does not keep; return the removed files."""
+    backups = complete_backups(directory)
+    kept = set(kept_stamps([backup.stamp for backup in backups], daily, weekly, monthly))
+    removed = []
+    for backup in backups:
+        if backup.stamp in kept:
+            continue
+        for path in backup.files():
+            if path.exists():
+                path.unlink()
+                removed.append(path)
+                print(f"removed {path}", file=out)
+    return removed
+
+
+def _run(argv: list[str], stdin=None) -> str:
+    proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{' '.join(argv[:4])} ... exited {proc.returncode}: {proc.stderr.strip()[-600:]}")
+    return proc.stdout
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def verify(directory: Path, container: str, scratch: str = SCRATCH_DATABASE,
+           tables: Sequence[str] = KEY_TABLES, now: float | None = None) -> dict:
+    """Restore the newest complete backup into ``scratch`` and compare the key tables' counts.
+
+    The scratch database is dropped afterwards, whatever happened.
+    """
+    backups = complete_backups(directory)
+    if not backups:
+        return verify_report("", 0, 0, {}, {}, tables,
+                             error=f"no complete backup in {directory}: run bin/backup first")
+    newest = backups[0]
+    age = (now if now is not None else time.time()) - newest.stamp.timestamp()
+    try:
+        metadata = json.loads(newest.metadata.read_text())
+        expected = {str(k): int(v) for k, v in (metadata.get("tables") or {}).items()}
+    except (OSError, ValueError, AttributeError) as error:
+        return verify_report(str(newest.dump), age, 0, {}, {}, tables,
+                             error=f"{newest.metadata}: unreadable metadata ({error}); take a new backup")
+    if metadata.get("sha256") and _sha256(newest.dump) != metadata["sha256"]:
+        return verify_report(str(newest.dump), age, 0, expected, {}, tables,
+                             error=f"{newest.dump}: sha256 differs from {newest.metadata} (the file changed "
+                                   "after the backup); take a new backup and look at the disk")
+    live = _run(["docker", "exec", container, "sh", "-c", 'printf %s "$POSTGRES_DB"']).strip()
+    drop, create = scratch_argvs(container, live, scratch)
+    started = time.monotonic()
+    restored: dict[str, int] = {}
+    error = None
+    try:
+        _run(drop)
+        _run(create)
+        with newest.dump.open("rb") as dump:
+            proc = subprocess.run(pg_restore_argv(container, scratch), stdin=dump, capture_output=True,
+                                  timeout=COMMAND_TIMEOUT)
+        if proc.returncode != 0:
+            detail = proc.stderr.decode(errors="replace").strip()[-600:]
+            raise RuntimeError(f"pg_restore of {newest.dump} into {scratch} failed: {detail}")
+        restored = {str(k): int(v) for k, v in json.loads(_run(psql_argv(container, scratch, count_sql(tables)))).items()}
+    except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as failure:
+        error = str(failure)
+    finally:
+        restore_seconds = time.monotonic() - started
+        try:
+            _run(drop)
+        except (RuntimeError, OSError, subprocess.TimeoutExpired) as failure:
+            error = error or f"could not drop {scratch}: {failure}"
+    return verify_report(str(newest.dump), age, restore_seconds, expected, restored, tables, error)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="restobot_backup.py", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    prune_cmd = commands.add_parser("prune", help="remove the backups the retention does not keep")
+    prune_cmd.add_argument("--dir", type=Path, required=True)
+    prune_cmd.add_argument("--daily", type=int, required=True)
+    prune_cmd.add_argument("--weekly", type=int, required=True)
+    prune_cmd.add_argument("--monthly", type=int, required=True)
+    verify_cmd = commands.add_parser("verify", help="restore the newest backup into a scratch database")
+    verify_cmd.add_argument("--dir", type=Path, required=True)
+    verify_cmd.add_argument("--container", required=True)
+    verify_cmd.add_argument("--scratch", default=SCRATCH_DATABASE)
+    args = parser.parse_args(argv)
+    if args.command == "prune":
+        prune(args.dir, args.daily, args.weekly, args.monthly)
+        return 0
+    report = verify(args.dir, args.container, args.scratch)
+    print(json.dumps(report, sort_keys=True))
+    return 0 if report["ok"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,171 @@
+"""Scheduled backups: a nightly dump of the database, kept 7 daily / 4 weekly / 6 monthly.
+
+``backups_scheduled(settings, layout)`` installs on the VPS:
+
+* ``{base_dir}/bin/backup`` (templates/backup/backup.sh.j2, POSIX sh): pg_dump -Fc and
+  pg_dumpall --globals-only from the postgres container, row counts of the key tables
+  taken in the dump's own snapshot, checked, renamed, a ``last-success`` stamp, then
+  retention; it logs to ``BACKUP_LOG`` (0640);
+* ``{base_dir}/bin/backup-verify`` (templates/backup/backup-verify.sh.j2): restores the
+  newest dump into the scratch database ``restore_check`` and compares the counts;
+* ``{base_dir}/bin/restobot_backup.py``: restobot/backup_host.py, the retention and
+  restore-check code both scripts call (unit-tested here by value);
+* ``CRON_FILE``: runs ``bin/backup`` as the deploy user on ``backup.schedule``.
+
+Dumps live in ``{backups_dir}/scheduled`` (0700, files 0600: personal data). The
+pre-deploy backups of restobot/operations/database.py stay apart in ``{backups_dir}``.
+Cron itself: provisioning installs and starts it on hosts without systemd; here it is
+ensured on every host (a systemd VPS image may lack it).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import shlex
+
+from pyinfra import host
+from pyinfra.api import deploy
+from pyinfra.operations import apt, files
+
+from restobot import backup_host
+from restobot.commands import HostLayout
+from restobot.facts.deploy import POSTGRES_CONTAINER
+from restobot.facts.provision import HostPlatform
+from restobot.operations.provision import init_service
+from restobot.settings import REPO_ROOT, BackupSettings, Settings
+
+TEMPLATES = REPO_ROOT / "templates" / "backup"
+CRON_FILE = "/etc/cron.d/restobot-backup"
+LOG_DIR = "/var/log/restobot"
+BACKUP_LOG = f"{LOG_DIR}/backup.log"
+HELPER_SOURCE = backup_host.__file__
+
+
+@dataclasses.dataclass(frozen=True)
+class BackupPaths:
+    """Where the scheduled backups and their scripts live on the VPS."""
+
+    layout: HostLayout
+
+    @property
+    def bin_dir(self) -> str:
+        return f"{self.layout.base_dir}/bin"
+
+    @property
+    def script(self) -> str:
+        return f"{self.bin_dir}/backup"
+
+    @property
+    def verify_script(self) -> str:
+        return f"{self.bin_dir}/backup-verify"
+
+    @property
+    def helper(self) -> str:
+        return f"{self.bin_dir}/restobot_backup.py"
+
+    @property
+    def directory(self) -> str:
+        return f"{self.layout.backups_dir}/scheduled"
+
+    @property
+    def last_success(self) -> str:
+        return f"{self.directory}/last-success"
+
+
+# --- pure builders ---------------------------------------------------------
+
+
+def cron_line(schedule: str, user: str, script: str) -> str:
+    """The /etc/cron.d line running ``script`` as ``user`` (stdout dropped: cron mails stderr, the failures)."""
+    return f"{schedule} {user} {shlex.quote(script)} >/dev/null"
+
+
+def cron_file(backup: BackupSettings, user: str, paths: BackupPaths) -> str:
+    """The whole ``CRON_FILE`` (pure: tested by value)."""
+    return "\n".join([
+        "# Managed by restobot (restobot/operations/backup.py): the nightly database backup.",
+        "# Change `backup.schedule` in the inventory and deploy again; do not edit on the host.",
+        "SHELL=/bin/sh",
+        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        cron_line(backup.schedule, user, paths.script),
+        "",
+    ])
+
+
+def script_values(backup: BackupSettings, user: str, paths: BackupPaths,
+                  container: str = POSTGRES_CONTAINER) -> dict[str, str | int]:
+    """What the two script templates are rendered with; shell words come quoted (pure)."""
+    return {
+        "deploy_user": shlex.quote(user),
+        "deploy_user_text": user,
+        "container": shlex.quote(container),
+        "directory": shlex.quote(paths.directory),
+        "log": shlex.quote(BACKUP_LOG),
+        "log_text": BACKUP_LOG,
+        "helper": shlex.quote(paths.helper),
+        "scratch": shlex.quote(backup_host.SCRATCH_DATABASE),
+        "scratch_text": backup_host.SCRATCH_DATABASE,
+        "script_text": paths.script,
+        "verify_text": paths.verify_script,
+        "cron_file": CRON_FILE,
+        "daily": backup.keep_daily,
+        "weekly": backup.keep_weekly,
+        "monthly": backup.keep_monthly,
+        "count_sql": backup_host.count_sql(),
+    }
+
+
+def backup_argv(paths: BackupPaths) -> list[str]:
+    """Run a backup now (as root over SSH: the script re-runs itself as the deploy user)."""
+    return [paths.script]
+
+
+def verify_argv(paths: BackupPaths) -> list[str]:
+    return [paths.verify_script]
+
+
+# --- deploy ----------------------------------------------------------------
+
+
+@deploy("Ensure the database is backed up on schedule")
+def backups_scheduled(settings: Settings, layout: HostLayout) -> None:
+    """
+    Ensure the nightly backup, its restore check and its cron entry are installed.
+
+    + settings: the stage's settings (``backup`` and ``host.deploy_user`` are read)
+    + layout: where the stack lives on the host
+
+    **Example:**
+
+    .. code:: python
+
+        backups_scheduled(settings, HostLayout(settings.host.base_dir))
+    """
+    user = settings.host.deploy_user
+    paths = BackupPaths(layout)
+    values = script_values(settings.backup, user, paths)
+    platform = host.get_fact(HostPlatform)
+
+    files.directory(name=f"Ensure {paths.bin_dir} holds root's scripts, run by {user}",
+                    path=paths.bin_dir, user="root", group=user, mode="750")
+    files.directory(name=f"Ensure {paths.directory} is {user}'s, mode 700",
+                    path=paths.directory, user=user, group=user, mode="700")
+    files.directory(name=f"Ensure {LOG_DIR} is {user}'s, mode 750",
+                    path=LOG_DIR, user=user, group="adm", mode="750")
+    files.file(name=f"Ensure {BACKUP_LOG} is {user}'s, mode 640",
+               path=BACKUP_LOG, user=user, group="adm", mode="640")
+    files.put(name=f"Ensure {paths.helper} is the backups' retention and restore-check code",
+              src=HELPER_SOURCE, dest=paths.helper, user="root", group=user, mode="750")
+    files.template(name=f"Ensure {paths.script} dumps, checks and keeps the backups",
+                   src=str(TEMPLATES / "backup.sh.j2"), dest=paths.script,
+                   user="root", group=user, mode="750", **values)
+    files.template(name=f"Ensure {paths.verify_script} restores the newest backup into a scratch database",
+                   src=str(TEMPLATES / "backup-verify.sh.j2"), dest=paths.verify_script,
+                   user="root", group=user, mode="750", **values)
+    apt.packages(name="Ensure cron is installed", packages=["cron"], no_recommends=True)
+    if platform is not None:
+        init_service(platform, "cron", name="Ensure cron is running (it runs the nightly backup)", running=True)
+    files.put(name=f"Ensure cron runs {paths.script} at '{settings.backup.schedule}' as {user}",
+              src=io.StringIO(cron_file(settings.backup, user, paths)), dest=CRON_FILE,
+              user="root", group="root", mode="644")
