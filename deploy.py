@@ -17,8 +17,8 @@ from pathlib import Path
 from pyinfra import host, state
 
 from restobot.commands import HostLayout
-from restobot.operations import database, images, lock, provision, release, stack
-from restobot.release import build_release, release_name_from_git, private_tempdir
+from restobot.operations import backup, database, images, lock, provision, release, stack
+from restobot.release import build_release, private_tempdir, release_name_from_git
 from restobot.settings import REPO_ROOT, settings_for
 
 started = time.monotonic()
@@ -72,6 +72,9 @@ release.releases_pruned(
     name=f"Ensure at most {settings.host.keep_releases} releases are kept",
     layout=layout, keep=settings.host.keep_releases, protected=(identifier,),
 )
+
+# Backups: the nightly dump, its restore check and its cron entry.
+backup.backups_scheduled(settings, layout)
 
 lock.audit_logged(
     name=lock.AUDIT, layout=layout, actor=actor, action="deploy", release=identifier, result="success", started=started

@@ -16,7 +16,12 @@ from pyinfra import host, state
 from pyinfra.api.exceptions import DeployError
 
 from restobot.commands import HostLayout
-from restobot.facts.deploy import AppliedMigrations, Backups, DeployState, ReleaseManifest
+from restobot.facts.deploy import (
+    AppliedMigrations,
+    Backups,
+    DeployState,
+    ReleaseManifest,
+)
 from restobot.operations import database, images, lock, stack
 from restobot.rollback import RollbackRefused, plan_rollback, resolve_release
 from restobot.settings import settings_for

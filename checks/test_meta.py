@@ -152,7 +152,8 @@ def test_signed_message_produces_an_outbound_reply(target, channel, evidence):
         f"from inbound_messages where channel = {checklist.sql_literal(channel)} "
         f"and msg_id = {checklist.sql_literal(message_id)}), 'not stored'))"
     )
-    row = target.sql_until(query, lambda out: out.startswith("SENT|") or out.startswith("DLQ|"),
+    # A first attempt that failed (RETRY with its error) ends the wait: the reply did not go out.
+    row = target.sql_until(query, lambda out: out.split("|")[0] in ("SENT", "DLQ", "RETRY"),
                            timeout=target.settings.checks.outbound_timeout_seconds)
     assert row.startswith("SENT|") and row.split("|")[1], (
         f"{channel}: the reply to test message {message_id} is not sent after "

@@ -203,7 +203,7 @@ def prune(directory: Path, daily: int, weekly: int, monthly: int, out=sys.stdout
 
 
 def _run(argv: list[str], stdin=None) -> str:
-    proc = subprocess.run(argv, stdin=stdin, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    proc = subprocess.run(argv, stdin=stdin, check=False, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} ... exited {proc.returncode}: {proc.stderr.strip()[-600:]}")
     return proc.stdout
@@ -248,7 +248,7 @@ def verify(directory: Path, container: str, scratch: str = SCRATCH_DATABASE,
         _run(drop)
         _run(create)
         with newest.dump.open("rb") as dump:
-            proc = subprocess.run(pg_restore_argv(container, scratch), stdin=dump, capture_output=True,
+            proc = subprocess.run(pg_restore_argv(container, scratch), stdin=dump, check=False, capture_output=True,
                                   timeout=COMMAND_TIMEOUT)
         if proc.returncode != 0:
             detail = proc.stderr.decode(errors="replace").strip()[-600:]

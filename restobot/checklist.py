@@ -492,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--inventory", required=True, type=Path,
                         help="the stage's pyinfra inventory, the one the deploy uses (inventory/production.py)")
     parser.add_argument("--junit", type=Path, help="also write the JUnit XML report there (for CI)")
-    parser.add_argument("--workers", type=int, default=int(os.environ.get("RESTOBOT_CHECK_WORKERS", "8")),
+    parser.add_argument("--workers", type=int, default=int(os.environ.get("RESTOBOT_CHECK_WORKERS", "4")),
                         help="checks run in parallel by this many pytest-xdist workers (0: in this process order)")
     parser.add_argument("-k", dest="select", help="only the items matching this pytest -k expression")
     parser.add_argument("--strict-manual", action="store_true", help="exit 1 while any item is manual")

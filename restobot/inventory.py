@@ -54,3 +54,31 @@ def local_acme() -> dict[str, str]:
             f"acme: the local ACME server is not running ({error}); "
             "start it with scripts/demo or: .venv/bin/python -m restobot.harness.acme up"
         ) from None
+
+
+def local_meta() -> dict[str, str]:
+    """The local Meta double's Graph API and alert URLs, as the harness recorded them."""
+    from restobot.harness.meta_double import MetaDoubleError, recorded_double
+
+    try:
+        return recorded_double().settings()
+    except MetaDoubleError as error:
+        raise InventoryError(
+            f"meta: the local Meta double is not running ({error}); start it with scripts/demo"
+        ) from None
+
+
+def local_checks() -> dict[str, str]:
+    """What the go-live checks need beyond DNS on the local stage: pebble's root, the VPS's address."""
+    from restobot.harness import acme, vps
+
+    values: dict[str, str] = {}
+    try:
+        recorded = acme.LocalAcme.from_json(acme.state_path(acme.CONTAINER_NAME).read_text())
+        values["ca_bundle"] = str(acme.issuing_root(recorded))
+    except (OSError, ValueError, acme.AcmeError):
+        pass  # the checks report the chain as unverifiable rather than the inventory failing
+    address = vps.container_address(vps.CONTAINER_NAME)
+    if address:
+        values["exposure_address"] = address
+    return values

@@ -22,7 +22,7 @@ import runpy
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -356,7 +356,7 @@ class ChecksSettings(Section):
     # PEM file (on the operator's machine) of the roots the chain must verify
     # against; None: the system trust store (Let's Encrypt's roots).
     ca_bundle: Path | None = None
-    certificate_min_days: int = Field(14, ge=1, le=365)
+    certificate_min_days: int = Field(14, ge=1, le=3650)
     # Per channel, the sender id of a test account: the inbound -> outbound
     # check sends a signed message "from" it and the bot answers it. A channel
     # without one is reported as manual.

@@ -13,7 +13,12 @@ from dataclasses import dataclass, field
 
 from pyinfra.api import FactBase
 
-from restobot.commands import COMPOSE_PROJECT, HostLayout, LONG_RUNNING_SERVICES, shell_text
+from restobot.commands import (
+    COMPOSE_PROJECT,
+    LONG_RUNNING_SERVICES,
+    HostLayout,
+    shell_text,
+)
 
 POSTGRES_CONTAINER = f"{COMPOSE_PROJECT}-postgres-1"
 

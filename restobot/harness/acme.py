@@ -938,6 +938,24 @@ def local_acme_settings(container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR
     return acme.settings()
 
 
+def issuing_root(acme: LocalAcme, key_dir: Path = KEY_DIR) -> Path:
+    """Pebble's issuing root (PEM), fetched over its HTTPS API and kept beside its record.
+
+    Pebble makes a new root at every start: the copy is refreshed when it no
+    longer matches what the running pebble serves.
+    """
+    import ssl
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(acme.ca_pem_path_on_host))
+    with urllib.request.urlopen(acme.roots_url, context=context, timeout=10) as answer:  # noqa: S310 - local pebble
+        pem = answer.read()
+    path = key_dir / f"{acme.container}-root.pem"
+    if not path.exists() or path.read_bytes() != pem:
+        path.write_bytes(pem)
+    return path
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m restobot.harness.acme",

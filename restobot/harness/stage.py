@@ -40,7 +40,8 @@ def ssh_settings(endpoint: vps.VpsEndpoint | None = None) -> dict[str, Any]:
 
 
 def local_stage_tree(endpoint: vps.VpsEndpoint | None = None, acme: dict[str, str] | None = None,
-                     checks: dict[str, Any] | None = None) -> dict[str, Any]:
+                     checks: dict[str, Any] | None = None,
+                     meta: dict[str, str] | None = None) -> dict[str, Any]:
     """The local stage's settings (non-secret part).
 
     + endpoint: the VPS to deploy onto (default: the demo's ``restobot-vps-local``)
@@ -49,6 +50,9 @@ def local_stage_tree(endpoint: vps.VpsEndpoint | None = None, acme: dict[str, st
     + checks: the go-live checklist's section, merged over the local defaults
       (``public_address``/``public_http_address`` from ``endpoint``'s published
       ports, test recipients the local Graph API double accepts)
+    + meta: ``graph_api_base_url`` and ``alert_webhook_url`` of the local Meta double
+      (``restobot.harness.meta_double.LocalMetaDouble.settings()``); they become
+      ``meta.graph_api_base_url`` and ``pipeline.alert_webhook_url``
     """
     tree = {
         "stage": "local",
@@ -75,6 +79,9 @@ def local_stage_tree(endpoint: vps.VpsEndpoint | None = None, acme: dict[str, st
         "host": {"manage_swap": False},
     }
     tree["checks"] = {**local_checks(endpoint), **(checks or {})}
+    if meta:
+        tree["meta"]["graph_api_base_url"] = meta["graph_api_base_url"]
+        tree["pipeline"] = {**tree.get("pipeline", {}), "alert_webhook_url": meta["alert_webhook_url"]}
     return tree
 
 

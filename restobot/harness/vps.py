@@ -329,6 +329,12 @@ def ensure_vps_absent(*, container: str = CONTAINER_NAME, key_dir: Path = KEY_DI
     return existed
 
 
+def container_address(container: str = CONTAINER_NAME) -> str | None:
+    """The VPS container's address on docker's default bridge (an "outside" viewpoint)."""
+    result = _docker("inspect", "--format", "{{.NetworkSettings.IPAddress}}", container, check=False)
+    return result.stdout.strip() or None if result.returncode == 0 else None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m restobot.harness.vps",

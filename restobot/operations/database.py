@@ -16,8 +16,22 @@ from pyinfra import host
 from pyinfra.api import operation
 from pyinfra.facts.files import File
 
-from restobot.commands import HostLayout, compose, compose_run_migrations, compose_up, pg_restore, psql, shell, shell_text
-from restobot.facts.deploy import POSTGRES_CONTAINER, ApiClient, AppliedMigrations, LedgerRow
+from restobot.commands import (
+    HostLayout,
+    compose,
+    compose_run_migrations,
+    compose_up,
+    pg_restore,
+    psql,
+    shell,
+    shell_text,
+)
+from restobot.facts.deploy import (
+    POSTGRES_CONTAINER,
+    ApiClient,
+    AppliedMigrations,
+    LedgerRow,
+)
 from restobot.operations.lock import write_argv
 
 

@@ -12,7 +12,13 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import operation
 
-from restobot.commands import bundle_file_name, compose_build_migrate, image_load, image_pull, shell
+from restobot.commands import (
+    bundle_file_name,
+    compose_build_migrate,
+    image_load,
+    image_pull,
+    shell,
+)
 from restobot.facts.deploy import DockerImages
 from restobot.settings import ImageSettings
 

@@ -28,7 +28,14 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import DeployError, OperationError, QuoteString, StringCommand, deploy, operation
+from pyinfra.api import (
+    DeployError,
+    OperationError,
+    QuoteString,
+    StringCommand,
+    deploy,
+    operation,
+)
 from pyinfra.api.operation import OperationMeta
 from pyinfra.facts.files import Sha256File
 from pyinfra.facts.server import AuthorizedKeys
@@ -36,7 +43,14 @@ from pyinfra.operations import apt, files, server, systemd, sysvinit
 from pyinfra.operations.util import any_changed
 
 from restobot.commands import HostLayout
-from restobot.facts.provision import Firewall, HostPlatform, Platform, Swap, SwapState, UfwFirewall
+from restobot.facts.provision import (
+    Firewall,
+    HostPlatform,
+    Platform,
+    Swap,
+    SwapState,
+    UfwFirewall,
+)
 from restobot.settings import REPO_ROOT, HostSettings, Settings
 
 TEMPLATES = REPO_ROOT / "templates" / "provision"

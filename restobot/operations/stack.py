@@ -14,7 +14,14 @@ import json
 from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
-from restobot.commands import COMPOSE_PROJECT, HostLayout, LONG_RUNNING_SERVICES, compose, compose_up, shell
+from restobot.commands import (
+    COMPOSE_PROJECT,
+    LONG_RUNNING_SERVICES,
+    HostLayout,
+    compose,
+    compose_up,
+    shell,
+)
 from restobot.facts.deploy import DeployState, SmokeResults
 from restobot.operations.lock import write_argv
 from restobot.operations.release import switch_current_argv

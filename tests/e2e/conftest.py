@@ -184,11 +184,13 @@ def write_deploy(path: Path, body: Sequence[str]) -> Path:
 STACK_PREFIX = "restobot-vps-e2e-"
 STACK_VPS = f"{STACK_PREFIX}{os.getpid()}"
 STACK_ACME = f"restobot-acme-e2e-{os.getpid()}"
+STACK_META = f"restobot-meta-e2e-{os.getpid()}"
 
 
 def remove_stacks_of_dead_sessions() -> None:
     """Leftovers of killed sessions: their containers are named after a pid that no longer runs."""
     from restobot.harness import acme as harness_acme
+    from restobot.harness import meta_double as harness_meta
 
     names = subprocess.run(
         ["docker", "ps", "--all", "--format", "{{.Names}}", "--filter", f"name={STACK_PREFIX}"],
@@ -197,6 +199,7 @@ def remove_stacks_of_dead_sessions() -> None:
     for name in names:
         pid = name.removeprefix(STACK_PREFIX)
         if pid.isdigit() and not Path(f"/proc/{pid}").exists():
+            harness_meta.ensure_meta_double_absent(container=f"restobot-meta-e2e-{pid}", out=None)
             harness_acme.ensure_acme_absent(container=f"restobot-acme-e2e-{pid}", out=None)
             stop_vps(name)
 
@@ -209,6 +212,7 @@ class DeployedStack:
     inventory: Path
     settings: dict[str, Any]
     acme: Any
+    meta: Any
     first_deploy: PyinfraRun
     workdir: Path
 
@@ -248,6 +252,7 @@ def deployed_stack(local_secrets, tmp_path_factory) -> DeployedStack:
     scratch takes minutes). Modules that break things on purpose put them back.
     """
     from restobot.harness import acme as harness_acme
+    from restobot.harness import meta_double as harness_meta
     from restobot.harness.stage import local_stage_tree
 
     workdir = tmp_path_factory.mktemp("deployed-stack")
@@ -255,14 +260,16 @@ def deployed_stack(local_secrets, tmp_path_factory) -> DeployedStack:
     endpoint = start_vps(STACK_VPS, tuple(_free_ports(3)), fresh=True)
     try:
         acme = harness_acme.ensure_acme_running(vps_container=STACK_VPS, container=STACK_ACME, out=None)
+        meta = harness_meta.ensure_meta_double_running(vps_container=STACK_VPS, container=STACK_META, out=None)
     except Exception as error:  # noqa: BLE001
-        pytest.fail(f"the local ACME server did not start: {error}", pytrace=False)
-    settings = local_stage_tree(endpoint, acme=acme.settings())
+        pytest.fail(f"the local ACME server or the Meta double did not start: {error}", pytrace=False)
+    settings = local_stage_tree(endpoint, acme=acme.settings(), meta=meta.settings())
     inventory = write_inventory(workdir / "e2e.py", settings, group="e2e", name="e2e-vps")
     first = run_pyinfra(inventory, REPO_ROOT / "deploy.py", "--data", "release=e2e-base")
     if first.returncode != 0:
         pytest.fail(f"the first deploy onto {STACK_VPS} failed\n{first.output_tail()}", pytrace=False)
-    yield DeployedStack(endpoint, inventory, settings, acme, first, workdir)
+    yield DeployedStack(endpoint, inventory, settings, acme, meta, first, workdir)
     if os.environ.get("RESTOBOT_KEEP_E2E_STACK") != "1":
+        harness_meta.ensure_meta_double_absent(container=STACK_META, out=None)
         harness_acme.ensure_acme_absent(container=STACK_ACME, out=None)
         stop_vps(STACK_VPS)

@@ -14,7 +14,6 @@ import time
 import pytest
 
 from restobot.render import GatewayOptions, RenderContext, render_release
-from restobot.settings import load_settings
 from restobot.secrets import generate_secrets
 from tests.conftest import settings_for_stage
 from tests.doubles.recorder import start_recorder

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -139,3 +138,25 @@ def test_config_loads_without_errors_and_requires_tls_1_2(traefik):
     assert overview["http"]["routers"]["errors"] == 0
     dynamic = (root / "traefik" / "dynamic" / "dynamic.yml").read_text()
     assert "minVersion: VersionTLS12" in dynamic
+
+
+def test_access_log_never_holds_the_query_string(traefik):
+    ports, settings, root = traefik
+    # A router of the test's own on the internal entrypoint: requests through it are access-logged.
+    (root / "traefik" / "dynamic" / "probe.yml").write_text(
+        "http:\n  routers:\n    probe:\n      rule: Path(`/probe`)\n      entryPoints: [traefik]\n"
+        "      service: gateway@file\n"
+    )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and not api(ports["internal"], "/api/http/routers/probe@file"):
+        time.sleep(0.2)
+    connection = http.client.HTTPConnection("127.0.0.1", ports["internal"], timeout=10)
+    connection.request("GET", "/probe?hub.mode=subscribe&hub.verify_token=Sup3rSecretTok3n&hub.challenge=c")
+    connection.getresponse().read()  # 502: nginx is not there, the request is logged all the same
+    deadline = time.monotonic() + 5
+    log = ""
+    while time.monotonic() < deadline and '"RouterName":"probe@file"' not in log:
+        log = (root / "traefik.log").read_text()
+        time.sleep(0.1)
+    assert '"RouterName":"probe@file"' in log, "the access log recorded nothing"
+    assert "Sup3rSecretTok3n" not in log

@@ -33,9 +33,9 @@ W8_RUNNER = {
         {"id": "test-run-w8-webhook", "name": "Run W8", "type": "n8n-nodes-base.webhook", "typeVersion": 2,
          "position": [200, 200], "webhookId": "5f7f0c1e-8a52-4d0e-9d7e-7a1d0b1c0a08",
          "parameters": {"httpMethod": "POST", "path": W8_RUNNER_PATH, "responseMode": "lastNode",
-                        "options": {}}},
+                        "responseData": "noData", "options": {}}},
         {"id": "test-run-w8-call", "name": "Call W8", "type": "n8n-nodes-base.executeWorkflow",
-         "typeVersion": 1.2, "position": [440, 200],
+         "typeVersion": 1.2, "position": [440, 200], "alwaysOutputData": True,
          "parameters": {"source": "database", "mode": "once", "options": {"waitForSubWorkflow": True},
                         "workflowId": {"__rl": True, "mode": "id", "value": "RbW8DlqHandler00"},
                         "workflowInputs": {"mappingMode": "defineBelow", "value": {}, "matchingColumns": [],
@@ -132,7 +132,7 @@ def test_signed_whatsapp_message_is_stored_answered_fast_and_replied(stack):
     assert "Horaires" in body and "mar-dim 12h-14h30" in body
     graph = [r for r in stack.graph_requests() if r["path"] == "/v21.0/109876543210/messages"]
     assert len(graph) == 1
-    assert graph[0]["authorization"] == f"Bearer wa-token-{stack.prefix}"
+    assert graph[0]["authorization"] == f"Bearer {stack.graph_token('whatsapp')}"
     assert graph[0]["body"]["to"] == "33612345678" and graph[0]["body"]["messaging_product"] == "whatsapp"
     assert stack.query("select status from inbound_messages where msg_id = %s", wamid) == [("PROCESSED",)]
 
@@ -150,8 +150,7 @@ def test_messenger_and_instagram_messages_get_an_english_reply(stack, channel, p
     assert sent[0][1]["messaging_type"] == "RESPONSE" and "Address: 1 rue de la Paix" in sent[0][1]["message"]["text"]
     requests = stack.graph_requests()
     assert [r["path"] for r in requests] == [f"/v21.0/{page}/messages"]
-    token = "msg-token-" if channel == "messenger" else "ig-token-"
-    assert requests[0]["authorization"] == f"Bearer {token}{stack.prefix}"
+    assert requests[0]["authorization"] == f"Bearer {stack.graph_token(channel)}"
     assert stack.query("select conversation_key from inbound_messages where msg_id = %s", mid) == [
         (f"{channel}:{page}:6543210987654321",)]
 
@@ -409,24 +408,119 @@ def test_admin_bad_options_get_a_400(stack, admin_token):
 # --- W8 DLQ alert -------------------------------------------------------------------------
 
 
-def run_w8(stack: Stack) -> None:
-    subprocess.run(["docker", "exec", "-e", "N8N_RUNNERS_BROKER_PORT=5690", stack.name("main"),
-                    "n8n", "execute", "--id", "RbW8DlqHandler00"],
-                   capture_output=True, timeout=120, check=True)
+def run_w8(stack: Stack):
+    """Run the production W8 once on the worker, through the test-only runner; wait for its end."""
+    deadline = time.monotonic() + 30
+    while True:
+        answer = http("POST", f"{stack.direct_url}/{W8_RUNNER_PATH}", b"{}", {"Content-Type": "application/json"},
+                      timeout=60)
+        if answer.status != 404 or time.monotonic() > deadline:
+            return answer
+        time.sleep(1)
 
 
-def test_dlq_alert_once_per_crossing(stack):
-    stack.query("insert into inbound_messages (channel, msg_id, conversation_key, sender, payload) "
-                "select 'whatsapp', 'seed-' || g, 'whatsapp:seed:' || g, 's' || g, '{}' "
-                "from generate_series(1, 5) g returning id")
+def set_dlq_count(stack: Stack, count: int) -> None:
+    """Exactly ``count`` outbound rows in the DLQ (the W8 tests own the DLQ)."""
+    stack.query("delete from outbound_messages where status = 'DLQ'")
     stack.query("insert into outbound_messages (channel, msg_id, conversation_key, recipient, payload, status) "
-                "select 'whatsapp', 'seed-' || g, 'whatsapp:seed:' || g, 's' || g, '{}', 'DLQ' "
-                "from generate_series(1, 5) g returning id")
-    stack.query("update alert_state set active = false where alert_key = 'dlq_threshold'")
+                "select 'whatsapp', 'w8-seed-' || gen_random_uuid(), 'whatsapp:seed:' || g, 's' || g, '{}', 'DLQ' "
+                "from generate_series(1, %s) g", count)
+
+
+def alert_posts(stack: Stack) -> list[int]:
+    """Statuses the alert sink answered, oldest first."""
+    return [r["status"] for r in stack.graph_requests() if r["path"] == "/alert"]
+
+
+def alert_state(stack: Stack) -> tuple:
+    return stack.query("select active, last_value, threshold, last_alerted_at is not null, cleared_at is not null "
+                       "from alert_state where alert_key = 'dlq_threshold'")[0]
+
+
+@pytest.fixture
+def quiet_dlq(stack):
+    """No DLQ row, the alert not raised, the double's record empty."""
+    set_dlq_count(stack, 0)
+    stack.query("update alert_state set active = false, last_value = null, threshold = null, "
+                "last_alerted_at = null, cleared_at = null where alert_key = 'dlq_threshold'")
     stack.graph_reset()
-    run_w8(stack)
-    run_w8(stack)
-    alerts = [r for r in stack.graph_requests() if r["path"] == "/alert"]
-    assert len(alerts) == 1
-    assert alerts[0]["body"]["alert"] == "dlq_threshold"
-    assert stack.query("select active from alert_state where alert_key = 'dlq_threshold'") == [(True,)]
+    return stack
+
+
+def test_dlq_at_the_threshold_raises_no_alert(quiet_dlq):
+    set_dlq_count(quiet_dlq, quiet_dlq.dlq_threshold)
+    assert run_w8(quiet_dlq).status == 200
+    assert alert_posts(quiet_dlq) == []
+    assert alert_state(quiet_dlq) == (False, None, None, False, False)
+
+
+def test_dlq_alert_is_posted_once_per_crossing_not_once_per_run(quiet_dlq):
+    set_dlq_count(quiet_dlq, quiet_dlq.dlq_threshold + 3)
+    assert [run_w8(quiet_dlq).status for _ in range(3)] == [200, 200, 200]
+    [alert] = [r for r in quiet_dlq.graph_requests() if r["path"] == "/alert"]
+    assert alert["status"] == 200
+    assert alert["body"]["alert"] == "dlq_threshold"
+    assert (alert["body"]["dlq_count"], alert["body"]["threshold"]) == (quiet_dlq.dlq_threshold + 3,
+                                                                        quiet_dlq.dlq_threshold)
+    assert alert["body"]["restaurant"] == "Chez Test"
+    assert alert_state(quiet_dlq) == (True, quiet_dlq.dlq_threshold + 3, quiet_dlq.dlq_threshold, True, False)
+
+
+def test_dlq_alert_is_sent_again_after_dropping_below_and_crossing_again(quiet_dlq):
+    set_dlq_count(quiet_dlq, quiet_dlq.dlq_threshold + 1)
+    run_w8(quiet_dlq)
+    set_dlq_count(quiet_dlq, quiet_dlq.dlq_threshold - 1)
+    run_w8(quiet_dlq)
+    cleared = alert_state(quiet_dlq)
+    set_dlq_count(quiet_dlq, quiet_dlq.dlq_threshold + 2)
+    run_w8(quiet_dlq)
+    run_w8(quiet_dlq)
+    assert cleared == (False, quiet_dlq.dlq_threshold - 1, quiet_dlq.dlq_threshold, True, True)
+    assert alert_posts(quiet_dlq) == [200, 200]
+    counts = [r["body"]["dlq_count"] for r in quiet_dlq.graph_requests() if r["path"] == "/alert"]
+    assert counts == [quiet_dlq.dlq_threshold + 1, quiet_dlq.dlq_threshold + 2]
+    assert alert_state(quiet_dlq)[:2] == (True, quiet_dlq.dlq_threshold + 2)
+
+
+def test_dlq_alert_that_fails_is_not_marked_sent_and_is_retried_next_run(quiet_dlq):
+    set_dlq_count(quiet_dlq, quiet_dlq.dlq_threshold + 3)
+    quiet_dlq.graph_script(*[{"path": "/alert", "status": 500}] * 3)  # every try of one run
+    failed = run_w8(quiet_dlq)
+    after_failure = (alert_posts(quiet_dlq), alert_state(quiet_dlq))
+    retried = run_w8(quiet_dlq)
+    assert failed.status == 500  # the run failed: visible in n8n's executions
+    assert after_failure == ([500, 500, 500], (False, None, None, False, False))
+    assert retried.status == 200
+    assert alert_posts(quiet_dlq) == [500, 500, 500, 200]
+    assert alert_state(quiet_dlq)[:2] == (True, quiet_dlq.dlq_threshold + 3)
+
+
+# --- signature modes warn and off (n8n restarted with the rendered env of each) ------------
+
+
+@pytest.fixture(params=["warn", "off"])
+def relaxed_stack(request, stack):
+    """The stack with meta.signature_required = warn or off; back to enforce afterwards."""
+    stack.restart_n8n(signature_mode=request.param)
+    try:
+        yield stack
+    finally:
+        stack.restart_n8n(signature_mode="enforce")
+
+
+def test_relaxed_mode_stores_a_badly_signed_message_and_records_it_only_in_warn(relaxed_stack):
+    assert relaxed_stack.n8n_env()["META_SIGNATURE_REQUIRED"] == relaxed_stack.signature_mode
+    payload = meta.whatsapp_text("bonjour sans bonne signature", sender="33622222222")
+    wamid = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    before = len(events(relaxed_stack, "SIGNATURE_INVALID"))
+    answer, _ = post(relaxed_stack, "whatsapp", payload, secret="not-the-app-secret")
+    expected = before + (1 if relaxed_stack.signature_mode == "warn" else 0)
+    invalid = relaxed_stack.wait_rows("select detail ->> 'mode' from security_events "
+                                      "where event_type = 'SIGNATURE_INVALID' order by id",
+                                      predicate=lambda rows: len(rows) >= expected, timeout=10)
+    time.sleep(1.5)  # an event that should not come has had time to come
+    assert (answer.status, answer.text) == (200, "EVENT_RECEIVED")
+    assert relaxed_stack.query("select count(*) from inbound_messages where msg_id = %s", wamid) == [(1,)]
+    assert len(events(relaxed_stack, "SIGNATURE_INVALID")) == expected
+    if relaxed_stack.signature_mode == "warn":
+        assert invalid[-1] == ("warn",)

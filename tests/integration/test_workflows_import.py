@@ -4,6 +4,8 @@ workflow updated in place; never a duplicate; webhooks live after each run."""
 from __future__ import annotations
 
 import json
+import shutil
+import subprocess
 
 import pytest
 
@@ -49,7 +51,8 @@ def test_second_import_changes_nothing(stack):
     plan = workflows.import_workflows(stack.target)
     assert len(plan.unchanged) == N_WORKFLOWS and not plan.changed
     assert stack.query("select id, \"versionId\" from workflow_entity order by id") == before
-    assert len(n8n_rows(stack)) == N_WORKFLOWS
+    rows = n8n_rows(stack)
+    assert len(rows) == N_WORKFLOWS and all(published for _, _, published in rows)
     assert verify(stack) == (200, "ch42")
 
 
@@ -75,3 +78,26 @@ def test_changed_workflow_is_updated_in_place(stack, tmp_path):
     assert "x-release" not in http("GET", f"{stack.gateway_url}/v1/inbound/whatsapp?hub.mode=subscribe"
                                           f"&hub.verify_token={stack.verify_token}&hub.challenge=c").headers
     assert len(n8n_rows(stack)) == N_WORKFLOWS
+
+
+def test_release_copy_of_the_importer_runs_standalone_with_the_system_python(stack, tmp_path):
+    # As on the VPS: `python3 RELEASE/restobot/workflows.py ...`, the module alone, stdlib only.
+    release = tmp_path / "release"
+    (release / "restobot").mkdir(parents=True)
+    shutil.copy(workflows.__file__, release / "restobot/workflows.py")
+    shutil.copytree(workflows.WORKFLOWS_DIR, release / "workflows")
+    result = subprocess.run(
+        ["/usr/bin/python3", "-I", str(release / "restobot/workflows.py"), "status", "--exit-code",
+         "--dir", str(release / "workflows"), "--container", f"n8n-main={stack.name('main')}"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads(result.stdout)
+    assert len(summary["unchanged"]) == N_WORKFLOWS
+    assert summary["created"] == summary["updated"] == summary["deactivated"] == []
+
+
+def test_compose_target_runs_exec_and_restart_in_the_release_project():
+    target = workflows.ComposeTarget("/srv/resto/current", ("/srv/resto/current/compose.yml",))
+    base = ["docker", "compose", "--project-directory", "/srv/resto/current", "-f", "/srv/resto/current/compose.yml"]
+    assert target.exec_argv("n8n-main", ["n8n", "--version"]) == [*base, "exec", "-T", "n8n-main", "n8n", "--version"]
+    assert target.restart_argv("n8n-main") == [*base, "restart", "n8n-main"]

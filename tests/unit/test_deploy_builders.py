@@ -8,13 +8,36 @@ import tarfile
 
 import pytest
 
-from restobot.commands import HostLayout, bundle_file_name, compose, compose_run_migrations, compose_up, shell
-from restobot.facts.deploy import DeployState, HostState, LedgerRow, SmokeResults, parse_deploy_state
+from restobot.commands import (
+    HostLayout,
+    bundle_file_name,
+    compose,
+    compose_run_migrations,
+    compose_up,
+    shell,
+)
+from restobot.facts.deploy import (
+    DeployState,
+    HostState,
+    LedgerRow,
+    SmokeResults,
+    parse_deploy_state,
+)
 from restobot.operations.database import backup_argvs, pending_migrations
 from restobot.operations.lock import Actor, audit_line, lock_info
-from restobot.operations.release import release_id, releases_to_prune, switch_current_argv, unpack_argv
+from restobot.operations.release import (
+    release_id,
+    releases_to_prune,
+    switch_current_argv,
+    unpack_argv,
+)
 from restobot.operations.stack import smoke_failures
-from restobot.release import ReleaseError, build_release, check_release_name, deterministic_tar
+from restobot.release import (
+    ReleaseError,
+    build_release,
+    check_release_name,
+    deterministic_tar,
+)
 from tests.conftest import settings_for_stage
 
 LAYOUT = HostLayout("/opt/resto")

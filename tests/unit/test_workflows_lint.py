@@ -65,8 +65,8 @@ def nodes_files(image: str = N8N_IMAGE) -> Path:
     cached = NODES_CACHE / image_id(image).removeprefix("sha256:")[:24]
     if all((cached / name).is_file() for name in IMAGE_FILES.values()):
         return cached
-    staging = Path(tempfile.mkdtemp(prefix="n8n-nodes-", dir=NODES_CACHE.parent if NODES_CACHE.parent.exists()
-                                    else None))
+    NODES_CACHE.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=NODES_CACHE))
     container = subprocess.run(["docker", "create", image], capture_output=True, text=True, timeout=60)
     assert container.returncode == 0, f"docker create {image}: {container.stderr[-500:]}"
     container_id = container.stdout.strip()

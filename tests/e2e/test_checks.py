@@ -1,0 +1,188 @@
+"""The go-live checklist against the deployed stack: all green (or manual), then each item broken on purpose fails.
+
+Every breakage is undone by a finalizer, even when the test fails, so later
+e2e modules still see a healthy stack.
+"""
+
+from __future__ import annotations
+
+import copy
+import shlex
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from restobot import checklist
+from restobot.commands import compose
+from restobot.settings import REPO_ROOT
+
+from tests.e2e.conftest import write_inventory
+
+pytestmark = pytest.mark.e2e
+
+CURRENT = "/opt/resto/current"
+
+
+def _vps_address(container: str) -> str:
+    return subprocess.run(["docker", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", container],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def _pebble_root(acme, path: Path) -> Path:
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(acme.ca_pem_path_on_host))
+    with urllib.request.urlopen(acme.roots_url, context=context, timeout=10) as answer:  # noqa: S310 - local pebble
+        path.write_bytes(answer.read())
+    return path
+
+
+def _inventory(stack, name: str, **checks) -> Path:
+    settings = copy.deepcopy(stack.settings)
+    settings["checks"] = {
+        **settings.get("checks", {}),
+        "ca_bundle": str(_pebble_root(stack.acme, stack.workdir / "pebble-root.pem")),
+        "exposure_address": _vps_address(stack.endpoint.container),
+        **checks,
+    }
+    return write_inventory(stack.workdir / f"{name}.py", settings, group="e2e", name="e2e-vps")
+
+
+@pytest.fixture(scope="module")
+def inventory(deployed_stack) -> Path:
+    return _inventory(deployed_stack, "checks")
+
+
+def run_checklist(inventory: Path, select: str | None = None, *extra: str) -> tuple[int, list[checklist.Row], str]:
+    junit = inventory.with_suffix(f".{int(time.time() * 1000)}.xml")
+    argv = [sys.executable, "-m", "restobot.checklist", "--inventory", str(inventory), "--junit", str(junit)]
+    if select:
+        argv += ["-k", select]
+    proc = subprocess.run([*argv, *extra], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    rows = checklist.rows_from_junit(junit) if junit.exists() else []
+    return proc.returncode, rows, proc.stdout + proc.stderr
+
+
+def outcome(rows: list[checklist.Row], fragment: str) -> list[checklist.Row]:
+    found = [row for row in rows if fragment in row.item]
+    assert found, f"no item matches {fragment!r} in {[row.item for row in rows]}"
+    return found
+
+
+def test_every_item_passes_or_is_manual_on_a_good_deploy(inventory):
+    code, rows, output = run_checklist(inventory)
+    bad = [row for row in rows if row.outcome not in ("pass", "manual")]
+    assert not bad, "items not passing on a good deploy:\n" + "\n".join(
+        f"  {row.item}: {row.outcome} {row.reason}" for row in bad) + f"\n{output[-3000:]}"
+    assert code == 0
+    assert any(row.outcome == "manual" for row in rows)  # the Meta dashboard: never a pass
+    assert "NOT passes" in output
+
+
+# --- breakages: (name, how to break, how to restore, -k selection, the item that must fail) -----------
+
+
+def _compose_up(stack, *services: str) -> None:
+    release = stack.ssh("readlink", "-f", CURRENT).stdout.strip()
+    stack.ssh(*compose(release, "up", "--detach", "--wait", "--wait-timeout", "240", *services), timeout=300)
+
+
+def _set_signature_mode(stack, mode: str) -> None:
+    stack.ssh("sed", "-i", f"s/^META_SIGNATURE_REQUIRED=.*/META_SIGNATURE_REQUIRED='{mode}'/",
+              f"{CURRENT}/env/n8n.env")
+    _compose_up(stack, "n8n-main", "n8n-worker")
+
+
+def _wait_until(predicate, timeout: float = 20, interval: float = 0.5) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(interval)
+
+
+BREAKAGES = {
+    "signature-warn": (
+        lambda s: _set_signature_mode(s, "warn"),
+        lambda s: _set_signature_mode(s, "enforce"),
+        "signature", ["signature mode is enforce", "bad signature is refused and recorded"],
+    ),
+    "container-stopped": (
+        lambda s: s.ssh("docker", "stop", "resto-n8n-worker-1"),
+        lambda s: _compose_up(s, "n8n-worker"),
+        "service_is_running", ["service is running and healthy [e2e-vps-n8n-worker]"],
+    ),
+    "port-published": (
+        lambda s: s.ssh("docker", "run", "--detach", "--name", "resto-checks-leak", "--publish", "6379:6379",
+                        s.settings["images"]["redis"]),
+        lambda s: s.ssh("docker", "rm", "--force", "resto-checks-leak", check=False),
+        "port or publishes or listen", ["internal port is closed from outside [e2e-vps-redis]",
+                                        "only traefik publishes ports", "only public ports listen"],
+    ),
+    "firewall-port-allowed": (
+        lambda s: s.ssh("ufw", "allow", "8081/tcp"),
+        lambda s: s.ssh("ufw", "delete", "allow", "8081/tcp", check=False),
+        "firewall", ["firewall allows only the configured ports"],
+    ),
+    "backup-stale": (
+        lambda s: s.ssh("sh", "-c", "f=/opt/resto/backups/scheduled/last-success; "
+                        "cp -p $f $f.checks-saved && touch -d '3 days ago' $f"),
+        lambda s: s.ssh("sh", "-c", "f=/opt/resto/backups/scheduled/last-success; "
+                        "[ -e $f.checks-saved ] && touch -r $f.checks-saved $f && rm -f $f.checks-saved", check=False),
+        "newer_than", ["latest backup is newer than its period"],
+    ),
+    "env-file-644": (
+        lambda s: s.ssh("chmod", "644", f"{CURRENT}/env/n8n.env"),
+        lambda s: s.ssh("chmod", "600", f"{CURRENT}/env/n8n.env"),
+        "env_file or world_readable", ["env file is private to the deploy user [e2e-vps-n8n.env]",
+                                       "no secret in world readable files"],
+    ),
+    "console-allowlist-opened": (
+        lambda s: (s.ssh("sh", "-c", f"f={CURRENT}/traefik/dynamic/dynamic.yml; cp -p $f /tmp/checks-dynamic.yml && "
+                         "sed -i 's|sourceRange:|sourceRange:\\n          - \"0.0.0.0/0\"|' $f"),
+                   time.sleep(3)),
+        lambda s: (s.ssh("sh", "-c", f"[ -e /tmp/checks-dynamic.yml ] && cat /tmp/checks-dynamic.yml > "
+                         f"{CURRENT}/traefik/dynamic/dynamic.yml && rm /tmp/checks-dynamic.yml", check=False),
+                   time.sleep(3)),
+        "allowlist", ["console refuses an address outside the allowlist"],
+    ),
+}
+
+
+@pytest.mark.parametrize("breakage", sorted(BREAKAGES))
+def test_broken_item_fails(deployed_stack, inventory, breakage, request):
+    breaks, restores, select, must_fail = BREAKAGES[breakage]
+    request.addfinalizer(lambda: restores(deployed_stack))
+    breaks(deployed_stack)
+    code, rows, output = run_checklist(inventory, select)
+    assert code == 1, f"the checklist exited {code} with {breakage}\n{output[-3000:]}"
+    for fragment in must_fail:
+        for row in outcome(rows, fragment):
+            assert row.outcome == "FAIL", f"{row.item} is {row.outcome} ({row.reason}) with {breakage}"
+
+
+def test_certificate_nearer_than_the_minimum_fails(deployed_stack):
+    """Pebble's certificates last 5 years: a minimum of 2000 days makes them "near expiry"."""
+    near = _inventory(deployed_stack, "checks-near-expiry", certificate_min_days=2000)
+    code, rows, output = run_checklist(near, "expiring")
+    assert code == 1, output[-2000:]
+    for row in outcome(rows, "certificate is not expiring soon"):
+        assert row.outcome == "FAIL" and "days" in row.reason, row
+
+
+def test_checklist_runs_in_seconds(inventory):
+    started = time.monotonic()
+    run_checklist(inventory, "not signed_message")
+    assert time.monotonic() - started < 30
+
+
+def test_checklist_without_inventory_is_refused():
+    proc = subprocess.run([sys.executable, "-m", "restobot.checklist"], cwd=REPO_ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 2 and "--inventory" in proc.stderr
+
+
+def _quote(argv):  # for messages
+    return shlex.join(argv)
