@@ -1,9 +1,11 @@
 -- Alert state: lets a periodic check (W8_DLQ_HANDLER every 5 minutes) alert
--- once per threshold crossing instead of on every run:
+-- once per threshold crossing instead of on every run. Above the threshold and
+-- not active: send the alert, and only once the destination answered 2xx:
 --   UPDATE alert_state SET active = true, last_value = $1, threshold = $2, last_alerted_at = now()
---    WHERE alert_key = 'dlq_threshold' AND NOT active RETURNING alert_key;   -- a row back: send the alert
+--    WHERE alert_key = 'dlq_threshold' AND NOT active;
+-- (a failed send leaves it inactive: the next run tries again). Back under it:
 --   UPDATE alert_state SET active = false, last_value = $1, cleared_at = now()
---    WHERE alert_key = 'dlq_threshold' AND active;                          -- back under the threshold
+--    WHERE alert_key = 'dlq_threshold' AND active;
 
 CREATE TABLE alert_state (
     alert_key       text        PRIMARY KEY,

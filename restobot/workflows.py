@@ -323,19 +323,28 @@ def credentials_overwrite_data(
 # --- executors ----------------------------------------------------------------
 
 
+COMMAND_TIMEOUT = 300.0
+
+
 class Target(Protocol):
     """Where n8n runs: run a command in a service's container, restart a service."""
 
-    def exec(self, service: str, argv: Sequence[str], stdin: bytes | None = None) -> str: ...
+    def exec(self, service: str, argv: Sequence[str], stdin: bytes | None = None,
+             timeout: float = COMMAND_TIMEOUT) -> str: ...
 
     def restart(self, service: str) -> None: ...
 
 
-Runner = Callable[[Sequence[str], bytes | None], subprocess.CompletedProcess]
+Runner = Callable[[Sequence[str], bytes | None, float], subprocess.CompletedProcess]
 
 
-def run_local(argv: Sequence[str], stdin: bytes | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run(list(argv), input=stdin, capture_output=True, timeout=300)
+def run_local(argv: Sequence[str], stdin: bytes | None = None,
+              timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess:
+    """Run a command here; one that outlives ``timeout`` is a WorkflowError, never a hang or a traceback."""
+    try:
+        return subprocess.run(list(argv), input=stdin, capture_output=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        raise WorkflowError(f"command still running after {timeout:.0f} s: {' '.join(argv[:6])} ...") from None
 
 
 def _checked(result: subprocess.CompletedProcess, argv: Sequence[str]) -> str:
@@ -366,13 +375,14 @@ class ComposeTarget:
     def restart_argv(self, service: str) -> list[str]:
         return [*self._base(), "restart", service]
 
-    def exec(self, service: str, argv: Sequence[str], stdin: bytes | None = None) -> str:
+    def exec(self, service: str, argv: Sequence[str], stdin: bytes | None = None,
+             timeout: float = COMMAND_TIMEOUT) -> str:
         full = self.exec_argv(service, argv)
-        return _checked(self.runner(full, stdin), full)
+        return _checked(self.runner(full, stdin, timeout), full)
 
     def restart(self, service: str) -> None:
         full = self.restart_argv(service)
-        _checked(self.runner(full, None), full)
+        _checked(self.runner(full, None, COMMAND_TIMEOUT), full)
 
 
 @dataclass
@@ -388,13 +398,14 @@ class ContainerTarget:
     def restart_argv(self, service: str) -> list[str]:
         return ["docker", "restart", "-t", "20", self.containers[service]]
 
-    def exec(self, service: str, argv: Sequence[str], stdin: bytes | None = None) -> str:
+    def exec(self, service: str, argv: Sequence[str], stdin: bytes | None = None,
+             timeout: float = COMMAND_TIMEOUT) -> str:
         full = self.exec_argv(service, argv)
-        return _checked(self.runner(full, stdin), full)
+        return _checked(self.runner(full, stdin, timeout), full)
 
     def restart(self, service: str) -> None:
         full = self.restart_argv(service)
-        _checked(self.runner(full, None), full)
+        _checked(self.runner(full, None, COMMAND_TIMEOUT), full)
 
 
 # --- sequencing -----------------------------------------------------------------
@@ -404,8 +415,11 @@ def read_deployed(target: Target, service: str = MAIN_SERVICE) -> dict[str, Depl
     return parse_export(target.exec(service, export_argv()))
 
 
+PROBE_TIMEOUT = 30.0  # one round of probes; n8n main may be starting, or the host loaded
+
+
 def probe(target: Target, service: str = MAIN_SERVICE) -> dict[str, int]:
-    out = target.exec(service, probe_argv()).strip().splitlines()
+    out = target.exec(service, probe_argv(), timeout=PROBE_TIMEOUT).strip().splitlines()
     return json.loads(out[-1]) if out else {}
 
 

@@ -3,7 +3,7 @@
 Production's n8n sends replies to Meta's Graph API and alerts to a webhook, both
 outside the VPS. The local stage gets the same from one container
 (``restobot-local/python:3-trixie`` running restobot/harness/meta_double_server.py,
-which reuses tests/doubles/graph_api.py), placed exactly like the local ACME server
+which reuses restobot/harness/graph_api.py), placed exactly like the local ACME server
 (restobot/harness/acme.py, whose network helpers are imported here): OUTSIDE the
 VPS, on its own internal docker network ``<container>-net`` (a /28 of 10.213.0.0/16
 chosen from the name) at the fixed address ``<subnet>.2``, the VPS connected to it.
@@ -77,7 +77,7 @@ SPEC_LABEL = "org.restobot.meta-spec"
 SERVER_DIR_IN_CONTAINER = "/srv/meta-double"
 SERVER_FILES = (
     images.REPO_ROOT / "restobot" / "harness" / "meta_double_server.py",
-    images.REPO_ROOT / "tests" / "doubles" / "graph_api.py",
+    images.REPO_ROOT / "restobot" / "harness" / "graph_api.py",
 )
 """Copied into ``server_dir(container)`` (mounted read-only): edits in the tree reach the
 container only through ``up``, which replaces it when they change."""

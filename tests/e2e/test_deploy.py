@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from restobot import meta_payloads as meta
 from restobot.operations.lock import NON_IDEMPOTENT_OPERATIONS
 from restobot.release import SOURCE_GLOBS
 from restobot.settings import REPO_ROOT, read_env_file, secrets_file
-from tests.doubles import meta
 from tests.e2e.conftest import PYINFRA, run_pyinfra, write_inventory
 
 pytestmark = pytest.mark.e2e

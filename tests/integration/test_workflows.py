@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from restobot import meta_payloads as meta
 from restobot import workflows
-from tests.doubles import meta
 from tests.integration.workflows_stack import Stack, http, missing_images
 
 pytestmark = pytest.mark.integration
@@ -308,7 +308,7 @@ def send_and_wait(stack: Stack, text: str, predicate, timeout: float = 40.0):
 def test_permanent_error_goes_to_the_dlq_at_once(stack):
     stack.graph_reset()
     stack.graph_script({"status": 400, "code": 131047})
-    wamid, rows = send_and_wait(stack, "bonjour", lambda r: r and r[0][0] == "DLQ")
+    _, rows = send_and_wait(stack, "bonjour", lambda r: r and r[0][0] == "DLQ")
     assert rows[0][:3] == ("DLQ", 0, "131047")
     assert "Re-engagement" in rows[0][3]
     time.sleep(12)  # a sender run later: the DLQ row is not sent again
@@ -329,7 +329,7 @@ def test_server_error_is_retried_with_backoff_then_sent_once(stack):
 def test_throttling_beyond_the_maximum_goes_to_the_dlq(stack):
     stack.graph_reset()
     stack.graph_script(*[{"status": 429, "code": 130429}] * (stack.max_retries + 1))
-    wamid, rows = send_and_wait(stack, "bonjour", lambda r: r and r[0][0] == "DLQ", timeout=60)
+    _, rows = send_and_wait(stack, "bonjour", lambda r: r and r[0][0] == "DLQ", timeout=60)
     assert rows[0][0] == "DLQ" and rows[0][1] == stack.max_retries + 1 and rows[0][2] == "130429"
     assert len([r for r in stack.graph_requests() if r["path"].endswith("/messages")]) == stack.max_retries + 1
 
@@ -337,7 +337,7 @@ def test_throttling_beyond_the_maximum_goes_to_the_dlq(stack):
 def test_network_error_is_retried(stack):
     stack.graph_reset()
     stack.graph_script({"status": 0})
-    wamid, rows = send_and_wait(stack, "bonjour", lambda r: r and r[0][2] == "network" or (r and r[0][0] == "SENT"))
+    _, rows = send_and_wait(stack, "bonjour", lambda r: r and r[0][2] == "network" or (r and r[0][0] == "SENT"))
     assert rows[0][0] in ("RETRY", "SENT") and rows[0][1] == 1
 
 

@@ -32,7 +32,13 @@ import psycopg
 
 from restobot import workflows
 from restobot.harness.stage import local_stage_tree
-from restobot.render import GatewayOptions, RenderContext, RenderedFile, render_release, write_release
+from restobot.render import (
+    GatewayOptions,
+    RenderContext,
+    RenderedFile,
+    render_release,
+    write_release,
+)
 from restobot.secrets import generate_secrets
 from restobot.settings import Settings, load_settings, read_env_file
 from restobot.versions import N8N_VERSION
@@ -209,7 +215,7 @@ class Stack:
                   command=("worker", f"--concurrency={concurrency}"))
 
     # --- lifecycle
-    def start(self, workdir: Path) -> "Stack":
+    def start(self, workdir: Path) -> Stack:
         self.workdir = workdir
         release = self.release_dir()
         docker("network", "create", "--label", "restobot-test=workflows", self.network)
@@ -217,7 +223,7 @@ class Stack:
                   aliases=("postgres",), publish="5432")
         self._run("redis", IMAGES["redis"], aliases=("redis",))
         graph = workdir / "graph_api.py"
-        graph.write_text((REPO / "tests/doubles/graph_api.py").read_text())
+        graph.write_text((REPO / "restobot/harness/graph_api.py").read_text())
         self._run("graph", IMAGES["python"], "-v", f"{graph}:/srv/graph_api.py:ro", aliases=("graph",),
                   publish="8000", command=("python3", "/srv/graph_api.py", "8000"))
         self.wait_postgres()

@@ -52,7 +52,7 @@ def image_id(image: str = N8N_IMAGE) -> str:
     """The local image's id; FAILS (never skips) when docker or the image is missing."""
     try:
         result = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", image],
-                                capture_output=True, text=True, timeout=60)
+                                check=False, capture_output=True, text=True, timeout=60)
     except FileNotFoundError:
         pytest.fail(f"docker is not installed: the lint reads the node list out of {image}")
     if result.returncode != 0:
@@ -67,16 +67,16 @@ def nodes_files(image: str = N8N_IMAGE) -> Path:
         return cached
     NODES_CACHE.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".partial-", dir=NODES_CACHE))
-    container = subprocess.run(["docker", "create", image], capture_output=True, text=True, timeout=60)
+    container = subprocess.run(["docker", "create", image], check=False, capture_output=True, text=True, timeout=60)
     assert container.returncode == 0, f"docker create {image}: {container.stderr[-500:]}"
     container_id = container.stdout.strip()
     try:
         for source, name in IMAGE_FILES.items():
             copied = subprocess.run(["docker", "cp", f"{container_id}:{source}", str(staging / name)],
-                                    capture_output=True, text=True, timeout=120)
+                                    check=False, capture_output=True, text=True, timeout=120)
             assert copied.returncode == 0, f"docker cp {image}:{source}: {copied.stderr[-500:]}"
     finally:
-        subprocess.run(["docker", "rm", container_id], capture_output=True, timeout=60)
+        subprocess.run(["docker", "rm", container_id], check=False, capture_output=True, timeout=60)
     cached.parent.mkdir(parents=True, exist_ok=True)
     try:
         staging.rename(cached)
