@@ -42,7 +42,7 @@ from pyinfra.facts.server import AuthorizedKeys
 from pyinfra.operations import apt, files, server, systemd, sysvinit
 from pyinfra.operations.util import any_changed
 
-from restobot.commands import HostLayout
+from restobot.commands import HostLayout, shell
 from restobot.facts.provision import (
     Firewall,
     HostPlatform,
@@ -72,9 +72,6 @@ SUPPORTED_DISTRIBUTIONS = ("debian", "ubuntu")
 # --- pure builders ---------------------------------------------------------
 
 
-def argv_command(argv: Sequence[str]) -> StringCommand:
-    """A command from an argv list, every word quoted."""
-    return StringCommand(*(QuoteString(str(word)) for word in argv))
 
 
 def base_packages(settings: HostSettings, platform: Platform) -> list[str]:
@@ -369,7 +366,7 @@ def firewall_default_deny(allowed_tcp_ports: Sequence[int]):
         host.noop(f"ufw is active, denies incoming traffic and allows TCP {ports} only")
         return
     for argv in commands:
-        yield argv_command(argv)
+        yield shell(argv)
 
 
 @operation()
@@ -417,7 +414,7 @@ def swap_file_active(path: str, size_mb: int):
         host.noop(f"{path} is an active {size_mb} MiB swap file")
         return
     for argv in commands:
-        yield argv_command(argv)
+        yield shell(argv)
 
 
 # --- deploys ---------------------------------------------------------------

@@ -232,6 +232,7 @@ class DeployedStack:
 
 
 def _free_ports(count: int) -> list[int]:
+    """Ports free on 127.0.0.1 right now (for a VPS container's published 22/80/443)."""
     import socket
 
     sockets = [socket.socket() for _ in range(count)]

@@ -17,9 +17,14 @@ from pathlib import Path
 
 import pytest
 
-from restobot.operations.provision import COMPOSE_PLUGIN_PATH, release_directories, sshd_effective_values
+from restobot.operations.provision import (
+    COMPOSE_PLUGIN_PATH,
+    release_directories,
+    sshd_effective_values,
+)
 from restobot.settings import COMPOSE_SHA256, HostSettings
 from tests.e2e.conftest import (
+    _free_ports,
     endpoint_settings,
     run_pyinfra,
     start_vps,
@@ -40,21 +45,10 @@ DEPLOY_BODY = [
 ]
 
 
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
-
-
 @pytest.fixture(scope="module")
 def fresh_vps(local_secrets):
     """A brand new VPS container of this module's own (removed afterwards)."""
-    endpoint = start_vps(VPS_NAME, tuple(free_ports(3)), fresh=True)
+    endpoint = start_vps(VPS_NAME, tuple(_free_ports(3)), fresh=True)
     yield endpoint
     stop_vps(VPS_NAME)
 

@@ -11,7 +11,6 @@ from restobot.facts.provision import Firewall, Platform, Swap
 from restobot.operations.provision import (
     AptRepository,
     DirectorySpec,
-    argv_command,
     base_packages,
     compose_packages,
     compose_upload_problems,
@@ -132,10 +131,6 @@ def test_sshd_check_command():
         " || { rm -f /etc/ssh/sshd_config.d/x.conf ; echo 'removed /etc/ssh/sshd_config.d/x.conf:"
         " sshd refused it or another entry read before it wins' >&2; exit 1; }"
     )
-
-
-def test_argv_command_quotes_each_word():
-    assert argv_command(["echo", "a b", "c'd"]).get_raw_value() == "echo 'a b' 'c'\"'\"'d'"
 
 
 FRESH_UFW = Firewall(active=False, default_incoming="deny", default_outgoing="allow", rules=())
