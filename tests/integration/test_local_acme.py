@@ -263,17 +263,15 @@ def test_pebble_https_key_is_mode_0600(pebble):
 @pytest.fixture(scope="module")
 def rendered_local_traefik(pebble, tmp_path_factory):
     """The local stage's rendered traefik config (only acme.directory_url pointed at pebble)."""
+    from restobot.harness.stage import local_stage_tree
     from restobot.render import RenderContext, TraefikOptions, render_release, write_release
     from restobot.secrets import generate_secrets
-    from tests.conftest import settings_for_stage
+    from restobot.settings import load_settings
 
     root = tmp_path_factory.mktemp("traefik-rendered")
-    # inventory/local.py reads the record of the machine's local stage (restobot-acme-local),
-    # which need not be up for this test: stand in this pebble's settings for it.
-    recorded = {"directory_url": pebble.directory_url, "ca_certificates_path": local_acme.CA_PATH_ON_VPS}
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(local_acme, "local_acme_settings", lambda *args, **kwargs: dict(recorded))
-        settings = settings_for_stage("local", generate_secrets(), acme={"directory_url": pebble.directory_url})
+    # The local stage's tree, as inventory/local.py composes it, with this pebble as its ACME server.
+    acme = {"directory_url": pebble.directory_url, "ca_certificates_path": local_acme.CA_PATH_ON_VPS}
+    settings = load_settings(local_stage_tree(acme=acme), generate_secrets())
     ports = {"web": free_port(), "websecure": free_port(), "internal": free_port()}
     options = TraefikOptions(
         web_address=f"127.0.0.1:{ports['web']}",
