@@ -199,6 +199,7 @@ class MetaSettings(Section):
     wa_api_token: SecretStr
     wa_phone_number_id: str
     ig_api_token: SecretStr | None = None
+    # Unset, W3 sends to /me/messages: the page access token names the page.
     ig_account_id: str | None = None
     msg_api_token: SecretStr | None = None
     msg_page_id: str | None = None
