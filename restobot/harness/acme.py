@@ -8,7 +8,9 @@ uses; only two settings differ (``acme.directory_url`` and
 Placement: pebble runs in ``restobot-local/pebble:2.4`` OUTSIDE the VPS, as
 Let's Encrypt does in production, so the VPS reaches it by egress and the VPS's
 host firewall (default-deny INPUT, see restobot/operations/provision.py) applies
-exactly as it does in production. Each ACME instance gets its own user-defined,
+exactly as it does in production. Pebble is a sidecar of the VPS
+(restobot/harness/sidecar.py, which holds the network and container steps it
+shares with the Meta double): each ACME instance gets its own user-defined,
 internal docker network ``<container>-net`` with a small fixed subnet (a /28 of
 10.213.0.0/16 chosen from the name, see ``subnet_candidates``); pebble takes the
 fixed address ``<subnet>.2`` (known before it starts, so its HTTPS certificate
@@ -47,27 +49,22 @@ CLI::
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
-import fcntl
-import hashlib
 import ipaddress
 import json
 import os
-import shutil
 import ssl
-import struct
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from restobot.harness import images
+from restobot.harness import images, sidecar
 from restobot.harness import vps as local_vps
 
 CONTAINER_NAME = "restobot-acme-local"
@@ -80,18 +77,20 @@ CA_PATH_ON_VPS = "/etc/restobot/acme-ca.pem"
 ACME_PORT = 14000
 MANAGEMENT_PORT = 15000
 CONFIG_DIR_IN_CONTAINER = "/etc/pebble-local"
-LOOPBACK = "127.0.0.1"
+LOOPBACK = sidecar.LOOPBACK
 SPEC_LABEL = "org.restobot.acme-spec"
-NETWORK_LABEL = "org.restobot.acme-network"
-"""On the networks made here: the pebble container they belong to (``down`` removes only those)."""
-NETWORK_POOL = ipaddress.ip_network("10.213.0.0/16")
-"""Where per-instance subnets come from: outside Docker's default address pools
-(172.17-31.0.0/16, 192.168.0.0/16), so neither the host's engine nor the VPS's
-inner engine hands it out by itself."""
-NETWORK_PREFIX = 28
-"""/28: network, gateway (.1), pebble (.2), dynamic addresses .8-.14 (the VPS)."""
-NETWORK_ATTEMPTS = 32
-"""Candidate subnets tried (one after the other) before giving up."""
+# pebble's network is a sidecar's network: these lived here first and stay importable from here.
+NETWORK_LABEL = sidecar.NETWORK_LABEL
+NETWORK_POOL = sidecar.NETWORK_POOL
+NETWORK_PREFIX = sidecar.NETWORK_PREFIX
+NETWORK_ATTEMPTS = sidecar.NETWORK_ATTEMPTS
+AcmeNetwork = sidecar.SidecarNetwork
+network_name = sidecar.network_name
+subnet_candidates = sidecar.subnet_candidates
+network_layout = sidecar.network_layout
+network_create_argv = sidecar.network_create_argv
+ensure_network = sidecar.ensure_network
+ensure_vps_connected = sidecar.ensure_vps_connected
 # Pebble's knobs: skip challenge validation (nothing leaves these containers), no
 # random validation delay, no deliberately rejected nonces (deterministic runs).
 PEBBLE_ENV: tuple[tuple[str, str], ...] = (
@@ -112,7 +111,7 @@ SERVER_VALIDITY = datetime.timedelta(days=90)
 RENEW_BEFORE = datetime.timedelta(days=30)
 
 
-class AcmeError(RuntimeError):
+class AcmeError(sidecar.SidecarError):
     pass
 
 
@@ -160,26 +159,6 @@ class LocalAcme:
         known = {field.name for field in dataclasses.fields(cls)}
         return cls(**{key: value for key, value in data.items() if key in known})
 
-
-@dataclasses.dataclass(frozen=True)
-class AcmeNetwork:
-    """Pebble's own docker network, which the VPS joins (pure layout, see ``network_layout``).
-
-    + name: the docker network (``<pebble container>-net``).
-    + subnet: its subnet (a /28 of NETWORK_POOL).
-    + gateway: the host's address on it (the first one).
-    + ip_range: where docker picks dynamic addresses (the VPS's): the upper half,
-      so it never hands out pebble's.
-    + pebble_ip: pebble's fixed address (the second one), in its certificate.
-    """
-
-    name: str
-    subnet: str
-    gateway: str
-    ip_range: str
-    pebble_ip: str
-
-
 # --- the local CA ---------------------------------------------------------------
 
 
@@ -189,44 +168,6 @@ class CaFiles:
 
     cert_path: Path
     key_path: Path
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` with mode 0600 from the first byte on."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-    tmp.replace(path)
-    path.chmod(0o600)
-
-
-def _write_public(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data)
-    tmp.chmod(0o644)
-    tmp.replace(path)
-
-
-@contextlib.contextmanager
-def _lock(key_dir: Path, name: str) -> Iterator[None]:
-    """Serialise CA and container work between processes (xdist workers, a demo)."""
-    key_dir.mkdir(parents=True, exist_ok=True)
-    key_dir.chmod(0o700)
-    with _flock(key_dir / f".{name}.lock"):
-        yield
-
-
-@contextlib.contextmanager
-def _flock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def _now() -> datetime.datetime:
@@ -253,7 +194,7 @@ def ensure_local_ca(key_dir: Path = KEY_DIR) -> CaFiles:
     from cryptography.x509.oid import NameOID
 
     files = CaFiles(key_dir / "ca.pem", key_dir / "ca-key.pem")
-    with _lock(key_dir, "ca"):
+    with sidecar.locked(key_dir, "ca"):
         cert = _load_cert(files.cert_path)
         if (cert is not None and files.key_path.exists()
                 and cert.not_valid_after_utc - _now() > RENEW_BEFORE):
@@ -280,10 +221,10 @@ def ensure_local_ca(key_dir: Path = KEY_DIR) -> CaFiles:
             .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
             .sign(key, hashes.SHA256())
         )
-        _write_private(files.key_path, key.private_bytes(
+        sidecar.write_private(files.key_path, key.private_bytes(
             serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption()))
-        _write_public(files.cert_path, cert.public_bytes(serialization.Encoding.PEM))
+        sidecar.write_public(files.cert_path, cert.public_bytes(serialization.Encoding.PEM))
         return files
 
 
@@ -357,10 +298,10 @@ def ensure_server_certificate(ca: CaFiles, names: Sequence[str], cert_path: Path
                        critical=False)
         .sign(ca_key, hashes.SHA256())
     )
-    _write_private(key_path, key.private_bytes(
+    sidecar.write_private(key_path, key.private_bytes(
         serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption()))
-    _write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
+    sidecar.write_public(cert_path, cert.public_bytes(serialization.Encoding.PEM))
     return True
 
 
@@ -385,52 +326,6 @@ def pebble_config(config_dir: str = CONFIG_DIR_IN_CONTAINER) -> dict:
             "externalAccountBindingRequired": False,
         }
     }
-
-
-def network_name(container: str) -> str:
-    """The docker network of the pebble container ``container``."""
-    return f"{container}-net"
-
-
-def subnet_candidates(name: str, pool: ipaddress.IPv4Network = NETWORK_POOL,
-                      prefix: int = NETWORK_PREFIX, count: int = NETWORK_ATTEMPTS,
-                      ) -> list[ipaddress.IPv4Network]:
-    """Subnets to try for network ``name``, in order (pure: tested by value).
-
-    The first is picked from a hash of the name (stable across runs and machines,
-    spread between instances); the next ones follow it, wrapping around the pool.
-    """
-    subnets = 2 ** (prefix - pool.prefixlen)
-    size = 2 ** (pool.max_prefixlen - prefix)
-    start = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16) % subnets
-    return [ipaddress.ip_network((int(pool.network_address) + ((start + i) % subnets) * size, prefix))
-            for i in range(min(count, subnets))]
-
-
-def network_layout(name: str, subnet: str | ipaddress.IPv4Network) -> AcmeNetwork:
-    """Gateway, pebble's address and the dynamic range within ``subnet`` (pure)."""
-    net = ipaddress.ip_network(subnet)
-    if net.version != 4 or net.prefixlen > 29:
-        raise AcmeError(f"{net}: pebble's network needs an IPv4 subnet of /29 or larger")
-    _, upper = net.subnets(prefixlen_diff=1)
-    return AcmeNetwork(name=name, subnet=str(net), gateway=str(net.network_address + 1),
-                       ip_range=str(upper), pebble_ip=str(net.network_address + 2))
-
-
-def network_create_argv(network: AcmeNetwork, container: str) -> list[str]:
-    """The ``docker network create`` argv of pebble's network (pure: tested by value).
-
-    Internal: pebble gets no route beyond it (it validates no challenge anyway).
-    """
-    return [
-        "docker", "network", "create",
-        "--driver", "bridge", "--internal",
-        "--subnet", network.subnet,
-        "--gateway", network.gateway,
-        "--ip-range", network.ip_range,
-        "--label", f"{NETWORK_LABEL}={container}",
-        network.name,
-    ]
 
 
 def run_argv(*, container: str, image_ref: str, config_dir: Path, spec_hash: str,
@@ -473,141 +368,6 @@ def _url_host(host: str) -> str:
     return f"[{host}]" if ":" in host else host
 
 
-# --- docker helpers -----------------------------------------------------------------
-
-
-def _docker(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], check=check, text=True, capture_output=True)
-
-
-def _container_state(container: str) -> dict | None:
-    proc = _docker("container", "inspect", container)
-    return json.loads(proc.stdout)[0] if proc.returncode == 0 else None
-
-
-def _logs(container: str, lines: int = 20) -> str:
-    proc = _docker("logs", "--tail", str(lines), container)
-    return (proc.stdout + proc.stderr).strip()
-
-
-def _container_networks(state: dict | None) -> dict[str, dict]:
-    return ((state or {}).get("NetworkSettings") or {}).get("Networks") or {}
-
-
-def _published_port(state: dict, port: int) -> int:
-    bindings = (state.get("NetworkSettings") or {}).get("Ports") or {}
-    for binding in bindings.get(f"{port}/tcp") or []:
-        if binding.get("HostIp") == LOOPBACK:
-            return int(binding["HostPort"])
-    raise AcmeError(f"{state['Name'].lstrip('/')}: port {port} is not published on {LOOPBACK}")
-
-
-# --- pebble's network -------------------------------------------------------------------
-
-
-def _network_state(name: str) -> dict | None:
-    proc = _docker("network", "inspect", name)
-    return json.loads(proc.stdout)[0] if proc.returncode == 0 else None
-
-
-def _host_routes(path: Path = Path("/proc/net/route")) -> list[ipaddress.IPv4Network]:
-    """This host's IPv4 routes but the default one: pebble's subnet must not shadow any."""
-    try:
-        lines = path.read_text().splitlines()[1:]
-    except OSError:
-        return []
-    routes = []
-    for line in lines:
-        fields = line.split()
-        if len(fields) < 8:
-            continue
-        try:
-            destination = ipaddress.IPv4Address(struct.pack("<I", int(fields[1], 16)))
-            mask = ipaddress.IPv4Address(struct.pack("<I", int(fields[7], 16)))
-            route = ipaddress.ip_network(f"{destination}/{mask}", strict=False)
-        except ValueError:
-            continue
-        if route.prefixlen:
-            routes.append(route)
-    return routes
-
-
-def _network_matches(state: dict, layout: AcmeNetwork) -> bool:
-    configs = (state.get("IPAM") or {}).get("Config") or []
-    return (len(configs) == 1 and bool(state.get("Internal"))
-            and configs[0].get("Subnet") == layout.subnet
-            and configs[0].get("Gateway") == layout.gateway
-            and configs[0].get("IPRange") == layout.ip_range)
-
-
-def _remove_network(name: str) -> bool:
-    """Disconnect every container from network ``name`` and remove it; return whether it was there."""
-    state = _network_state(name)
-    if state is None:
-        return False
-    for endpoint in (state.get("Containers") or {}).values():
-        _docker("network", "disconnect", "--force", name, endpoint["Name"])
-    proc = _docker("network", "rm", name)
-    if proc.returncode != 0 and _network_state(name) is not None:
-        raise AcmeError(f"docker network rm {name} failed: {proc.stderr.strip()}")
-    return True
-
-
-def _owned_network(container: str) -> dict | None:
-    """Pebble's network when it exists and was made for ``container``; AcmeError if another's."""
-    name = network_name(container)
-    state = _network_state(name)
-    if state is not None and (state.get("Labels") or {}).get(NETWORK_LABEL) != container:
-        raise AcmeError(f"docker network {name} exists but was not made for {container} "
-                        f"(no label {NETWORK_LABEL}={container}): remove it or use another --name")
-    return state
-
-
-def ensure_network(container: str, *, say=lambda line: None) -> AcmeNetwork:
-    """Ensure pebble's network ``<container>-net`` exists; return its layout.
-
-    An existing one (made here, see NETWORK_LABEL) keeps its subnet when its layout is
-    the expected one. A new one takes the first of ``subnet_candidates`` that neither
-    overlaps a route of this host nor makes docker answer "Pool overlaps".
-    """
-    name = network_name(container)
-    state = _owned_network(container)
-    if state is not None:
-        configs = (state.get("IPAM") or {}).get("Config") or []
-        with contextlib.suppress(AcmeError, KeyError, ValueError, IndexError):
-            layout = network_layout(name, configs[0]["Subnet"])
-            if _network_matches(state, layout):
-                return layout
-        say(f"Removing docker network {name} (not the expected layout)...")
-        _remove_network(name)
-    routes = _host_routes()
-    skipped: list[str] = []
-    for subnet in subnet_candidates(name):
-        if any(subnet.overlaps(route) for route in routes):
-            skipped.append(f"{subnet} (a host route)")
-            continue
-        layout = network_layout(name, subnet)
-        proc = subprocess.run(network_create_argv(layout, container), text=True, capture_output=True)
-        if proc.returncode == 0:
-            say(f"Created docker network {name} ({layout.subnet}, pebble at {layout.pebble_ip})")
-            return layout
-        if "overlap" not in proc.stderr.lower():
-            raise AcmeError(f"docker network create {name} --subnet {subnet} failed: {proc.stderr.strip()}")
-        skipped.append(f"{subnet} (docker: {proc.stderr.strip()})")
-    raise AcmeError(f"no free subnet for {name} in {NETWORK_POOL}; tried: {'; '.join(skipped)}")
-
-
-def ensure_vps_connected(vps_container: str, network: AcmeNetwork) -> bool:
-    """Connect the VPS container to pebble's network unless it is; return whether it changed."""
-    if network.name in _container_networks(_container_state(vps_container)):
-        return False
-    proc = _docker("network", "connect", network.name, vps_container)
-    if proc.returncode != 0:
-        raise AcmeError(f"docker network connect {network.name} {vps_container} failed: "
-                        f"{proc.stderr.strip()}")
-    return True
-
-
 def _inputs_label(info: dict | None) -> str | None:
     labels = ((info or {}).get("Config") or {}).get("Labels") or {}
     return labels.get(images.INPUTS_LABEL)
@@ -631,7 +391,7 @@ def ensure_pebble_image(*, force: bool = False, out: TextIO | None = sys.stdout)
     if parent_info is None:
         raise AcmeError(f"{parent_ref} is missing after build")
     ref = images.image_ref(PEBBLE_IMAGE)
-    with _flock(images.CACHE_DIR / "locks" / f"image-{PEBBLE_IMAGE.name}-{PEBBLE_IMAGE.tag}.lock"):
+    with sidecar.flocked(images.CACHE_DIR / "locks" / f"image-{PEBBLE_IMAGE.name}-{PEBBLE_IMAGE.tag}.lock"):
         started = time.monotonic()
         key = images.inputs_key(PEBBLE_IMAGE, parent_info["Id"])
         existing = images.inspect_image(ref)
@@ -712,16 +472,6 @@ def config_dir(container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR) -> Path
     return key_dir / container
 
 
-def _spec_hash(image_id: str, network: AcmeNetwork | None, config_files: Sequence[Path]) -> str:
-    spec = {
-        "image": image_id,
-        "network": dataclasses.asdict(network) if network else {"publish": LOOPBACK},
-        "env": PEBBLE_ENV,
-        "files": {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in config_files},
-    }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
-
-
 def _ssl_context(ca_pem: Path) -> ssl.SSLContext:
     context = ssl.create_default_context(cafile=str(ca_pem))
     context.minimum_version = ssl.TLSVersion.TLSv1_2
@@ -734,24 +484,40 @@ def fetch(url: str, ca_pem: Path, timeout: float = 5.0) -> bytes:
         return response.read()
 
 
+
+
 def _wait_until_serving(acme: LocalAcme, deadline: float) -> float:
     """GET the directory (verified against the local CA) until it answers; return seconds."""
-    started = time.monotonic()
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        state = _container_state(acme.container)
-        if state is None or not state["State"]["Running"]:
-            raise AcmeError(f"{acme.container} exited; last log lines:\n{_logs(acme.container)}")
-        try:
-            directory = json.loads(fetch(acme.directory_url, acme.ca_pem_path_on_host, timeout=2))
-            if "newOrder" in directory:
-                return time.monotonic() - started
-            last_error = AcmeError(f"unexpected directory: {directory}")
-        except (OSError, ValueError, urllib.error.URLError, ssl.SSLError) as error:
-            last_error = error
-        time.sleep(0.3)
-    raise AcmeError(f"{acme.directory_url} did not answer in time (last error: {last_error!r}); "
-                    f"last log lines of {acme.container}:\n{_logs(acme.container)}")
+    def directory_answers() -> None:
+        directory = json.loads(fetch(acme.directory_url, acme.ca_pem_path_on_host, timeout=2))
+        if "newOrder" not in directory:
+            raise ValueError(f"unexpected directory: {directory}")
+
+    return sidecar.wait_until_serving(acme.container, acme.directory_url, directory_answers, deadline,
+                                      retry_on=(OSError, ValueError, urllib.error.URLError, ssl.SSLError),
+                                      interval=0.3)
+
+
+def _ensure_pebble_files(key_dir: Path, container: str, names: Sequence[str]) -> tuple[CaFiles, Path, list[Path]]:
+    """The local CA, and pebble's config and HTTPS certificate in ``config_dir``; return
+    (the CA, that directory, the files that make pebble's spec)."""
+    ca = ensure_local_ca(key_dir)
+    conf_dir = config_dir(container, key_dir)
+    conf_dir.mkdir(parents=True, exist_ok=True)
+    conf_dir.chmod(0o700)
+    server_cert, server_key = conf_dir / "server.pem", conf_dir / "server-key.pem"
+    ensure_server_certificate(ca, names, server_cert, server_key)
+    config_path = conf_dir / "pebble-config.json"
+    config_text = json.dumps(pebble_config(), indent=2, sort_keys=True) + "\n"
+    if not config_path.exists() or config_path.read_text() != config_text:
+        sidecar.write_public(config_path, config_text.encode())
+    return ca, conf_dir, [config_path, server_cert, server_key]
+
+
+def _run_pebble(argv: list[str], container: str) -> None:
+    proc = subprocess.run(argv, check=False, text=True, capture_output=True)
+    if proc.returncode != 0:
+        raise AcmeError(f"docker run {container} failed: {proc.stderr.strip()}")
 
 
 def ensure_acme_running(*, vps_container: str | None = VPS_CONTAINER_NAME,
@@ -777,41 +543,21 @@ def ensure_acme_running(*, vps_container: str | None = VPS_CONTAINER_NAME,
         acme = ensure_acme_running()
         settings["acme"].update(acme.settings())
     """
-    say = (lambda line: print(line, file=out, flush=True)) if out else (lambda line: None)
+    say = sidecar.say_to(out)
     deadline = time.monotonic() + timeout
     image_ref = ensure_pebble_image(out=out) if build else images.image_ref(PEBBLE_IMAGE)
     image_info = images.inspect_image(image_ref)
     if image_info is None:
         raise AcmeError(f"{image_ref} is not built: run 'python -m restobot.harness.acme up'")
+    sidecar.require_vps_running(vps_container)
 
-    if vps_container is not None:
-        vps_state = _container_state(vps_container)
-        if vps_state is None or not vps_state["State"]["Running"]:
-            raise AcmeError(f"the VPS container {vps_container} is not running: "
-                            "run 'python -m restobot.harness.vps up' first")
-
-    with _lock(key_dir, "containers"):
-        network: AcmeNetwork | None = None
+    with sidecar.locked(key_dir, "containers"):
+        network = sidecar.ensure_placement(container, vps_container, say=say)
         names = [container, "localhost", LOOPBACK, "::1"]
-        if vps_container is not None:
-            network = ensure_network(container, say=say)
+        if network is not None:
             names.append(network.pebble_ip)
-        elif ((_network_state(network_name(container)) or {}).get("Labels") or {}).get(
-                NETWORK_LABEL) == container:
-            say(f"Removing docker network {network_name(container)} (pebble now runs standalone)...")
-            _docker("rm", "--force", container)
-            _remove_network(network_name(container))
-        ca = ensure_local_ca(key_dir)
-        conf_dir = config_dir(container, key_dir)
-        conf_dir.mkdir(parents=True, exist_ok=True)
-        conf_dir.chmod(0o700)
-        server_cert, server_key = conf_dir / "server.pem", conf_dir / "server-key.pem"
-        ensure_server_certificate(ca, names, server_cert, server_key)
-        config_path = conf_dir / "pebble-config.json"
-        config_text = json.dumps(pebble_config(), indent=2, sort_keys=True) + "\n"
-        if not config_path.exists() or config_path.read_text() != config_text:
-            _write_public(config_path, config_text.encode())
-        spec_hash = _spec_hash(image_info["Id"], network, [config_path, server_cert, server_key])
+        ca, conf_dir, spec_files = _ensure_pebble_files(key_dir, container, names)
+        spec_hash = sidecar.spec_hash(image_info["Id"], network, spec_files, env=PEBBLE_ENV)
 
         ca_on_vps = None
         if vps_container is not None:
@@ -819,44 +565,15 @@ def ensure_acme_running(*, vps_container: str | None = VPS_CONTAINER_NAME,
                 say(f"Copied the local ACME CA into {vps_container}:{CA_PATH_ON_VPS}")
             ca_on_vps = CA_PATH_ON_VPS
 
-        state = _container_state(container)
-        running = bool(state and state["State"]["Running"])
-        same_spec = bool(state and (state["Config"]["Labels"] or {}).get(SPEC_LABEL) == spec_hash)
-        attached = network is None or (
-            _container_networks(state).get(network.name) or {}).get("IPAddress") == network.pebble_ip
-        do_remove = state is not None and (not running or not same_spec or not attached)
-        do_start = do_remove or state is None
-        if do_remove:
-            why = ("stopped leftover" if not running else "spec changed" if not same_spec
-                   else f"not on {network.name if network else ''} at its address")
-            say(f"Removing {container} ({why})...")
-            _docker("rm", "--force", container)
-        if do_start:
-            where = (f"{network.pebble_ip} on {network.name}" if network is not None
-                     else f"{LOOPBACK} only")
-            say(f"Starting {container} from {image_ref} ({where})...")
-            proc = subprocess.run(
-                run_argv(container=container, image_ref=image_ref, config_dir=conf_dir,
-                         spec_hash=spec_hash, network=network),
-                text=True, capture_output=True,
-            )
-            if proc.returncode != 0:
-                raise AcmeError(f"docker run {container} failed: {proc.stderr.strip()}")
-            state = _container_state(container)
-        else:
-            say(f"{container} already running with this spec")
-        assert state is not None
-
-        if vps_container is not None:
-            assert network is not None
-            if ensure_vps_connected(vps_container, network):
-                say(f"Connected {vps_container} to {network.name}")
-            host = network.pebble_ip
-            acme_port, management_port = ACME_PORT, MANAGEMENT_PORT
-        else:
-            host = LOOPBACK
-            acme_port = _published_port(state, ACME_PORT)
-            management_port = _published_port(state, MANAGEMENT_PORT)
+        argv = run_argv(container=container, image_ref=image_ref, config_dir=conf_dir,
+                        spec_hash=spec_hash, network=network)
+        state = sidecar.ensure_started(container, image_ref=image_ref, spec_label=SPEC_LABEL, spec=spec_hash,
+                                       network=network, start=lambda: _run_pebble(argv, container), say=say)
+        host = sidecar.ensure_reachable(vps_container, network, say=say)
+        acme_port, management_port = ACME_PORT, MANAGEMENT_PORT
+        if network is None:
+            acme_port = sidecar.published_port(state, ACME_PORT)
+            management_port = sidecar.published_port(state, MANAGEMENT_PORT)
         acme = LocalAcme(
             directory_url=directory_url(host, acme_port),
             roots_url=roots_url(host, management_port),
@@ -868,7 +585,7 @@ def ensure_acme_running(*, vps_container: str | None = VPS_CONTAINER_NAME,
             subnet=network.subnet if network else None,
         )
         waited = _wait_until_serving(acme, deadline)
-        _write_public(state_path(container, key_dir), acme.to_json().encode())
+        sidecar.write_public(state_path(container, key_dir), acme.to_json().encode())
     say(f"ACME directory answers ({waited:.1f} s): {acme.directory_url}")
     return acme
 
@@ -881,21 +598,8 @@ def ensure_acme_absent(*, container: str = CONTAINER_NAME, key_dir: Path = KEY_D
     The local CA stays (Traefik on the VPS may still mount its copy); return
     whether a container was there. A network of that name not made here stays.
     """
-    say = (lambda line: print(line, file=out, flush=True)) if out else (lambda line: None)
-    with _lock(key_dir, "containers"):
-        existed = _container_state(container) is not None
-        _docker("rm", "--force", container)
-        name = network_name(container)
-        state = _network_state(name)
-        if state is not None and (state.get("Labels") or {}).get(NETWORK_LABEL) == container:
-            _remove_network(name)
-            say(f"Removed docker network {name}")
-        elif state is not None:
-            say(f"Left docker network {name} alone (not made for {container})")
-        shutil.rmtree(config_dir(container, key_dir), ignore_errors=True)
-        state_path(container, key_dir).unlink(missing_ok=True)
-    say(f"Removed {container}" if existed else f"{container} is not there")
-    return existed
+    return sidecar.ensure_sidecar_absent(container, key_dir=key_dir, files_dir=config_dir(container, key_dir),
+                                         state_file=state_path(container, key_dir), say=sidecar.say_to(out))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -910,15 +614,9 @@ class AcmeStatus:
 
 def acme_status(*, container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR) -> AcmeStatus:
     """Read-only: is pebble's container running, and what did ``up`` record for it."""
-    state = _container_state(container)
-    recorded = state_path(container, key_dir)
-    acme = LocalAcme.from_json(recorded.read_text()) if recorded.exists() else None
-    if state is None:
-        return AcmeStatus(container, "absent", acme)
-    if not state["State"]["Running"]:
-        return AcmeStatus(container, "stopped", acme,
-                          f"exit code {state['State']['ExitCode']}; last log lines:\n{_logs(container)}")
-    return AcmeStatus(container, "running", acme)
+    status, detail = sidecar.container_status(container)
+    return AcmeStatus(container, status, sidecar.read_record(state_path(container, key_dir), LocalAcme.from_json),
+                      detail)
 
 
 def local_acme_settings(container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR) -> dict[str, str]:
@@ -978,14 +676,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             ensure_acme_absent(container=args.name)
         else:
             current = acme_status(container=args.name)
-            print(f"{current.container}: {current.status}")
-            if current.detail:
-                print(current.detail)
-            if current.acme is not None:
-                print(current.acme.to_json(), end="")
-            if args.exit_code and current.status != "running":
-                return 1
-    except (AcmeError, images.ImageBuildError) as error:
+            return sidecar.print_status(current.container, current.status, current.detail,
+                                        current.acme.to_json() if current.acme else None, exit_code=args.exit_code)
+    except (sidecar.SidecarError, images.ImageBuildError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

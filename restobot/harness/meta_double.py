@@ -4,7 +4,7 @@ Production's n8n sends replies to Meta's Graph API and alerts to a webhook, both
 outside the VPS. The local stage gets the same from one container
 (``restobot-local/python:3-trixie`` running restobot/harness/meta_double_server.py,
 which reuses restobot/harness/graph_api.py), placed exactly like the local ACME server
-(restobot/harness/acme.py, whose network helpers are imported here): OUTSIDE the
+(restobot/harness/acme.py): a sidecar of the VPS (restobot/harness/sidecar.py), OUTSIDE the
 VPS, on its own internal docker network ``<container>-net`` (a /28 of 10.213.0.0/16
 chosen from the name) at the fixed address ``<subnet>.2``, the VPS connected to it.
 The VPS's inner n8n reaches it by egress through the inner engine's NAT, as it
@@ -34,9 +34,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import hashlib
 import json
-import shutil
 import subprocess
 import sys
 import time
@@ -46,24 +44,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from restobot.harness import acme, images
+from restobot.harness import images, sidecar
 from restobot.harness import vps as local_vps
-from restobot.harness.acme import (
-    AcmeError,
-    AcmeNetwork,
-    _container_networks,
-    _container_state,
-    _docker,
-    _lock,
-    _logs,
-    _network_state,
-    _published_port,
-    _remove_network,
-    _write_public,
-    ensure_network,
-    ensure_vps_connected,
-    network_name,
-)
+from restobot.harness.sidecar import SidecarNetwork
 
 CONTAINER_NAME = "restobot-meta-local"
 VPS_CONTAINER_NAME = local_vps.CONTAINER_NAME
@@ -72,7 +55,7 @@ IMAGE = "python"
 """``restobot-local/python:3-trixie`` (images.LOCAL_IMAGES): python3 is all the server needs."""
 GRAPH_PORT = 8080
 CONTROL_PORT = 8081
-LOOPBACK = acme.LOOPBACK
+LOOPBACK = sidecar.LOOPBACK
 SPEC_LABEL = "org.restobot.meta-spec"
 SERVER_DIR_IN_CONTAINER = "/srv/meta-double"
 SERVER_FILES = (
@@ -84,7 +67,7 @@ container only through ``up``, which replaces it when they change."""
 HTTP_TIMEOUT = 5.0
 
 
-class MetaDoubleError(RuntimeError):
+class MetaDoubleError(sidecar.SidecarError):
     pass
 
 
@@ -159,7 +142,7 @@ def control_url(port: int) -> str:
 
 
 def create_argv(*, container: str, image_ref: str, server_dir: Path, spec_hash: str,
-                network: AcmeNetwork | None) -> list[str]:
+                network: SidecarNetwork | None) -> list[str]:
     """The ``docker create`` argv of the double (pure: tested by value).
 
     + network: the Graph listener binds this network's fixed address (joined after
@@ -185,19 +168,9 @@ def create_argv(*, container: str, image_ref: str, server_dir: Path, spec_hash: 
     ]
 
 
-def connect_argv(network: AcmeNetwork, container: str) -> list[str]:
+def connect_argv(network: SidecarNetwork, container: str) -> list[str]:
     """Join the double to its own network at the fixed address (before it starts)."""
     return ["docker", "network", "connect", "--ip", network.pebble_ip, network.name, container]
-
-
-def _spec_hash(image_id: str, network: AcmeNetwork | None, files: Sequence[Path]) -> str:
-    spec = {
-        "image": image_id,
-        "network": dataclasses.asdict(network) if network else {"publish": LOOPBACK},
-        "ports": [GRAPH_PORT, CONTROL_PORT],
-        "files": {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in files},
-    }
-    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest()[:16]
 
 
 # --- start, stop, status -------------------------------------------------------------------
@@ -221,26 +194,24 @@ def _copy_server_files(directory: Path) -> list[Path]:
             raise MetaDoubleError(f"{source} is missing: the double's server needs it")
         target = directory / source.name
         if not target.exists() or target.read_bytes() != source.read_bytes():
-            _write_public(target, source.read_bytes())
+            sidecar.write_public(target, source.read_bytes())
         copies.append(target)
     return copies
 
 
 def _wait_until_serving(double: LocalMetaDouble, deadline: float) -> float:
-    started = time.monotonic()
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        state = _container_state(double.container)
-        if state is None or not state["State"]["Running"]:
-            raise MetaDoubleError(f"{double.container} exited; last log lines:\n{_logs(double.container)}")
-        try:
-            double.requests()
-            return time.monotonic() - started
-        except (OSError, ValueError, urllib.error.URLError) as error:
-            last_error = error
-        time.sleep(0.2)
-    raise MetaDoubleError(f"{double.control_url} did not answer in time (last error: {last_error!r}); "
-                          f"last log lines of {double.container}:\n{_logs(double.container)}")
+    return sidecar.wait_until_serving(double.container, double.control_url, double.requests, deadline,
+                                      retry_on=(OSError, ValueError, urllib.error.URLError), interval=0.2)
+
+
+def _create_and_start(steps: list[list[str]], container: str) -> None:
+    """Run the ``docker create``, ``network connect`` and ``start`` steps; remove the container
+    when one fails."""
+    for argv in steps:
+        proc = subprocess.run(argv, check=False, text=True, capture_output=True)
+        if proc.returncode != 0:
+            sidecar.docker("rm", "--force", container)
+            raise MetaDoubleError(f"{' '.join(argv[:3])} {container} failed: {proc.stderr.strip()}")
 
 
 def ensure_meta_double_running(*, vps_container: str | None = VPS_CONTAINER_NAME,
@@ -263,7 +234,7 @@ def ensure_meta_double_running(*, vps_container: str | None = VPS_CONTAINER_NAME
         meta = ensure_meta_double_running()
         tree = local_stage_tree(endpoint, acme=acme.settings(), meta=meta.settings())
     """
-    say = (lambda line: print(line, file=out, flush=True)) if out else (lambda line: None)
+    say = sidecar.say_to(out)
     deadline = time.monotonic() + timeout
     if build:
         images.build_images([IMAGE], out=out)
@@ -271,71 +242,33 @@ def ensure_meta_double_running(*, vps_container: str | None = VPS_CONTAINER_NAME
     image_info = images.inspect_image(image_ref)
     if image_info is None:
         raise MetaDoubleError(f"{image_ref} is not built: run 'python -m restobot.harness.images build {IMAGE}'")
-    if vps_container is not None:
-        vps_state = _container_state(vps_container)
-        if vps_state is None or not vps_state["State"]["Running"]:
-            raise MetaDoubleError(f"the VPS container {vps_container} is not running: "
-                                  "run 'python -m restobot.harness.vps up' first")
+    sidecar.require_vps_running(vps_container)
 
-    with _lock(key_dir, "containers"):
-        network: AcmeNetwork | None = None
-        if vps_container is not None:
-            network = ensure_network(container, say=say)
-        elif ((_network_state(network_name(container)) or {}).get("Labels") or {}).get(
-                acme.NETWORK_LABEL) == container:
-            say(f"Removing docker network {network_name(container)} (the double now runs standalone)...")
-            _docker("rm", "--force", container)
-            _remove_network(network_name(container))
+    with sidecar.locked(key_dir, "containers"):
+        network = sidecar.ensure_placement(container, vps_container, say=say)
         directory = server_dir(container, key_dir)
-        spec_hash = _spec_hash(image_info["Id"], network, _copy_server_files(directory))
-
-        state = _container_state(container)
-        running = bool(state and state["State"]["Running"])
-        same_spec = bool(state and (state["Config"]["Labels"] or {}).get(SPEC_LABEL) == spec_hash)
-        attached = network is None or (
-            _container_networks(state).get(network.name) or {}).get("IPAddress") == network.pebble_ip
-        do_remove = state is not None and (not running or not same_spec or not attached)
-        do_start = do_remove or state is None
-        if do_remove:
-            why = "stopped leftover" if not running else "spec changed" if not same_spec else "not on its network"
-            say(f"Removing {container} ({why})...")
-            _docker("rm", "--force", container)
-        if do_start:
-            where = f"{network.pebble_ip} on {network.name}" if network is not None else f"{LOOPBACK} only"
-            say(f"Starting {container} from {image_ref} ({where})...")
-            steps = [create_argv(container=container, image_ref=image_ref, server_dir=directory,
-                                 spec_hash=spec_hash, network=network)]
-            if network is not None:
-                steps.append(connect_argv(network, container))
-            steps.append(["docker", "start", container])
-            for argv in steps:
-                proc = subprocess.run(argv, check=False, text=True, capture_output=True)
-                if proc.returncode != 0:
-                    _docker("rm", "--force", container)
-                    raise MetaDoubleError(f"{' '.join(argv[:3])} {container} failed: {proc.stderr.strip()}")
-            state = _container_state(container)
-        else:
-            say(f"{container} already running with this spec")
-        assert state is not None
-
+        spec_hash = sidecar.spec_hash(image_info["Id"], network, _copy_server_files(directory),
+                                      ports=[GRAPH_PORT, CONTROL_PORT])
+        steps = [create_argv(container=container, image_ref=image_ref, server_dir=directory,
+                             spec_hash=spec_hash, network=network)]
         if network is not None:
-            assert vps_container is not None
-            if ensure_vps_connected(vps_container, network):
-                say(f"Connected {vps_container} to {network.name}")
-            host, graph_port = network.pebble_ip, GRAPH_PORT
-        else:
-            host, graph_port = LOOPBACK, _published_port(state, GRAPH_PORT)
+            steps.append(connect_argv(network, container))
+        steps.append(["docker", "start", container])
+        state = sidecar.ensure_started(container, image_ref=image_ref, spec_label=SPEC_LABEL, spec=spec_hash,
+                                       network=network, start=lambda: _create_and_start(steps, container), say=say)
+        host = sidecar.ensure_reachable(vps_container, network, say=say)
+        graph_port = GRAPH_PORT if network is not None else sidecar.published_port(state, GRAPH_PORT)
         double = LocalMetaDouble(
             graph_api_base_url=graph_api_base_url(host, graph_port),
             alert_webhook_url=alert_webhook_url(host, graph_port),
-            control_url=control_url(_published_port(state, CONTROL_PORT)),
+            control_url=control_url(sidecar.published_port(state, CONTROL_PORT)),
             container=container,
             host=host,
             network=network.name if network else None,
             subnet=network.subnet if network else None,
         )
         waited = _wait_until_serving(double, deadline)
-        _write_public(state_path(container, key_dir), double.to_json().encode())
+        sidecar.write_public(state_path(container, key_dir), double.to_json().encode())
     say(f"Meta double answers ({waited:.1f} s): Graph API {double.graph_api_base_url}, "
         f"control {double.control_url}")
     return double
@@ -345,21 +278,8 @@ def ensure_meta_double_absent(*, container: str = CONTAINER_NAME, key_dir: Path 
                               out: TextIO | None = sys.stdout) -> bool:
     """Remove the double's container, its network (disconnecting the VPS), its server files and
     its state file; return whether a container was there. A network of that name not made here stays."""
-    say = (lambda line: print(line, file=out, flush=True)) if out else (lambda line: None)
-    with _lock(key_dir, "containers"):
-        existed = _container_state(container) is not None
-        _docker("rm", "--force", container)
-        name = network_name(container)
-        state = _network_state(name)
-        if state is not None and (state.get("Labels") or {}).get(acme.NETWORK_LABEL) == container:
-            _remove_network(name)
-            say(f"Removed docker network {name}")
-        elif state is not None:
-            say(f"Left docker network {name} alone (not made for {container})")
-        shutil.rmtree(server_dir(container, key_dir), ignore_errors=True)
-        state_path(container, key_dir).unlink(missing_ok=True)
-    say(f"Removed {container}" if existed else f"{container} is not there")
-    return existed
+    return sidecar.ensure_sidecar_absent(container, key_dir=key_dir, files_dir=server_dir(container, key_dir),
+                                         state_file=state_path(container, key_dir), say=sidecar.say_to(out))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,15 +294,9 @@ class MetaDoubleStatus:
 
 def meta_double_status(*, container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR) -> MetaDoubleStatus:
     """Read-only: is the double's container running, and what did ``up`` record for it."""
-    state = _container_state(container)
-    recorded = state_path(container, key_dir)
-    double = LocalMetaDouble.from_json(recorded.read_text()) if recorded.exists() else None
-    if state is None:
-        return MetaDoubleStatus(container, "absent", double)
-    if not state["State"]["Running"]:
-        return MetaDoubleStatus(container, "stopped", double,
-                                f"exit code {state['State']['ExitCode']}; last log lines:\n{_logs(container)}")
-    return MetaDoubleStatus(container, "running", double)
+    status, detail = sidecar.container_status(container)
+    return MetaDoubleStatus(container, status,
+                            sidecar.read_record(state_path(container, key_dir), LocalMetaDouble.from_json), detail)
 
 
 def recorded_double(container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR) -> LocalMetaDouble:
@@ -419,19 +333,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             ensure_meta_double_absent(container=args.name)
         elif args.command == "status":
             current = meta_double_status(container=args.name)
-            print(f"{current.container}: {current.status}")
-            if current.detail:
-                print(current.detail)
-            if current.double is not None:
-                print(current.double.to_json(), end="")
-            if args.exit_code and current.status != "running":
-                return 1
+            return sidecar.print_status(current.container, current.status, current.detail,
+                                        current.double.to_json() if current.double else None,
+                                        exit_code=args.exit_code)
         else:
             double = recorded_double(args.name)
             print(json.dumps(double.requests(), indent=2))
             if args.reset:
                 double.reset()
-    except (MetaDoubleError, AcmeError, images.ImageBuildError, urllib.error.URLError, OSError) as error:
+    except (sidecar.SidecarError, images.ImageBuildError, urllib.error.URLError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     return 0

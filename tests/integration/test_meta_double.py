@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 
 from restobot.harness import images, meta_double
-from restobot.harness.acme import network_layout
+from restobot.harness.sidecar import network_layout
 from restobot.harness.meta_double_server import graph_route
 from restobot.harness.stage import local_stage_tree
 
