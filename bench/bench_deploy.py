@@ -40,6 +40,7 @@ from tests.e2e.conftest import (  # noqa: E402
     run_pyinfra,
     start_vps,
     stop_vps,
+    vps_exec,
     write_inventory,
 )
 from tests.e2e.test_deploy import make_checkout, public_request, sql  # noqa: E402
@@ -103,10 +104,7 @@ class Stack:
     settings: dict
 
     def ssh(self, *command: str, check: bool = True):
-        proc = subprocess.run(self.endpoint.ssh_argv(*command), capture_output=True, text=True, timeout=120)
-        if check and proc.returncode != 0:
-            raise RuntimeError(proc.stderr)
-        return proc
+        return vps_exec(self.endpoint, *command, check=check, timeout=120)
 
 
 def remote_commands(inventory: Path, source: Path) -> int:
