@@ -73,7 +73,7 @@ release.releases_pruned(
     layout=layout, keep=settings.host.keep_releases, protected=(identifier,),
 )
 
-# Backups: the nightly dump, its restore check and its cron entry.
+# Backups: the nightly dump, its restore check, its cron entry, and a first dump now.
 backup.backups_scheduled(settings, layout)
 
 lock.audit_logged(

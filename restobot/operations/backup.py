@@ -26,7 +26,8 @@ import shlex
 
 from pyinfra import host
 from pyinfra.api import deploy
-from pyinfra.operations import apt, files
+from pyinfra.facts.files import File
+from pyinfra.operations import apt, files, server
 
 from restobot import backup_host
 from restobot.commands import HostLayout
@@ -131,7 +132,8 @@ def verify_argv(paths: BackupPaths) -> list[str]:
 @deploy("Ensure the database is backed up on schedule")
 def backups_scheduled(settings: Settings, layout: HostLayout) -> None:
     """
-    Ensure the nightly backup, its restore check and its cron entry are installed.
+    Ensure the nightly backup, its restore check and its cron entry are installed,
+    and that one backup has succeeded (run now on a host that has none yet).
 
     + settings: the stage's settings (``backup`` and ``host.deploy_user`` are read)
     + layout: where the stack lives on the host
@@ -169,3 +171,8 @@ def backups_scheduled(settings: Settings, layout: HostLayout) -> None:
     files.put(name=f"Ensure cron runs {paths.script} at '{settings.backup.schedule}' as {user}",
               src=io.StringIO(cron_file(settings.backup, user, paths)), dest=CRON_FILE,
               user="root", group="root", mode="644")
+    # A fresh stack is backed up now, not at the next scheduled time: the go-live
+    # checklist wants a recent backup that restores.
+    if host.get_fact(File, path=paths.last_success) is None:
+        server.shell(name=f"Ensure a first backup exists (no {paths.last_success} yet)",
+                     commands=[shlex.join(backup_argv(paths))])

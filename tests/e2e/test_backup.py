@@ -83,6 +83,14 @@ def first_backup(stack) -> str:
     return run_backup(stack)
 
 
+def test_first_deploy_leaves_a_backup_behind(deployed_stack):
+    """Runs before this module's fixtures run any backup: only the deploy can have made it."""
+    created, path, size = deployed_stack.ssh("cat", PATHS.last_success).stdout.split()
+
+    assert path.startswith(f"{PATHS.directory}/resto-") and int(size) > 0
+    assert deployed_stack.ssh("head", "-c", "5", path).stdout == "PGDMP"
+
+
 def test_install_puts_back_what_was_missing_without_errors(installed):
     assert installed.results["totals"]["error"] == 0
     assert installed.results["totals"]["success"] > 0, "the schedule was removed, yet installing changed nothing"
