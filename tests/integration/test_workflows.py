@@ -337,8 +337,11 @@ def test_throttling_beyond_the_maximum_goes_to_the_dlq(stack):
 def test_network_error_is_retried(stack):
     stack.graph_reset()
     stack.graph_script({"status": 0})
-    _, rows = send_and_wait(stack, "bonjour", lambda r: r and r[0][2] == "network" or (r and r[0][0] == "SENT"))
+    wamid, rows = send_and_wait(stack, "bonjour", lambda r: r and r[0][2] == "network" or (r and r[0][0] == "SENT"))
     assert rows[0][0] in ("RETRY", "SENT") and rows[0][1] == 1
+    rows = stack.wait_rows("select status, retry_count from outbound_messages where msg_id = %s",
+                           wamid, predicate=lambda r: r and r[0][0] == "SENT", timeout=40)
+    assert rows == [("SENT", 1)]
 
 
 # --- admin DLQ replay --------------------------------------------------------------------

@@ -314,7 +314,7 @@ class Stack:
             if predicate(rows):
                 return rows
             time.sleep(0.3)
-        return rows
+        raise AssertionError(f"waited {timeout:g} s for rows of {sql!r} {params!r} to match; last seen: {rows!r}")
 
     def graph_requests(self) -> list[dict]:
         return json.loads(http("GET", self.graph_url + "/_control/requests").body)["requests"]
@@ -324,5 +324,11 @@ class Stack:
              {"Content-Type": "application/json"})
 
     def graph_reset(self) -> None:
+        """Forget the double's requests and script, once the sender is done with every earlier reply.
+
+        A reply still waiting for its retry would otherwise take an answer scripted for the next test.
+        """
+        self.wait_rows("select id from outbound_messages where status in ('PENDING', 'RETRY')",
+                       predicate=lambda rows: not rows, timeout=60)
         http("POST", self.graph_url + "/_control/reset", b"{}", {"Content-Type": "application/json"})
 
