@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import shlex
+from pathlib import Path
 
+import paramiko
 import pytest
 from conftest import container, manual
 
 from restobot import checklist
 from restobot.commands import LONG_RUNNING_SERVICES
+from restobot.inventory import changed_key_message, pinned_host_keys
 from restobot.settings import REPO_ROOT
 
 ENV_FILES = sorted(path.name.removesuffix(".j2") for path in (REPO_ROOT / "templates" / "env").glob("*.env.j2"))
@@ -80,7 +83,8 @@ def test_container_cpu_is_under_threshold(target, service, evidence):
 
 def test_redis_queue_is_under_threshold(target, evidence):
     threshold = target.settings.monitoring.redis_queue_length
-    script = "redis-cli --raw LLEN bull:jobs:wait; redis-cli --raw ZCARD bull:jobs:prioritized; redis-cli --raw LLEN bull:jobs:paused"
+    script = ('export REDISCLI_AUTH="$REDIS_PASSWORD"; redis-cli --raw LLEN bull:jobs:wait; '
+              "redis-cli --raw ZCARD bull:jobs:prioritized; redis-cli --raw LLEN bull:jobs:paused")
     result = target.run("docker", "exec", container("redis"), "sh", "-c", script)
     assert result.rc == 0, f"redis-cli: {result.stderr.strip()}"
     counts = [int(value) for value in result.stdout.split() if value.lstrip("-").isdigit()]
@@ -128,6 +132,25 @@ def test_sshd_effective_setting(target, keyword, evidence):
     value = checklist.sshd_value(_sshd(target), keyword)
     assert value == want, f"sshd -T: {keyword} {value}, want {want}"
     evidence(f"{keyword} {value}")
+
+
+def test_ssh_host_key_is_pinned(target, evidence):
+    """The deploy and these checks reach the VPS only if it presents the host key the settings pin."""
+    ssh = target.settings.ssh
+    if ssh.host_key is None and ssh.known_hosts_file is None:
+        pytest.fail(f"ssh.host_key: the VPS's host key is not pinned (any key would be accepted on first contact); "
+                    f"{ssh.how_to_record_key()}")
+    strict = target.data.get("ssh_strict_host_key_checking")
+    assert strict == "yes", (f"the inventory's host connects with ssh_strict_host_key_checking={strict!r}, want 'yes' "
+                             "(make its entry with restobot.inventory.vps(SETTINGS))")
+    try:
+        presented = target.host.backend.client.get_transport().get_remote_server_key()
+    except paramiko.BadHostKeyException as error:
+        pytest.fail(f"presented {error.key.get_name()} {error.key.fingerprint}: {changed_key_message(ssh)}")
+    pinned = pinned_host_keys(Path(target.data["ssh_known_hosts_file"]), ssh.known_hosts_name)
+    assert presented.asbytes() in [key.asbytes() for key in pinned], (
+        f"presented {presented.get_name()} {presented.fingerprint}: {changed_key_message(ssh)}")
+    evidence(f"{presented.get_name()} {presented.fingerprint} pinned, strict checking")
 
 
 def test_only_public_ports_listen_on_external_addresses(target, evidence):

@@ -8,7 +8,17 @@ from restobot.inventory import vps
 
 SETTINGS = {
     "stage": "production",
-    "ssh": {"host": "203.0.113.10", "user": "root"},
+    "ssh": {
+        "host": "203.0.113.10",
+        "user": "root",
+        # The VPS's SSH host key, pinned: an unknown or changed key stops the deploy
+        # before anything is sent. This one is a THROWAWAY example key (no real host
+        # has it): replace it with your VPS's key, recorded on purpose with
+        # `ssh-keyscan -t ed25519 203.0.113.10` and its fingerprint checked against the
+        # provider's console. Or leave it out and give the CI secret
+        # SSH_KNOWN_HOSTS (known_hosts lines) instead. A public key is not a secret.
+        "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIEwTIAkrLil+gGv3t3cKkjfxOaU4E/sUqu935MZGZmc",
+    },
     "domains": {"domain": "resto.example.com"},
     "acme": {"email": "ops@resto.example.com"},
     "meta": {
@@ -25,7 +35,8 @@ SETTINGS = {
         "default_locale": "fr",
     },
     "database": {"name": "n8n", "user": "n8n"},
-    "n8n": {},
+    "n8n": {"owner_email": "owner@resto.example.com"},
+    "redis": {},
     "admin": {},
     "console": {"ip_allowlist": ["198.51.100.7/32"]},
     "pipeline": {"alert_webhook_url": "https://hooks.example.com/resto-alerts"},

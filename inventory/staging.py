@@ -4,7 +4,17 @@ from restobot.inventory import vps
 
 SETTINGS = {
     "stage": "staging",
-    "ssh": {"host": "203.0.113.20", "user": "root"},
+    "ssh": {
+        "host": "203.0.113.20",
+        "user": "root",
+        # The VPS's SSH host key, pinned: an unknown or changed key stops the deploy
+        # before anything is sent. This one is a THROWAWAY example key (no real host
+        # has it): replace it with your VPS's key, recorded on purpose with
+        # `ssh-keyscan -t ed25519 203.0.113.20` and its fingerprint checked against the
+        # provider's console. Or leave it out and give the CI secret
+        # SSH_KNOWN_HOSTS (known_hosts lines) instead. A public key is not a secret.
+        "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIJuh+gzCgRpvPSKLFtLS0xll0landin0VR0B95o12WGn",
+    },
     "domains": {"domain": "staging.resto.example.com"},
     "acme": {
         "email": "ops@resto.example.com",
@@ -22,7 +32,8 @@ SETTINGS = {
         "menu_url": "https://staging.resto.example.com/menu",
     },
     "database": {},
-    "n8n": {},
+    "n8n": {"owner_email": "owner@resto.example.com"},
+    "redis": {},
     "admin": {},
     "console": {"ip_allowlist": ["198.51.100.0/24"]},
     "host": {"docker_source": "docker", "compose_plugin": "docker-repository"},

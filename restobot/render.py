@@ -12,7 +12,7 @@ from pathlib import Path
 
 import jinja2
 
-from restobot.settings import REPO_ROOT, Settings
+from restobot.settings import CHANNELS, REPO_ROOT, Settings
 from restobot.workflows import credentials_overwrite_data
 
 TEMPLATES_DIR = REPO_ROOT / "templates"
@@ -29,6 +29,7 @@ RELEASE_FILES: dict[str, tuple[str, int]] = {
     "env/n8n.env.j2": ("env/n8n.env", SECRET_MODE),
     "env/postgres.env.j2": ("env/postgres.env", SECRET_MODE),
     "env/migrate.env.j2": ("env/migrate.env", SECRET_MODE),
+    "env/redis.env.j2": ("env/redis.env", SECRET_MODE),
 }
 
 
@@ -39,7 +40,9 @@ class GatewayOptions:
     listen: str = "8080"
     upstream: str = "n8n-main:5678"
     resolver: str | None = "127.0.0.11"
-    max_body: str = "1m"
+    # A Meta webhook is a few KiB; a batch of many updates stays well under this.
+    max_body_meta: str = "64k"
+    max_body_admin: str = "8k"
     rate_per_second: int = 50
     burst: int = 100
     timeout: str = "20s"
@@ -115,7 +118,7 @@ def render_release(settings: Settings, context: RenderContext | None = None) -> 
     variables = {
         "credentials_overwrite_data": credentials_overwrite_data(
             db_host="postgres", db_port=5432, db_name=settings.database.name, db_user=settings.database.user,
-            db_password=password, redis_host="redis",
+            db_password=password, redis_host="redis", redis_password=settings.redis.password.get_secret_value(),
         ),
         "s": settings,
         "release": context.release,
@@ -123,6 +126,7 @@ def render_release(settings: Settings, context: RenderContext | None = None) -> 
         "migrate_image": context.migrate_image,
         "gateway": context.gateway,
         "traefik": context.traefik,
+        "channels": CHANNELS,
     }
     rendered: dict[str, RenderedFile] = {}
     for template_name, (path, mode) in RELEASE_FILES.items():

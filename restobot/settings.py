@@ -12,9 +12,12 @@ re-formatted without their input.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import contextlib
-import hashlib
 import contextvars
+import hashlib
+import hmac
 import ipaddress
 import os
 import re
@@ -22,7 +25,7 @@ import runpy
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import (
     AnyHttpUrl,
@@ -35,6 +38,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 from restobot.versions import N8N_VERSION
 
@@ -46,6 +50,8 @@ PLACEHOLDER_PATTERN = re.compile(
     r"|^(todo|test|secret|password|example|dummy|default)$)",
     re.IGNORECASE,
 )
+BASE64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+BCRYPT_ALPHABET = "./ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
 # Env files are rendered with single-quoted values (literal for compose), so a
 # secret may hold anything but a quote, a backslash or a line break.
 UNSAFE_SECRET_CHARS = re.compile(r"['\"\\\n\r]")
@@ -109,13 +115,24 @@ def secret_rule(min_length: int):
 
 
 class SshTarget(Section):
-    """How the operator's machine reaches the VPS."""
+    """How the operator's machine reaches the VPS, and the host key it must present.
+
+    ``host_key`` pins the VPS's SSH host key ("ssh-ed25519 AAAA...", the key part of an
+    ``ssh-keyscan`` line); ``known_hosts_file`` names an OpenSSH known_hosts file that
+    holds it instead (``SSH_KNOWN_HOSTS_FILE``, written by scripts/deploy from the CI's
+    ``SSH_KNOWN_HOSTS`` secret). Production and staging need one of them.
+    """
 
     host: str
     port: int = Field(22, ge=1, le=65535)
     user: str = "root"
     key_path: Path | None = None
+    host_key: str | None = None
     known_hosts_file: Path | None = None
+
+    HOST_KEY_TYPES: ClassVar[frozenset[str]] = frozenset(
+        {"ssh-ed25519", "ssh-rsa", "ecdsa-sha2-nistp256", "ecdsa-sha2-nistp384", "ecdsa-sha2-nistp521"}
+    )
 
     @field_validator("host")
     @classmethod
@@ -128,6 +145,67 @@ class SshTarget(Section):
         if value != "localhost" and not HOSTNAME_PATTERN.match(value.lower()):
             raise ValueError("must be a hostname or an IP address")
         return value
+
+    @field_validator("host_key")
+    @classmethod
+    def host_key_is_an_openssh_public_key(cls, value: str | None) -> str | None:
+        """Keep "TYPE BASE64" (a comment is dropped) after checking the base64 holds a key of TYPE."""
+        if value is None:
+            return None
+        fields = value.split()
+        if len(fields) >= 3 and fields[1] in cls.HOST_KEY_TYPES:
+            raise ValueError(
+                f"starts with a host name ('{fields[0]}'): keep only the key, "
+                "'ssh-ed25519 AAAA...' (an ssh-keyscan line without its first field)"
+            )
+        if len(fields) < 2 or fields[0] not in cls.HOST_KEY_TYPES:
+            raise ValueError(
+                "must be an OpenSSH public host key such as 'ssh-ed25519 AAAA...' "
+                f"(types: {', '.join(sorted(cls.HOST_KEY_TYPES))}; the line ssh-keyscan prints, without the host)"
+            )
+        key_type, key_b64 = fields[:2]
+        if cls.embedded_key_type(key_b64) != key_type:
+            raise ValueError(f"the base64 part is not a {key_type} key (copied incompletely?)")
+        return f"{key_type} {key_b64}"
+
+    @field_validator("known_hosts_file", mode="before")
+    @classmethod
+    def empty_known_hosts_file_is_unset(cls, value: Any) -> Any:
+        # SSH_KNOWN_HOSTS_FILE="" in the environment means "not given".
+        return None if value == "" else value
+
+    @field_validator("known_hosts_file")
+    @classmethod
+    def known_hosts_file_is_expanded(cls, value: Path | None) -> Path | None:
+        return value.expanduser() if value is not None else None
+
+    @staticmethod
+    def embedded_key_type(key_b64: str) -> str | None:
+        """The key type named inside an OpenSSH public key blob (its first length-prefixed string)."""
+        try:
+            blob = base64.b64decode(key_b64, validate=True)
+        except (binascii.Error, ValueError):
+            return None
+        length = int.from_bytes(blob[:4], "big")
+        if length == 0 or len(blob) < 4 + length:
+            return None
+        return blob[4:4 + length].decode("ascii", errors="replace")
+
+    @property
+    def known_hosts_name(self) -> str:
+        """How known_hosts names this host: ``host`` on port 22, ``[host]:port`` otherwise (as OpenSSH)."""
+        return self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+
+    def how_to_record_key(self) -> str:
+        """The way out when the host key is missing, unknown or changed: record it on purpose."""
+        scan = f"ssh-keyscan -t ed25519 -p {self.port} {self.host}"
+        return (
+            f"record the key on purpose: run `{scan} > hostkey.txt` and `ssh-keygen -lf hostkey.txt`, check that "
+            "this SHA256 fingerprint is the one the provider's console shows for the VPS (or that "
+            "`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub` prints in its browser terminal), then set "
+            "ssh.host_key in the inventory to the line's 'ssh-ed25519 AAAA...' part, or put the whole line "
+            "in the SSH_KNOWN_HOSTS secret that scripts/deploy reads"
+        )
 
 
 class DomainSettings(Section):
@@ -243,6 +321,8 @@ class PipelineSettings(Section):
     outbound_max_retries: int = Field(5, ge=0, le=20)
     outbound_retry_base_seconds: int = Field(30, ge=1, le=3600)
     legacy_shared_token: SecretStr | None = None
+    # Production refuses a legacy shared token unless the inventory accepts it on purpose.
+    allow_legacy_shared_token: bool = False
 
     _legacy = field_validator("legacy_shared_token")(secret_rule(32))
 
@@ -269,10 +349,67 @@ class DatabaseSettings(Section):
 
 
 class N8nSettings(Section):
+    """n8n main and worker: the owner account the deploy sets, execution retention."""
+
     encryption_key: SecretStr
     worker_concurrency: int = Field(10, ge=1, le=100)
+    # The console's owner, set by n8n itself at start from the deploy's env
+    # (N8N_INSTANCE_OWNER_MANAGED_BY_ENV): nobody can claim a fresh instance.
+    owner_email: str
+    owner_password: SecretStr
+    # Saved executions hold customers' messages: pruned by age and by count.
+    executions_max_age_hours: int = Field(168, ge=1, le=24 * 365)
+    executions_max_count: int = Field(10_000, ge=100, le=1_000_000)
 
     _key = field_validator("encryption_key")(secret_rule(32))
+    _owner_password = field_validator("owner_password")(secret_rule(16))
+
+    @field_validator("owner_email")
+    @classmethod
+    def owner_email_is_an_address(cls, value: str) -> str:
+        if not re.fullmatch(r"[^@\s'\"\\]+@[^@\s'\"\\]+\.[^@\s'\"\\]+", value):
+            raise ValueError("must be an e-mail address (the n8n console's login)")
+        return value
+
+    @field_validator("owner_password")
+    @classmethod
+    def owner_password_meets_n8n_rules(cls, value: SecretStr) -> SecretStr:
+        raw = value.get_secret_value()
+        if len(raw) > 64 or not re.search(r"[0-9]", raw) or not re.search(r"[A-Z]", raw):
+            raise ValueError("must be at most 64 characters with a digit and an upper-case letter (n8n's rule)")
+        return value
+
+    def owner_password_hash(self) -> str:
+        """The owner's bcrypt hash for n8n, the same for the same password (idempotent deploys).
+
+        The salt is derived from the password and the encryption key, so a second
+        render changes nothing, while two instances never share a hash.
+        """
+        import base64
+
+        import bcrypt
+
+        password = self.owner_password.get_secret_value().encode()
+        digest = hmac.new(self.encryption_key.get_secret_value().encode(), b"owner-salt:" + password,
+                          hashlib.sha256).digest()[:16]
+        standard = base64.b64encode(digest).decode().rstrip("=")
+        salt = standard.translate(str.maketrans(BASE64_ALPHABET, BCRYPT_ALPHABET))
+        return bcrypt.hashpw(password, f"$2a$10${salt}".encode()).decode()
+
+
+class RedisSettings(Section):
+    """The queue and the replay counters: password required, reachable on the backend network only."""
+
+    password: SecretStr
+
+    _password = field_validator("password")(secret_rule(32))
+
+    @field_validator("password")
+    @classmethod
+    def password_is_url_safe(cls, value: SecretStr) -> SecretStr:
+        if not re.fullmatch(r"[A-Za-z0-9._~-]+", value.get_secret_value()):
+            raise ValueError("must hold only letters, digits and . _ ~ - (it travels in REDIS_URL)")
+        return value
 
 
 class AdminSettings(Section):
@@ -543,6 +680,7 @@ class Settings(Section):
     restaurant: RestaurantSettings
     database: DatabaseSettings
     n8n: N8nSettings
+    redis: RedisSettings
     admin: AdminSettings
     console: ConsoleSettings
     backup: BackupSettings = BackupSettings()
@@ -563,11 +701,33 @@ class Settings(Section):
             )
         if self.acme.directory_url.scheme != "https":
             raise ValueError("acme.directory_url: must be https in production")
+        if self.pipeline.legacy_shared_token is not None and not self.pipeline.allow_legacy_shared_token:
+            raise ValueError(
+                "pipeline.legacy_shared_token: refused in production (a shared token stands in for Meta's "
+                "signature); unset LEGACY_SHARED_TOKEN, or accept it on purpose with "
+                "pipeline.allow_legacy_shared_token: true in the inventory (the checklist then reports it)"
+            )
         return self
+
+    @model_validator(mode="after")
+    def ssh_host_key_is_pinned(self) -> Settings:
+        """Production and staging name the VPS's host key (ssh.host_key or ssh.known_hosts_file)."""
+        if self.stage is Stage.LOCAL or self.ssh.host_key is not None or self.ssh.known_hosts_file is not None:
+            return self
+        message = (
+            f"required in {self.stage.value} (an unknown or changed host key must stop the deploy before "
+            "anything is sent; a known_hosts file in ssh.known_hosts_file pins it too); "
+            f"{self.ssh.how_to_record_key()}"
+        )
+        # Raised with its own location so that the error reads "ssh.host_key: ..." like a field's.
+        raise ValidationError.from_exception_data(
+            "Settings", [InitErrorDetails(type=PydanticCustomError("host_key_not_pinned", message),
+                                          loc=("ssh", "host_key"), input=None)],
+        )
 
     @property
     def redis_url(self) -> str:
-        return "redis://redis:6379/0"
+        return f"redis://:{self.redis.password.get_secret_value()}@redis:6379/0"
 
     def database_url(self, host: str = "postgres", port: int = 5432) -> str:
         password = self.database.password.get_secret_value()
@@ -588,6 +748,8 @@ SECRET_ENV: dict[str, tuple[str, str]] = {
     "LEGACY_SHARED_TOKEN": ("pipeline", "legacy_shared_token"),
     "POSTGRES_PASSWORD": ("database", "password"),
     "N8N_ENCRYPTION_KEY": ("n8n", "encryption_key"),
+    "N8N_OWNER_PASSWORD": ("n8n", "owner_password"),
+    "REDIS_PASSWORD": ("redis", "password"),
     "ADMIN_API_TOKEN": ("admin", "api_token"),
 }
 # Settings from the runbook's table that are not secret but that operators
@@ -597,6 +759,9 @@ PLAIN_ENV: dict[str, tuple[str, str]] = {
     "RATE_LIMIT_PER_30S": ("pipeline", "rate_limit_per_30s"),
     "DLQ_ALERT_THRESHOLD": ("pipeline", "dlq_alert_threshold"),
     "ALERT_WEBHOOK_URL": ("pipeline", "alert_webhook_url"),
+    # A known_hosts file holding the VPS's host key; scripts/deploy writes it from
+    # the CI secret SSH_KNOWN_HOSTS (known_hosts lines) and sets this.
+    "SSH_KNOWN_HOSTS_FILE": ("ssh", "known_hosts_file"),
 }
 ENV_FOR_PATH = {path: name for name, path in {**SECRET_ENV, **PLAIN_ENV}.items()}
 
@@ -644,7 +809,8 @@ def describe(error: dict[str, Any]) -> str:
         env_name = ENV_FOR_PATH.get(tuple(error["loc"][:2]))
         hint = f" (set {env_name} in the environment or in secrets/<stage>.env)" if env_name else ""
         return f"{path}: required{hint}"
-    if message.split(":", 1)[0] in {"meta.app_secret", "meta.signature_required", "acme.directory_url"}:
+    if message.split(":", 1)[0] in {"meta.app_secret", "meta.signature_required", "acme.directory_url",
+                                    "pipeline.legacy_shared_token"}:
         return message
     return f"{path}: {message}"
 

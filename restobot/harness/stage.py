@@ -30,13 +30,22 @@ def local_image_refs() -> dict[str, str]:
 
 
 def ssh_settings(endpoint: vps.VpsEndpoint | None = None) -> dict[str, Any]:
-    """SSH settings of a VPS endpoint; without one, the default local VPS's."""
+    """SSH settings of a VPS endpoint; without one, the default local VPS's.
+
+    ``host_key`` pins the key the harness read from the container (docker exec) when
+    it started it. An endpoint must have one; the default VPS has none while it is
+    not up (the tree still validates: the local stage does not require a pin).
+    """
     if endpoint is None:
         key_path, known_hosts = vps.key_paths()
-        return {"host": vps.LOOPBACK, "port": vps.DEFAULT_PORTS.ssh, "user": "root",
-                "key_path": str(key_path), "known_hosts_file": str(known_hosts)}
+        values = {"host": vps.LOOPBACK, "port": vps.DEFAULT_PORTS.ssh, "user": "root", "key_path": str(key_path)}
+        host_key = vps.recorded_host_key(known_hosts)
+        return {**values, "host_key": host_key} if host_key else values
+    if endpoint.host_key is None:
+        raise vps.VpsError(f"{endpoint.container}: no host key recorded in {endpoint.known_hosts_path}; "
+                           f"start it with 'python -m restobot.harness.vps --name {endpoint.container} up'")
     return {"host": endpoint.host, "port": endpoint.ssh_port, "user": endpoint.user,
-            "key_path": str(endpoint.key_path), "known_hosts_file": str(endpoint.known_hosts_path)}
+            "key_path": str(endpoint.key_path), "host_key": endpoint.host_key}
 
 
 def local_stage_tree(endpoint: vps.VpsEndpoint | None = None, acme: dict[str, str] | None = None,
@@ -71,7 +80,8 @@ def local_stage_tree(endpoint: vps.VpsEndpoint | None = None, acme: dict[str, st
             "menu_url": "https://resto.localhost.test/menu",
         },
         "database": {},
-        "n8n": {},
+        "n8n": {"owner_email": "owner@resto.localhost.test"},
+        "redis": {},
         "admin": {},
         # The VPS's own docker networks: smoke checks and the demo reach the console from there.
         "console": {"ip_allowlist": ["127.0.0.1/32", "172.16.0.0/12"]},

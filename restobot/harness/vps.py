@@ -9,7 +9,8 @@ HARNESS.md: ``--privileged`` fails here), publishes SSH/HTTP/HTTPS on
 Root logs in with an ed25519 key generated once under ``.cache/local-vps/``.
 The host key is read from the container through ``docker exec`` (a trusted
 channel) and written to ``.cache/local-vps/<container>.known_hosts``, so SSH
-clients verify it.
+clients verify it; the local stage's settings pin it as ``ssh.host_key``
+(:func:`recorded_host_key`, used by restobot/harness/stage.py).
 
 CLI::
 
@@ -43,6 +44,8 @@ BUNDLE_MOUNT = "/var/lib/restobot-bundles"
 LOOPBACK = "127.0.0.1"
 SPEC_LABEL = "org.restobot.vps-spec"
 SSH_USER = "root"
+HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
+"""The host key the harness pins (sshd makes it at the container's first start)."""
 
 # Flags that let dockerd run inside the container on this machine (HARNESS.md).
 DIND_FLAGS: tuple[str, ...] = (
@@ -83,6 +86,11 @@ class VpsEndpoint:
     known_hosts_path: Path
     container: str
     user: str = SSH_USER
+
+    @property
+    def host_key(self) -> str | None:
+        """The host key recorded for this VPS ("ssh-ed25519 AAAA..."); None when none is recorded."""
+        return recorded_host_key(self.known_hosts_path)
 
     def ssh_argv(self, *command: str) -> list[str]:
         """``ssh`` argv for this VPS (host key checked against known_hosts_path)."""
@@ -191,18 +199,32 @@ def _remove(container: str, *, volume: bool) -> None:
         _docker("volume", "rm", "--force", volume_name(container), check=False)
 
 
+def read_host_key(container: str) -> str | None:
+    """The container's ed25519 host key, "ssh-ed25519 AAAA...", read through docker exec (a
+    channel that does not depend on the key); None while sshd has not made it yet."""
+    proc = _docker("exec", container, "cat", HOST_KEY_FILE, check=False)
+    fields = proc.stdout.split()
+    return f"{fields[0]} {fields[1]}" if proc.returncode == 0 and len(fields) >= 2 else None
+
+
+def recorded_host_key(known_hosts: Path) -> str | None:
+    """The host key ("ssh-ed25519 AAAA...") that :func:`ensure_vps_running` recorded in
+    ``known_hosts``; None when there is no such file (the VPS is not up)."""
+    try:
+        fields = known_hosts.read_text().split()
+    except OSError:
+        return None
+    return f"{fields[1]} {fields[2]}" if len(fields) >= 3 else None
+
+
 def _record_host_key(container: str, ports: VpsPorts, known_hosts: Path, deadline: float) -> None:
     """Copy the container's ed25519 host key into known_hosts (read via docker exec)."""
-    while True:
-        proc = _docker("exec", container, "cat", "/etc/ssh/ssh_host_ed25519_key.pub", check=False)
-        if proc.returncode == 0 and proc.stdout.strip():
-            break
+    while (host_key := read_host_key(container)) is None:
         if time.monotonic() > deadline:
             raise VpsError(f"{container}: no SSH host key after start; logs: "
                            + _docker("logs", "--tail", "20", container, check=False).stderr)
         time.sleep(0.3)
-    key_type, key_b64 = proc.stdout.split()[:2]
-    known_hosts.write_text(f"[{LOOPBACK}]:{ports.ssh} {key_type} {key_b64}\n")
+    known_hosts.write_text(f"[{LOOPBACK}]:{ports.ssh} {host_key}\n")
 
 
 def _wait_for_ssh(endpoint: VpsEndpoint, deadline: float) -> float:

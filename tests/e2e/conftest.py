@@ -114,9 +114,13 @@ def write_inventory(path: Path, settings: Mapping[str, Any], *, group: str = "lo
 
 
 def endpoint_settings(endpoint, **sections: Mapping[str, Any]) -> dict[str, Any]:
-    """Local settings pointed at ``endpoint`` (its port and key)."""
+    """Local settings pointed at ``endpoint`` (its port, login key and pinned host key).
+
+    An endpoint without a recorded host key (a stand-in listener) gets none: not the
+    default local VPS's key, which another port would not present.
+    """
     ssh = {"host": endpoint.host, "port": endpoint.ssh_port, "user": endpoint.user,
-           "key_path": str(endpoint.key_path)}
+           "key_path": str(endpoint.key_path), "host_key": getattr(endpoint, "host_key", None)}
     return local_settings(ssh=ssh, **sections)
 
 

@@ -91,10 +91,25 @@ def _compose_up(stack, *services: str) -> None:
     stack.ssh(*compose(release, "up", "--detach", "--wait", "--wait-timeout", "240", *services), timeout=300)
 
 
-def _set_signature_mode(stack, mode: str) -> None:
-    stack.ssh("sed", "-i", f"s/^META_SIGNATURE_REQUIRED=.*/META_SIGNATURE_REQUIRED='{mode}'/",
-              f"{CURRENT}/env/n8n.env")
+def _set_n8n_env(stack, name: str, value: str) -> None:
+    """Change one variable of the current release's n8n env file and recreate n8n with it."""
+    stack.ssh("sed", "-i", f"s/^{name}=.*/{name}='{value}'/", f"{CURRENT}/env/n8n.env")
     _compose_up(stack, "n8n-main", "n8n-worker")
+
+
+def _set_signature_mode(stack, mode: str) -> None:
+    _set_n8n_env(stack, "META_SIGNATURE_REQUIRED", mode)
+
+
+def _redis_cli(stack, *words: str) -> None:
+    """redis-cli in the redis container, authenticated with the deployed password when it asks for one."""
+    stack.ssh("docker", "exec", "resto-redis-1", "sh", "-c", 'REDISCLI_AUTH="$REDIS_PASSWORD" exec redis-cli "$@"',
+              "redis-cli", *words)
+
+
+def _restart_n8n_main(stack) -> None:
+    stack.ssh("docker", "restart", "resto-n8n-main-1", timeout=180)
+    _compose_up(stack, "n8n-main")
 
 
 def _wait_until(predicate, timeout: float = 20, interval: float = 0.5) -> None:
@@ -138,6 +153,22 @@ BREAKAGES = {
         lambda s: s.ssh("chmod", "600", f"{CURRENT}/env/n8n.env"),
         "env_file or world_readable", ["env file is private to the deploy user [e2e-vps-n8n.env]",
                                        "no secret in world readable files"],
+    ),
+    "legacy-token-accepted": (
+        lambda s: _set_n8n_env(s, "LEGACY_SHARED_TOKEN", "legacychecks" + "x1" * 20),
+        lambda s: _set_n8n_env(s, "LEGACY_SHARED_TOKEN", ""),
+        "legacy", ["no legacy shared token is accepted"],
+    ),
+    "redis-password-cleared": (
+        lambda s: _redis_cli(s, "CONFIG", "SET", "requirepass", ""),
+        lambda s: s.ssh("docker", "exec", "resto-redis-1", "sh", "-c",
+                        'redis-cli CONFIG SET requirepass "$REDIS_PASSWORD"', check=False),
+        "redis_refuses", ["redis refuses a client without the password"],
+    ),
+    "owner-reset": (
+        lambda s: s.ssh("docker", "exec", "resto-n8n-main-1", "n8n", "user-management:reset", timeout=180),
+        _restart_n8n_main,
+        "owner", ["n8n owner is set up by the deploy", "owner setup is closed inside n8n"],
     ),
     "console-allowlist-opened": (
         lambda s: (s.ssh("sh", "-c", f"f={CURRENT}/traefik/dynamic/dynamic.yml; cp -p $f /tmp/checks-dynamic.yml && "

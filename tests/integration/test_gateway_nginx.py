@@ -42,15 +42,15 @@ def production_settings():
     return settings_for_stage("production", generate_secrets())
 
 
-def start_gateway(runtime, upstream_port: int, **overrides):
-    """Render the gateway for production settings, check it with `nginx -t`, serve it on loopback."""
+def start_gateway(runtime, upstream_port: int, settings=None, **overrides):
+    """Render the gateway (production settings by default), check it with `nginx -t`, serve it on loopback."""
     port = free_port()
     options = GatewayOptions(
         listen=f"127.0.0.1:{port}", upstream=f"127.0.0.1:{upstream_port}", resolver=None,
         runtime_dir=str(runtime), **overrides,
     )
     config = runtime / "nginx.conf"
-    config.write_text(render_release(production_settings(), RenderContext(gateway=options))["nginx/nginx.conf"].text)
+    config.write_text(render_release(settings or production_settings(), RenderContext(gateway=options))["nginx/nginx.conf"].text)
     check = subprocess.run([NGINX, "-t", "-c", str(config)], capture_output=True, text=True)
     assert check.returncode == 0, check.stderr
     process = subprocess.Popen([NGINX, "-c", str(config), "-g", "daemon off;"], stderr=subprocess.DEVNULL)
@@ -127,12 +127,14 @@ def test_admin_api_is_proxied(gateway, recorder):
     response, _ = request(gateway, "POST", "/v1/admin/dlq/replay", body, {"x-api-token": "t0ken"})
     assert response.status == 200
     [seen] = recorder.requests
-    assert (seen.path, seen.body, seen.headers["x-api-token"]) == ("/webhook/v1/admin/dlq/replay", body, "t0ken")
+    assert (seen.path, seen.body, seen.headers["X-Api-Token"]) == ("/webhook/v1/admin/dlq/replay", body, "t0ken")
 
 
 @pytest.mark.parametrize(
     "path",
-    ["/", "/webhook/v1/inbound/whatsapp", "/rest/workflows", "/v1/inbound/telegram", "/v1/inbound/whatsapp/extra", "/healthz/x"],
+    ["/", "/webhook/v1/inbound/whatsapp", "/rest/workflows", "/rest/owner/setup", "/webhook-test/x", "/form/x",
+     "/v1/inbound/telegram", "/v1/inbound/whatsapp/extra", "/v1/inbound/whatsapp/", "/v1/admin/dlq",
+     "/v1/admin/dlq/replay/x", "/healthz/x", "/metrics"],
 )
 def test_every_other_path_is_404_and_never_reaches_n8n(gateway, recorder, path):
     recorder.requests.clear()
@@ -141,24 +143,116 @@ def test_every_other_path_is_404_and_never_reaches_n8n(gateway, recorder, path):
     assert recorder.requests == []
 
 
-def test_other_methods_are_refused_on_inbound(gateway, recorder):
+@pytest.mark.parametrize(("method", "path", "allowed"), [
+    ("DELETE", "/v1/inbound/whatsapp", "GET, POST"),
+    ("PUT", "/v1/inbound/messenger", "GET, POST"),
+    ("OPTIONS", "/v1/inbound/instagram", "GET, POST"),
+    ("GET", "/v1/admin/dlq/replay", "POST"),
+    ("POST", "/healthz", "GET, HEAD"),
+])
+def test_other_methods_are_refused_with_405(gateway, recorder, method, path, allowed):
     recorder.requests.clear()
-    response, _ = request(gateway, "DELETE", "/v1/inbound/whatsapp")
-    assert response.status == 403
+    response, body = request(gateway, method, path)
+    assert (response.status, response.getheader("Allow"), body) == (405, allowed, b'{"error":"method_not_allowed"}')
     assert recorder.requests == []
 
 
-def test_body_over_the_limit_is_refused(gateway, recorder):
+@pytest.mark.parametrize(("path", "limit"), [("/v1/inbound/whatsapp", 64 * 1024), ("/v1/admin/dlq/replay", 8 * 1024)])
+def test_body_over_the_route_cap_is_refused(gateway, recorder, path, limit):
     recorder.requests.clear()
-    response, _ = request(gateway, "POST", "/v1/inbound/whatsapp", b"x" * (1024 * 1024 + 1))
+    signed = {"X-Hub-Signature-256": "sha256=00", "x-api-token": "t"}
+    assert request(gateway, "POST", path, b"x" * limit, signed)[0].status == 200
+    response, _ = request(gateway, "POST", path, b"x" * (limit + 1), signed)
     assert response.status == 413
+    assert len(recorder.requests) == 1
+
+
+@pytest.mark.parametrize("channel", ["whatsapp", "instagram", "messenger"])
+def test_unsigned_post_is_refused_without_reaching_n8n_in_enforce_mode(gateway, recorder, channel):
+    recorder.requests.clear()
+    response, body = request(gateway, "POST", f"/v1/inbound/{channel}", b"{}", {"Content-Type": "application/json"})
+    assert (response.status, body) == (403, b'{"error":"forbidden"}')
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize("header", ["X-Hub-Signature-256", "x-api-token"])
+def test_either_credential_header_passes_the_gate(gateway, recorder, header):
+    recorder.requests.clear()
+    response, _ = request(gateway, "POST", "/v1/inbound/whatsapp", b"{}", {header: "anything"})
+    assert response.status == 200
+    assert len(recorder.requests) == 1
+
+
+def test_unsigned_post_reaches_n8n_when_signatures_are_not_enforced(tmp_path, recorder):
+    settings = settings_for_stage("staging", {**generate_secrets(), "META_SIGNATURE_REQUIRED": "warn"})
+    port, process = start_gateway(tmp_path, recorder.port, settings=settings)
+    recorder.requests.clear()
+    try:
+        response, _ = request(port, "POST", "/v1/inbound/whatsapp", b"{}")
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+    assert response.status == 200
+    assert len(recorder.requests) == 1
+
+
+def test_only_allowlisted_headers_reach_n8n(gateway, recorder):
+    recorder.requests.clear()
+    spoofed = {
+        "X-Hub-Signature-256": "sha256=00", "x-restobot-probe": "deploy", "X-Forwarded-For": "6.6.6.6",
+        "X-Real-IP": "6.6.6.6", "Forwarded": "for=6.6.6.6", "X-Forwarded-Host": "evil.example",
+        "X-Original-URL": "/rest/owner/setup", "Cookie": "n8n-auth=stolen", "Authorization": "Bearer x",
+    }
+    assert request(gateway, "POST", "/v1/inbound/whatsapp", b"{}", spoofed)[0].status == 200
+    [seen] = recorder.requests
+    forwarded = {name.lower(): value for name, value in seen.headers.items()}
+    assert set(forwarded) <= {"host", "connection", "content-length", "content-type", "user-agent",
+                              "x-hub-signature-256", "x-hub-signature", "x-api-token", "x-real-ip",
+                              "x-forwarded-for", "x-forwarded-proto"}
+    assert (forwarded["x-real-ip"], forwarded["x-forwarded-for"]) == ("127.0.0.1", "127.0.0.1")
+
+
+def raw_request(port: int, data: bytes) -> bytes:
+    """Send ``data`` as written (no client library normalises it); the edge's first answer line."""
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as conn:
+        conn.sendall(data)
+        answer = b""
+        while b"\r\n" not in answer:
+            chunk = conn.recv(4096)
+            if not chunk:
+                break
+            answer += chunk
+    return answer.split(b"\r\n", 1)[0]
+
+
+@pytest.mark.parametrize("target", [
+    "/v1/admin/dlq/replay%0d%0aX-Injected:%20yes",
+    "/v1/admin/dlq/replay%0d%0a%0d%0aPOST%20/rest/owner/setup%20HTTP/1.1",
+    "/v1/inbound/whatsapp%0a",
+    "/v1/inbound/whatsapp%00",
+    "/v1%2finbound/whatsapp",
+    "/v1/inbound%2Fwhatsapp",
+    "/v1/inbound/%77hatsapp",
+    "/v1/inbound/../../rest/owner/setup",
+    "/v1/inbound/whatsapp/..",
+    "/v1/inbound/%2e%2e/%2e%2e/rest/settings",
+    "/v1/inbound/whatsapp\\..\\..\\rest",
+    "/v1/inbound/whatsapp?hub.challenge=%0d%0aX:y",
+    "/v1/inbound/whatsapp?hub.challenge=%00",
+    "/v1/inbound/whatsapp?hub.challenge=%7F",
+])
+def test_hostile_target_is_refused_with_400(gateway, recorder, target):
+    recorder.requests.clear()
+    status_line = raw_request(gateway, (f"POST {target} HTTP/1.1\r\nHost: api\r\nX-Hub-Signature-256: sha256=0\r\n"
+                                        "Content-Length: 2\r\n\r\n{}").encode())
+    assert status_line == b"HTTP/1.1 400 Bad Request"
     assert recorder.requests == []
 
 
 def test_upstream_errors_do_not_leak_n8n_pages(gateway, recorder):
     recorder.status = 500
     try:
-        response, body = request(gateway, "POST", "/v1/inbound/whatsapp", b"{}")
+        response, body = request(gateway, "POST", "/v1/inbound/whatsapp", b"{}", {"X-Hub-Signature-256": "sha256=0"})
     finally:
         recorder.status = 200
     assert (response.status, body) == (503, b'{"error":"unavailable"}')
@@ -166,8 +260,9 @@ def test_upstream_errors_do_not_leak_n8n_pages(gateway, recorder):
 
 def test_request_rate_limit_answers_429(tmp_path, recorder):
     port, process = start_gateway(tmp_path, recorder.port, rate_per_second=1, burst=2)
+    signed = {"X-Hub-Signature-256": "sha256=0"}
     try:
-        statuses = [request(port, "POST", "/v1/inbound/whatsapp", b"{}")[0].status for _ in range(6)]
+        statuses = [request(port, "POST", "/v1/inbound/whatsapp", b"{}", signed)[0].status for _ in range(6)]
     finally:
         process.terminate()
         process.wait(timeout=10)

@@ -206,8 +206,23 @@ def test_enforce_refuses_a_bad_signature_and_stores_nothing(stack):
                                predicate=lambda r: len(r) > before)) == before + 1
 
 
-def test_enforce_refuses_a_missing_signature(stack):
+def test_enforce_refuses_a_missing_signature_at_the_gateway(stack):
+    """Nginx refuses it: n8n never runs, so not even a security event is written."""
+    before = len(events(stack, "SIGNATURE_MISSING"))
     answer, _ = post(stack, "instagram", meta.messaging_text("instagram", "hi"), sign=False)
+    assert (answer.status, answer.text) == (403, '{"error":"forbidden"}')
+    # Sentinel: a badly-signed POST does reach n8n; once its event is in, the unsigned one would be too.
+    invalid = len(events(stack, "SIGNATURE_INVALID"))
+    assert post(stack, "instagram", meta.messaging_text("instagram", "hi"), secret="wrong-secret")[0].status == 403
+    stack.wait_rows("select id from security_events where event_type = 'SIGNATURE_INVALID'",
+                    predicate=lambda rows: len(rows) > invalid)
+    assert len(events(stack, "SIGNATURE_MISSING")) == before
+
+
+def test_workflow_refuses_and_records_a_missing_signature_behind_the_gateway(stack):
+    """Defence in depth: a POST that reached n8n unsigned (past the gateway) is refused and recorded."""
+    body = meta.encode(meta.messaging_text("instagram", "hi"))
+    answer = http("POST", f"{stack.direct_url}/v1/inbound/instagram", body, {"Content-Type": "application/json"})
     assert answer.status == 403
     assert stack.wait_rows("select channel from security_events where event_type = 'SIGNATURE_MISSING'")
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
+import yaml
 
 from restobot import workflows
 from restobot.harness.stage import local_stage_tree
@@ -105,7 +106,7 @@ TREE_OVER_ENV = ("META_SIGNATURE_REQUIRED", "WA_PHONE_NUMBER_ID")
 
 
 def test_secrets() -> dict[str, str]:
-    return {k: v for k, v in generate_secrets().items() if k not in TREE_OVER_ENV}
+    return {k: v for k, v in generate_secrets(legacy_shared_token=True).items() if k not in TREE_OVER_ENV}
 
 
 test_secrets.__test__ = False  # a helper, not a pytest test
@@ -164,6 +165,11 @@ class Stack:
         write_release(self.render(), directory)
         return directory
 
+    def compose_command(self, service: str) -> tuple[str, ...]:
+        """A service's command as the rendered compose.yml gives it (``$$`` is compose's literal ``$``)."""
+        compose = yaml.safe_load((self.release_dir() / "compose.yml").read_text())
+        return tuple(word.replace("$$", "$") for word in compose["services"][service]["command"])
+
     def n8n_env(self) -> dict[str, str]:
         """The rendered env/n8n.env, read back as compose reads it."""
         return read_env_file(self.release_dir() / "env/n8n.env")
@@ -221,7 +227,8 @@ class Stack:
         docker("network", "create", "--label", "restobot-test=workflows", self.network)
         self._run("postgres", IMAGES["postgres"], "--env-file", str(self._env_file("postgres.env")),
                   aliases=("postgres",), publish="5432")
-        self._run("redis", IMAGES["redis"], aliases=("redis",))
+        self._run("redis", IMAGES["redis"], "--env-file", str(self._env_file("redis.env")), aliases=("redis",),
+                  command=self.compose_command("redis"))
         graph = workdir / "graph_api.py"
         graph.write_text((REPO / "restobot/harness/graph_api.py").read_text())
         self._run("graph", IMAGES["python"], "-v", f"{graph}:/srv/graph_api.py:ro", aliases=("graph",),

@@ -119,8 +119,29 @@ def test_env_values_reach_the_containers_verbatim(parsed):
     assert secrets["POSTGRES_PASSWORD"] in config["services"]["db-migrate"]["environment"]["DATABASE_URL"]
 
 
-def test_databases_are_on_the_private_network_only(parsed):
-    services = parsed[0]["services"]
-    assert set(services["postgres"]["networks"]) == {"private"}
-    assert set(services["redis"]["networks"]) == {"private"}
-    assert "private" not in services["traefik"]["networks"]
+@pytest.mark.parametrize(("service", "networks"), [
+    ("traefik", {"public", "gateway"}),
+    ("nginx", {"gateway", "backend"}),
+    ("n8n-main", {"gateway", "backend", "egress"}),
+    ("n8n-worker", {"gateway", "backend", "egress"}),
+    ("postgres", {"backend"}),
+    ("redis", {"backend"}),
+    ("db-migrate", {"backend"}),
+])
+def test_service_sits_on_its_networks_only(parsed, service, networks):
+    assert set(parsed[0]["services"][service]["networks"]) == networks
+
+
+@pytest.mark.parametrize("network", ["gateway", "backend"])
+def test_backend_networks_are_internal(parsed, network):
+    assert parsed[0]["networks"][network].get("internal") is True
+
+
+def test_redis_password_is_in_no_command_line(parsed):
+    config, secrets = parsed
+    redis = config["services"]["redis"]
+    assert secrets["REDIS_PASSWORD"] not in json.dumps(redis["command"])
+    assert secrets["REDIS_PASSWORD"] not in json.dumps(redis["healthcheck"])
+    assert redis["environment"]["REDIS_PASSWORD"] == secrets["REDIS_PASSWORD"]
+    n8n = config["services"]["n8n-main"]["environment"]
+    assert n8n["QUEUE_BULL_REDIS_PASSWORD"] == secrets["REDIS_PASSWORD"]

@@ -21,7 +21,7 @@ def test_every_template_is_rendered(settings):
 def test_env_files_are_private_and_configs_are_not(settings):
     modes = {path: rendered.mode for path, rendered in render_release(settings).items()}
     assert {path for path, mode in modes.items() if mode == SECRET_MODE} == {
-        "env/n8n.env", "env/postgres.env", "env/migrate.env"
+        "env/n8n.env", "env/postgres.env", "env/migrate.env", "env/redis.env"
     }
 
 
