@@ -5,6 +5,7 @@ and scripts/deploy's SSH_KNOWN_HOSTS."""
 from __future__ import annotations
 
 import base64
+import hashlib
 import inspect
 import logging
 import os
@@ -388,6 +389,9 @@ def deploy_tree(tmp_path) -> Path:
     shutil.copy2(REPO_ROOT / "scripts" / "deploy", root / "scripts" / "deploy")
     (root / "scripts" / "setup-host").write_text("#!/bin/sh\nexit 0\n")
     (root / "inventory" / "staging.py").write_text("")
+    # A venv already installed from this pyproject.toml: scripts/deploy installs nothing.
+    (root / "pyproject.toml").write_text("[project]\n")
+    (root / ".venv" / ".deploy-installed-from").write_text(hashlib.sha256(b"[project]\n").hexdigest() + "\n")
     pyinfra = root / ".venv" / "bin" / "pyinfra"
     pyinfra.write_text(FAKE_PYINFRA)
     for path in (pyinfra, root / "scripts" / "setup-host"):
