@@ -51,10 +51,10 @@ images.migrate_image_built(name="Ensure the migrate image is built", release_dir
 # Migrate: a backup first when the database exists, then fail-fast migrations.
 database.database_backed_up(
     name="Ensure a backup precedes the migrations",
-    layout=layout, identifier=identifier, release_migrations=built.manifest["migrations"],
+    layout=layout, identifier=identifier, release_migrations=built.manifest.migrations,
 )
 database.schema_migrated(
-    name="Ensure every migration is applied", release_dir=release_dir, release_migrations=built.manifest["migrations"]
+    name="Ensure every migration is applied", release_dir=release_dir, release_migrations=built.manifest.migrations
 )
 
 database.api_client_present(
@@ -66,7 +66,7 @@ database.api_client_present(
 stack.release_serving(
     name=f"Ensure {identifier} serves and passes its smoke checks",
     layout=layout, identifier=identifier,
-    workflows_sha256=built.manifest["workflows_sha256"],
+    workflows_sha256=built.manifest.workflows_sha256,
 )
 release.releases_pruned(
     name=f"Ensure at most {settings.host.keep_releases} releases are kept",

@@ -20,7 +20,7 @@ from restobot.facts.deploy import (
     AppliedMigrations,
     Backups,
     DeployState,
-    ReleaseManifest,
+    ReleaseManifestOnHost,
 )
 from restobot.operations import database, images, lock, stack
 from restobot.rollback import RollbackRefused, plan_rollback, resolve_release
@@ -36,10 +36,10 @@ deployed = host.get_fact(DeployState, base_dir=layout.base_dir)
 try:
     identifier = resolve_release(host.data.get("release"), list(deployed.releases))
     release_dir = layout.release_dir(identifier)
-    manifest = host.get_fact(ReleaseManifest, release_dir=release_dir)
+    manifest = host.get_fact(ReleaseManifestOnHost, release_dir=release_dir)
     plan = plan_rollback(
         identifier,
-        manifest["migrations"],
+        manifest,
         host.get_fact(AppliedMigrations),
         host.get_fact(Backups, backups_dir=layout.backups_dir),
         restore_backup=str(host.data.get("restore_backup", "")).lower() in ("1", "true", "yes"),
@@ -52,7 +52,7 @@ lock.deploy_lock_taken(name=lock.TAKE_LOCK, layout=layout, actor=actor, action="
 lock.audit_logged(name=lock.AUDIT, layout=layout, actor=actor, action="rollback", release=identifier, result="started")
 
 images.images_present(name="Ensure the release's images are present", images=settings.images)
-images.migrate_image_built(name="Ensure the migrate image is built", release_dir=release_dir, image=manifest["migrate_image"])
+images.migrate_image_built(name="Ensure the migrate image is built", release_dir=release_dir, image=plan.manifest.migrate_image)
 
 if plan.restore is not None:
     database.database_restored(
@@ -64,7 +64,7 @@ if plan.restore is not None:
 stack.release_serving(
     name=f"Ensure {identifier} serves and passes its smoke checks",
     layout=layout, identifier=identifier,
-    workflows_sha256=manifest["workflows_sha256"],
+    workflows_sha256=plan.manifest.workflows_sha256,
 )
 
 lock.audit_logged(

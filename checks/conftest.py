@@ -20,7 +20,7 @@ import pytest
 from pydantic import SecretStr
 
 from restobot import checklist
-from restobot.commands import COMPOSE_PROJECT, HostLayout
+from restobot.commands import COMPOSE_PROJECT, HostLayout, container_exec, psql
 from restobot.settings import Settings, load_settings
 
 CHANNELS = ("whatsapp", "instagram", "messenger")
@@ -86,10 +86,12 @@ class Target:
         """Run argv on the VPS (each word quoted)."""
         return self.host.run(shlex.join(argv))
 
-    def sql(self, query: str) -> str:
-        """One SQL statement in the stack's database; unaligned rows, '|'-separated."""
-        result = self.run("docker", "exec", container("postgres"), "sh", "-c",
-                          'exec psql -X -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$0"', query)
+    def sql(self, query: str, variables: dict[str, str] | None = None) -> str:
+        """One SQL statement in the stack's database; unaligned rows, '|'-separated.
+
+        Values go in ``variables`` and appear in ``query`` as ``:'name'`` (see restobot.commands.psql).
+        """
+        result = self.run(*container_exec(container("postgres"), psql(query, variables)))
         assert result.rc == 0, f"psql failed ({result.rc}): {result.stderr.strip()[-300:]}"
         return result.stdout.strip()
 

@@ -1,19 +1,37 @@
 """Remote commands as data: pure builders that return argv lists.
 
-Each builder is tested by exact value; `shell()` turns an argv into a pyinfra
-command with every part quoted. No command is glued together by hand.
+Every command the deploy runs on the VPS is built here and tested by exact
+value (tests/unit/test_commands.py); operations and facts only decide which to
+run and in what order. ``shell()`` turns an argv into a pyinfra command with
+every part quoted: no command is glued together by hand.
+
+Commands that run inside a container are built as the container's own argv
+(``psql``, ``pg_dump``...) and wrapped by the way the container is reached:
+``compose_exec`` (through a release's compose project) or ``container_exec``
+(by container name).
+
+SQL is fixed text. Values reach it as psql variables (``psql(sql, {"name": value})``
+with ``:'name'`` for a literal and ``:"name"`` for an identifier in the text),
+never through string formatting. No secret goes on a command line: a value
+given to ``psql`` is an argument of the remote command, so only hashes and
+names belong there.
 """
 
 from __future__ import annotations
 
+import re
 import shlex
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pyinfra.api import QuoteString, StringCommand
 
 COMPOSE_PROJECT = "resto"
 LONG_RUNNING_SERVICES = ("postgres", "redis", "n8n-main", "n8n-worker", "nginx", "traefik")
+PSQL_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+# --- quoting -----------------------------------------------------------------------
 
 
 def shell(argv: Sequence[str]) -> StringCommand:
@@ -22,7 +40,11 @@ def shell(argv: Sequence[str]) -> StringCommand:
 
 
 def shell_text(argv: Sequence[str]) -> str:
+    """``argv`` as one shell-quoted line, for a fact's script or a pipeline."""
     return shlex.join(argv)
+
+
+# --- where things live -------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -52,8 +74,17 @@ class HostLayout:
         return f"{self.base_dir}/state"
 
     @property
+    def workflows_stamp(self) -> str:
+        """The hash of the workflows last imported (written once they serve)."""
+        return f"{self.state_dir}/workflows.sha256"
+
+    @property
     def lock_dir(self) -> str:
         return f"{self.base_dir}/deploy.lock"
+
+    @property
+    def lock_info(self) -> str:
+        return f"{self.lock_dir}/info"
 
     @property
     def audit_log(self) -> str:
@@ -61,6 +92,102 @@ class HostLayout:
 
     def release_dir(self, name: str) -> str:
         return f"{self.releases_dir}/{name}"
+
+    def predeploy_backup(self, identifier: str) -> str:
+        """The dump taken before release ``identifier`` migrated the database."""
+        return f"{self.backups_dir}/before-{identifier}.dump"
+
+
+def container_name(service: str) -> str:
+    """The container compose names for ``service`` of the project (one replica)."""
+    return f"{COMPOSE_PROJECT}-{service}-1"
+
+
+POSTGRES_CONTAINER = container_name("postgres")
+
+
+# --- files -------------------------------------------------------------------------
+
+
+def make_directory(path: str, parents: bool = False) -> list[str]:
+    """``mkdir``: without ``parents`` it fails when ``path`` exists (the lock relies on it)."""
+    return ["mkdir", "-p", path] if parents else ["mkdir", path]
+
+
+def private_directory(path: str) -> list[str]:
+    """A directory only its owner can enter (mode 700), created with its parents."""
+    return ["install", "-d", "-m", "700", path]
+
+
+def remove_tree(path: str) -> list[str]:
+    return ["rm", "-rf", path]
+
+
+def remove_file(path: str) -> list[str]:
+    return ["rm", "-f", path]
+
+
+def read_file(path: str) -> list[str]:
+    return ["cat", path]
+
+
+def write_file(path: str, content: str) -> list[str]:
+    """Replace ``path`` with ``content`` (mode 600 when created); the content is an argument, not shell."""
+    return ["sh", "-c", 'umask 077; printf "%s" "$1" > "$0"', path, content]
+
+
+def append_to_file(path: str, text: str) -> list[str]:
+    """Append ``text`` to ``path`` (created when missing)."""
+    return ["sh", "-c", 'printf "%s" "$1" >> "$0"', path, text]
+
+
+def run_script(path: str, *args: str) -> list[str]:
+    """Run an installed script."""
+    return [path, *args]
+
+
+# --- releases ----------------------------------------------------------------------
+
+
+def unpack_release(layout: HostLayout, archive: str, identifier: str, sha256: str, owner: str) -> list[list[str]]:
+    """Unpack into a partial directory, stamp it with the archive hash, then rename it into place in one step."""
+    final = layout.release_dir(identifier)
+    partial = f"{final}.partial"
+    return [
+        remove_tree(partial),
+        make_directory(partial, parents=True),
+        ["tar", "--no-same-owner", "-xzf", archive, "-C", partial],
+        ["chown", "-R", f"{owner}:{owner}", partial],
+        ["sh", "-c", 'printf "%s\\n" "$1" > "$0"', f"{partial}/.release.sha256", sha256],
+        ["mv", "-T", partial, final],
+        remove_file(archive),
+    ]
+
+
+def switch_current(layout: HostLayout, identifier: str) -> list[list[str]]:
+    """Point ``current`` at a release with a rename, which is atomic."""
+    return [
+        ["ln", "-sfn", f"releases/{identifier}", f"{layout.current}.next"],
+        ["mv", "-T", f"{layout.current}.next", layout.current],
+    ]
+
+
+def workflow_import(release_dir: str) -> list[str]:
+    """Run the release's own importer on the host: it imports what changed, restarts n8n main
+    if anything did, and returns only once every webhook answers from its workflow."""
+    return [
+        "python3", f"{release_dir}/restobot/workflows.py", "import",
+        "--dir", f"{release_dir}/workflows",
+        "--compose-dir", release_dir, "--compose-file", f"{release_dir}/compose.yml",
+    ]
+
+
+def smoke_checks(release_dir: str, attempts: int) -> list[str]:
+    """The release's smoke script: one ``PASS name detail`` or ``FAIL name detail`` line per check."""
+    return run_script(f"{release_dir}/bin/smoke", str(attempts))
+
+
+# --- docker compose ----------------------------------------------------------------
 
 
 def compose(release_dir: str, *args: str) -> list[str]:
@@ -79,12 +206,17 @@ def compose_up(release_dir: str, *services: str, timeout: int = 300) -> list[str
     return compose(release_dir, "up", "--detach", "--wait", "--wait-timeout", str(timeout), "--remove-orphans", *services)
 
 
+def compose_stop(release_dir: str, *services: str) -> list[str]:
+    return compose(release_dir, "stop", *services)
+
+
 def compose_run_migrations(release_dir: str, *args: str) -> list[str]:
     """Run the release's db-migrate once, outside ``up``, so a failure leaves n8n untouched."""
     return compose(release_dir, "run", "--rm", "--no-TTY", "db-migrate", *args)
 
 
 def compose_build_migrate(release_dir: str) -> list[str]:
+    """Build the release's migrate image on the host."""
     # Compose would hand the build to buildx (bake), which Debian's docker.io lacks.
     return ["env", "COMPOSE_BAKE=false", *compose(release_dir, "build", "--quiet", "db-migrate")]
 
@@ -94,11 +226,31 @@ def compose_logs(release_dir: str, service: str, lines: int = 30) -> list[str]:
 
 
 def compose_ps(release_dir: str) -> list[str]:
+    """Every service of the release, one JSON object a line."""
     return compose(release_dir, "ps", "--all", "--format", "json")
 
 
+def compose_exec(release_dir: str, service: str, argv: Sequence[str]) -> list[str]:
+    """Run ``argv`` in a running service of the release, without a TTY (binary-safe stdin and stdout)."""
+    return compose(release_dir, "exec", "-T", service, *argv)
+
+
+# --- docker ------------------------------------------------------------------------
+
+
+def container_exec(container: str, argv: Sequence[str]) -> list[str]:
+    """Run ``argv`` in a container by name (no TTY, no stdin)."""
+    return ["docker", "exec", container, *argv]
+
+
+def container_health(container: str) -> list[str]:
+    """The container's last healthcheck results, as JSON."""
+    return ["docker", "inspect", "--format", "{{json .State.Health}}", container]
+
+
 def project_containers() -> list[str]:
-    """Every container of the project, whatever release directory started it."""
+    """Every container of the project, whatever release directory started it:
+    service, working directory, state and status, tab-separated."""
     fields = "\t".join(
         [
             '{{.Label "com.docker.compose.service"}}',
@@ -108,35 +260,6 @@ def project_containers() -> list[str]:
         ]
     )
     return ["docker", "ps", "--all", "--filter", f"label=com.docker.compose.project={COMPOSE_PROJECT}", "--format", fields]
-
-
-def psql(release_dir: str, sql: str) -> list[str]:
-    """Run one SQL statement in the postgres container, unaligned tuples only."""
-    return compose(
-        release_dir, "exec", "-T", "postgres",
-        "sh", "-c", 'exec psql -X -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$0"', sql,
-    )
-
-
-def pg_dump(release_dir: str) -> list[str]:
-    """A custom-format dump on stdout (no TTY: -t would corrupt the binary output)."""
-    return compose(
-        release_dir, "exec", "-T", "postgres",
-        "sh", "-c", 'exec pg_dump -Fc -U "$POSTGRES_USER" -d "$POSTGRES_DB"',
-    )
-
-
-def pg_restore(release_dir: str) -> list[str]:
-    """Restore a custom-format dump read from stdin, replacing existing objects."""
-    return compose(
-        release_dir, "exec", "-T", "postgres",
-        "sh", "-c",
-        'exec pg_restore --clean --if-exists --exit-on-error --no-owner -U "$POSTGRES_USER" -d "$POSTGRES_DB"',
-    )
-
-
-def image_present(images: Sequence[str]) -> list[str]:
-    return ["docker", "image", "inspect", "--format", "{{index .RepoTags 0}}", *images]
 
 
 def image_load(path: str) -> list[str]:
@@ -150,3 +273,136 @@ def image_pull(image: str) -> list[str]:
 def bundle_file_name(image: str) -> str:
     """The file a local image bundle is saved under: ``repo/name:tag`` -> ``repo_name_tag.tar``."""
     return image.replace("/", "_").replace(":", "_") + ".tar"
+
+
+def image_fetch(image: str, bundle_dir: str | None) -> list[str]:
+    """Load ``image`` from its bundle in ``bundle_dir`` (the local stage: no registry), else pull it."""
+    if bundle_dir:
+        return image_load(f"{bundle_dir.rstrip('/')}/{bundle_file_name(image)}")
+    return image_pull(image)
+
+
+# --- PostgreSQL (argv inside the postgres container) --------------------------------
+
+# psql reads the SQL on stdin, where it substitutes variables (it does not in ``-c``).
+# The connection defaults come from the container's environment; options given
+# after them (``--username``, ``--dbname``) win, as psql keeps the last one.
+PSQL_SCRIPT = 'printf "%s\\n" "$0" | exec psql -X -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" "$@"'
+
+
+def psql(
+    sql: str,
+    variables: Mapping[str, str] | None = None,
+    *,
+    database: str | None = None,
+    user: str | None = None,
+    separator: str | None = None,
+) -> list[str]:
+    """
+    Run one SQL text with ``psql`` in the postgres container: unaligned tuples only,
+    stopping (exit 3) at the first error.
+
+    + sql: fixed SQL text; ``:'name'`` is a variable as a literal, ``:"name"`` as an identifier
+    + variables: the values, passed as ``--set=name=value`` (never on a line with a secret)
+    + database: connect to this database instead of ``$POSTGRES_DB`` (``postgres`` to drop one)
+    + user: connect as this role instead of ``$POSTGRES_USER``
+    + separator: the field separator of the output (psql's default: ``|``)
+
+    **Example:**
+
+    .. code:: python
+
+        compose_exec(release_dir, "postgres", psql("SELECT scopes FROM api_clients WHERE name = :'name'",
+                                                   {"name": "admin"}))
+    """
+    options = [f"--field-separator={separator}"] if separator is not None else []
+    options += [f"--username={user}"] if user is not None else []
+    options += [f"--dbname={database}"] if database is not None else []
+    for name, value in sorted((variables or {}).items()):
+        if not PSQL_VARIABLE.match(name):
+            raise ValueError(f"psql variable {name!r}: must be a letter or '_' then letters, digits or '_'")
+        options.append(f"--set={name}={value}")
+    return ["sh", "-c", PSQL_SCRIPT, sql, *options]
+
+
+def pg_dump() -> list[str]:
+    """A custom-format dump of ``$POSTGRES_DB`` on stdout (no TTY: -t would corrupt the binary output)."""
+    return ["sh", "-c", 'exec pg_dump -Fc -U "$POSTGRES_USER" -d "$POSTGRES_DB"']
+
+
+def pg_dumpall_globals() -> list[str]:
+    """The cluster's roles and tablespaces as SQL on stdout."""
+    return ["sh", "-c", 'exec pg_dumpall --globals-only -U "$POSTGRES_USER"']
+
+
+def pg_restore() -> list[str]:
+    """Restore a custom-format dump read from stdin into ``$POSTGRES_DB``, replacing existing objects."""
+    return [
+        "sh", "-c",
+        'exec pg_restore --clean --if-exists --exit-on-error --no-owner -U "$POSTGRES_USER" -d "$POSTGRES_DB"',
+    ]
+
+
+def dump_to_file(container: str, dump: Sequence[str], path: str) -> list[str]:
+    """Write a dump made in ``container`` under a temporary name, check it is not empty, then rename it."""
+    producer = shell_text(container_exec(container, dump))
+    return ["sh", "-c", f'set -e; umask 077; {producer} > "$0.partial"; test -s "$0.partial"; mv "$0.partial" "$0"', path]
+
+
+def restore_from_file(release_dir: str, path: str) -> list[str]:
+    """Feed the dump at ``path`` (on the host) to ``pg_restore`` in the release's postgres service."""
+    return ["sh", "-c", f'{shell_text(compose_exec(release_dir, "postgres", pg_restore()))} < "$0"', path]
+
+
+# --- the deploy's database steps --------------------------------------------------
+
+UPSERT_API_CLIENT_SQL = (
+    "INSERT INTO api_clients (name, token_hash, scopes, enabled, description) "
+    "VALUES (:'name', :'token_hash', string_to_array(:'scopes', ','), true, 'managed by the deploy') "
+    "ON CONFLICT (name) DO UPDATE SET token_hash = EXCLUDED.token_hash, scopes = EXCLUDED.scopes, enabled = true"
+)
+DROP_DATABASE_SQL = 'DROP DATABASE IF EXISTS :"database" WITH (FORCE)'
+CREATE_DATABASE_SQL = 'CREATE DATABASE :"database" OWNER :"owner"'
+
+
+def predeploy_backup(layout: HostLayout, identifier: str, metadata_json: str) -> list[list[str]]:
+    """Dump the roles and the database before ``identifier`` migrates it, then write the metadata.
+
+    Files: ``{dump}.globals.sql``, ``{dump}`` (custom format) and ``{dump}.json``, where
+    ``{dump}`` is ``layout.predeploy_backup(identifier)``.
+    """
+    path = layout.predeploy_backup(identifier)
+    return [
+        private_directory(layout.backups_dir),
+        dump_to_file(POSTGRES_CONTAINER, pg_dumpall_globals(), f"{path}.globals.sql"),
+        dump_to_file(POSTGRES_CONTAINER, pg_dump(), path),
+        write_file(f"{path}.json", metadata_json),
+    ]
+
+
+def api_client_upsert(release_dir: str, client: str, token_hash: str, scopes: Sequence[str]) -> list[str]:
+    """Insert or update an API client by name; only the token's hash reaches the host.
+
+    Scopes travel as one comma-separated variable: a scope may not hold a comma.
+    """
+    if any("," in scope for scope in scopes):
+        raise ValueError(f"api client {client}: a scope may not contain ',' (scopes: {', '.join(scopes)})")
+    variables = {"name": client, "token_hash": token_hash, "scopes": ",".join(scopes)}
+    return compose_exec(release_dir, "postgres", psql(UPSERT_API_CLIENT_SQL, variables))
+
+
+def database_restore(release_dir: str, backup: str, database: str, user: str) -> list[list[str]]:
+    """Stop the writers, recreate the database empty, restore the dump, analyze.
+
+    The database is dropped rather than cleaned so that objects created by later
+    migrations (absent from the dump) do not survive the restore.
+    """
+    admin = {"database": database}
+    return [
+        compose_stop(release_dir, "n8n-main", "n8n-worker"),
+        compose_exec(release_dir, "postgres", psql(DROP_DATABASE_SQL, admin, database="postgres", user=user)),
+        compose_exec(release_dir, "postgres",
+                     psql(CREATE_DATABASE_SQL, {**admin, "owner": user}, database="postgres", user=user)),
+        restore_from_file(release_dir, backup),
+        compose_exec(release_dir, "postgres", psql("ANALYZE")),
+    ]

@@ -22,6 +22,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, ValidationError
 from pyinfra.api.exceptions import DeployError
 
 from restobot.migrate import BACKWARD_COMPATIBLE_MARKER, header_has
@@ -48,9 +49,62 @@ class ReleaseError(DeployError, ValueError):
 
 @dataclass(frozen=True)
 class MigrationInfo:
+    """One migration file of a release.
+
+    + filename: its name under ``migrations/`` (the ledger's key)
+    + sha256: the hash of its content
+    + backward_compatible: marked ``-- migrate:backward-compatible`` (an older release runs on it)
+    """
+
     filename: str
     sha256: str
     backward_compatible: bool
+
+
+class ReleaseManifest(BaseModel):
+    """What a release is, written into it as ``RELEASE.json`` and read back from the host.
+
+    The JSON keeps these keys, so that every release on a host, whichever code
+    built it, can be rolled back to; a key added later needs a default. Keys
+    this code does not know are ignored (a release built by newer code).
+
+    + name: the git name it was built from (``v1.2.0``, ``g1a2b3c4d5e6f-dirty``)
+    + stage: the settings' stage (``production``, ``local``...)
+    + commit: the full commit hash; None when built outside a git checkout
+    + migrate_image: the migrate image's reference (tagged by its build inputs)
+    + images: the settings' ``images`` section less ``bundle_dir`` (key -> reference)
+    + migrations: every migration of the release, ordered by file name
+    + workflows_sha256: the hash of ``workflows/*.json``
+    + config_sha256: the hash of every rendered file
+    """
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    name: str
+    stage: str
+    commit: str | None
+    migrate_image: str
+    images: dict[str, str]
+    migrations: tuple[MigrationInfo, ...]
+    workflows_sha256: str
+    config_sha256: str
+
+    def to_json(self) -> str:
+        """The ``RELEASE.json`` text: keys sorted, two-space indent, a final newline."""
+        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = MANIFEST) -> ReleaseManifest:
+        """Read a ``RELEASE.json``; ``source`` (its path) names it in the error."""
+        try:
+            return cls.model_validate_json(text)
+        except ValidationError as error:
+            problems = "; ".join(
+                f"{'.'.join(str(part) for part in item['loc']) or '(top)'}: {item['msg']}" for item in error.errors()
+            )
+            raise ReleaseError(
+                f"{source}: not a release manifest ({problems}); the release is damaged: deploy it again"
+            ) from None
 
 
 @dataclass(frozen=True)
@@ -58,7 +112,7 @@ class Release:
     """A built release: its name, manifest and archive bytes (which hold secrets)."""
 
     name: str
-    manifest: dict
+    manifest: ReleaseManifest
     archive: bytes = field(repr=False)
 
     @property
@@ -67,7 +121,7 @@ class Release:
 
     @property
     def migrate_image(self) -> str:
-        return self.manifest["migrate_image"]
+        return self.manifest.migrate_image
 
     def write_archive(self, directory: Path) -> Path:
         """Write the archive into ``directory`` readable by its owner only."""
@@ -174,17 +228,17 @@ def build_release(settings: Settings, name: str, root: Path = REPO_ROOT) -> Rele
     entries: dict[str, tuple[bytes, int]] = {path: (content, 0o644) for path, content in files.items()}
     entries["bin/smoke"] = (entries.pop("templates/smoke.sh")[0], 0o755)
     entries.update({path: (item.text.encode(), item.mode) for path, item in rendered.items()})
-    manifest = {
-        "name": name,
-        "stage": settings.stage.value,
-        "commit": git("rev-parse", "HEAD", cwd=root) or None,
-        "migrate_image": migrate_image,
-        "images": settings.images.model_dump(exclude={"bundle_dir"}),
-        "migrations": [vars(item) for item in migrations_of(files)],
-        "workflows_sha256": digest({p: c for p, c in files.items() if p.startswith("workflows/")}),
-        "config_sha256": digest({p: i.text.encode() for p, i in rendered.items()}),
-    }
-    entries[MANIFEST] = (json.dumps(manifest, indent=2, sort_keys=True).encode() + b"\n", 0o644)
+    manifest = ReleaseManifest(
+        name=name,
+        stage=settings.stage.value,
+        commit=git("rev-parse", "HEAD", cwd=root) or None,
+        migrate_image=migrate_image,
+        images=settings.images.model_dump(exclude={"bundle_dir"}),
+        migrations=tuple(migrations_of(files)),
+        workflows_sha256=digest({p: c for p, c in files.items() if p.startswith("workflows/")}),
+        config_sha256=digest({p: i.text.encode() for p, i in rendered.items()}),
+    )
+    entries[MANIFEST] = (manifest.to_json().encode(), 0o644)
     return Release(name=name, manifest=manifest, archive=deterministic_tar(entries))
 
 

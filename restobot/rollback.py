@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from restobot.facts.deploy import Backup, LedgerRow
+from restobot.release import MANIFEST, ReleaseManifest
 
 
 class RollbackRefused(ValueError):
@@ -19,7 +20,16 @@ class RollbackRefused(ValueError):
 
 @dataclass(frozen=True)
 class RollbackPlan:
+    """What a rollback does.
+
+    + identifier: the release id to serve again
+    + manifest: that release's manifest, read from the host
+    + restore: the backup to restore first; None keeps the data as it is
+    + newer_compatible: applied migrations the release does not know, all marked backward-compatible
+    """
+
     identifier: str
+    manifest: ReleaseManifest
     restore: Backup | None = None
     newer_compatible: tuple[str, ...] = ()
 
@@ -42,17 +52,24 @@ def resolve_release(asked: str | None, releases_newest_first: list[str]) -> str:
 
 def plan_rollback(
     identifier: str,
-    target_migrations: list[dict],
+    manifest: ReleaseManifest | None,
     ledger: tuple[LedgerRow, ...] | None,
     backups: list[Backup],
     restore_backup: bool,
 ) -> RollbackPlan:
-    known = {item["filename"] for item in target_migrations}
+    """Decide the rollback to ``identifier`` from its manifest (None: it has none on the host),
+    the database's ledger (None: no database) and the pre-deploy backups, newest first."""
+    if manifest is None:
+        raise RollbackRefused(
+            f"release {identifier} has no {MANIFEST} on the host; nothing was changed. "
+            "Deploy it instead: git checkout the tag, then run deploy.py."
+        )
+    known = {item.filename for item in manifest.migrations}
     unknown = [row for row in ledger or () if row.filename not in known]
     incompatible = [row.filename for row in unknown if not row.backward_compatible]
     compatible = tuple(row.filename for row in unknown if row.backward_compatible)
     if not incompatible:
-        return RollbackPlan(identifier, None, compatible)
+        return RollbackPlan(identifier, manifest, None, compatible)
     candidates = [b for b in backups if set(b.applied_migrations) == known]
     if not restore_backup:
         hint = (
@@ -70,4 +87,4 @@ def plan_rollback(
             f"rollback to {identifier} with restore_backup refused: no backup on the host was taken with "
             f"exactly its migrations ({', '.join(sorted(known))}). Nothing was changed."
         )
-    return RollbackPlan(identifier, candidates[0], compatible)
+    return RollbackPlan(identifier, manifest, candidates[0], compatible)

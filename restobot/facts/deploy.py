@@ -3,6 +3,9 @@
 A remote command costs about 130 ms (FIELD_NOTES.md), so `DeployState` returns
 the whole picture a no-op deploy needs (current release, releases on disk,
 lock, imported workflows, the project's containers) in a single round trip.
+
+The commands come from restobot/commands.py; SQL here is fixed text whose
+values are psql variables.
 """
 
 from __future__ import annotations
@@ -14,17 +17,45 @@ from dataclasses import dataclass, field
 from pyinfra.api import FactBase
 
 from restobot.commands import (
-    COMPOSE_PROJECT,
     LONG_RUNNING_SERVICES,
+    POSTGRES_CONTAINER,
     HostLayout,
+    container_exec,
+    project_containers,
+    psql,
     shell_text,
+    smoke_checks,
 )
+from restobot.release import MANIFEST, ReleaseManifest
 
-POSTGRES_CONTAINER = f"{COMPOSE_PROJECT}-postgres-1"
+__all__ = [  # POSTGRES_CONTAINER is imported from here by callers (tests/e2e/test_backup.py)
+    "POSTGRES_CONTAINER",
+    "ApiClient",
+    "ApiClientRow",
+    "AppliedMigrations",
+    "Backup",
+    "Backups",
+    "Container",
+    "DeployState",
+    "DockerImages",
+    "HostState",
+    "LedgerRow",
+    "ReleaseManifestOnHost",
+    "SmokeCheck",
+    "SmokeResults",
+]
 
 
 @dataclass(frozen=True)
 class Container:
+    """One container of the project, as ``docker ps`` shows it.
+
+    + service: its compose service (``nginx``)
+    + working_dir: the release directory whose compose file started it
+    + state: ``running``, ``exited``...
+    + status: ``Up 3 minutes (healthy)``, ``Exited (0) 2 minutes ago``...
+    """
+
     service: str
     working_dir: str
     state: str
@@ -65,15 +96,7 @@ class HostState:
 def deploy_state_script(layout: HostLayout) -> str:
     """One POSIX sh script printing tab-separated records; always exits 0."""
     base = shlex.quote(layout.base_dir)
-    containers = shell_text(
-        [
-            "docker", "ps", "--all",
-            "--filter", f"label=com.docker.compose.project={COMPOSE_PROJECT}",
-            "--format",
-            '{{.Label "com.docker.compose.service"}}\t{{.Label "com.docker.compose.project.working_dir"}}'
-            "\t{{.State}}\t{{.Status}}",
-        ]
-    )
+    containers = shell_text(project_containers())
     return "\n".join(
         [
             f"cd {base} 2>/dev/null || exit 0",
@@ -115,10 +138,10 @@ def parse_deploy_state(lines: list[str], layout: HostLayout) -> HostState:
     return HostState(current, releases, lock, workflows, tuple(containers))
 
 
-class DeployState(FactBase):
+class DeployState(FactBase[HostState]):
     """The deploy's view of the host: releases, ``current``, lock, workflows, containers.
 
-    An empty ``HostState`` means nothing was ever deployed (no base directory).
+    Never None: an empty ``HostState`` means nothing was ever deployed (no base directory).
     """
 
     def command(self, base_dir: str) -> str:
@@ -131,10 +154,10 @@ class DeployState(FactBase):
         return HostState()
 
 
-class DockerImages(FactBase):
+class DockerImages(FactBase[set[str]]):
     """Which of the given image references exist in the host's docker engine.
 
-    An empty set means none, or that docker is not installed yet.
+    Never None: an empty set means none, or that docker is not installed yet.
     """
 
     def command(self, images: tuple[str, ...]) -> str:
@@ -154,19 +177,26 @@ class DockerImages(FactBase):
 
 @dataclass(frozen=True)
 class LedgerRow:
+    """One row of ``schema_migrations``: a migration applied to the database.
+
+    + filename: the migration's file name
+    + checksum: the hash of the file as it was applied
+    + backward_compatible: it was marked ``-- migrate:backward-compatible``
+    """
+
     filename: str
     checksum: str
     backward_compatible: bool = False
 
 
-def psql_probe(sql: str) -> str:
-    """A command printing ``rows`` then the query's tab-separated rows, or ``none`` when no database answers."""
-    probe = shell_text(
-        [
-            "docker", "exec", POSTGRES_CONTAINER, "sh", "-c",
-            'psql -X -At -F "$(printf \'\\t\')" -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$0"', sql,
-        ]
-    )
+API_CLIENT_SQL = "SELECT token_hash, array_to_string(scopes, ','), enabled FROM api_clients WHERE name = :'name'"
+LEDGER_SQL = "SELECT filename, checksum, backward_compatible FROM schema_migrations ORDER BY filename"
+
+
+def psql_probe(sql: str, variables: dict[str, str] | None = None) -> str:
+    """A command printing ``rows`` then the query's tab-separated rows, or ``none`` when no database answers
+    (no container, or the query failed: a table that does not exist yet)."""
+    probe = shell_text(container_exec(POSTGRES_CONTAINER, psql(sql, variables, separator="\t")))
     return f"if out=$({probe} 2>/dev/null); then printf 'rows\\n%s\\n' \"$out\"; else echo none; fi"
 
 
@@ -176,37 +206,48 @@ def parse_psql_rows(output: list[str]) -> list[list[str]] | None:
     return [line.split("\t") for line in output[1:] if line.strip()]
 
 
-class ApiClient(FactBase):
-    """The (token_hash, scopes, enabled) of the named API client; None when absent or no database."""
+@dataclass(frozen=True)
+class ApiClientRow:
+    """An API client as the database holds it.
+
+    + token_hash: sha256 hex of its token
+    + scopes: its scopes, sorted
+    + enabled: whether the admin API accepts it
+    """
+
+    token_hash: str
+    scopes: tuple[str, ...]
+    enabled: bool
+
+
+class ApiClient(FactBase[ApiClientRow | None]):
+    """The named API client.
+
+    None: no such client, or no database answers yet (a fresh host).
+    """
 
     def command(self, client: str) -> str:
-        name = client.replace("'", "''")
-        return psql_probe(
-            "SELECT token_hash, array_to_string(scopes, ','), enabled FROM api_clients "
-            f"WHERE name = '{name}'"
-        )
+        return psql_probe(API_CLIENT_SQL, {"name": client})
 
-    def process(self, output: list[str]) -> tuple[str, tuple[str, ...], bool] | None:
+    def process(self, output: list[str]) -> ApiClientRow | None:
         rows = parse_psql_rows(output)
         if not rows:
             return None
         token_hash, scopes, enabled = rows[0]
-        return token_hash, tuple(sorted(filter(None, scopes.split(",")))), enabled == "t"
+        return ApiClientRow(token_hash, tuple(sorted(filter(None, scopes.split(",")))), enabled == "t")
 
     def default(self) -> None:
         return None
 
 
-class AppliedMigrations(FactBase):
+class AppliedMigrations(FactBase[tuple[LedgerRow, ...] | None]):
     """The rows of ``schema_migrations`` in the running PostgreSQL container.
 
     None means there is no running database or no ledger yet (a fresh install).
     """
 
     def command(self) -> str:
-        return psql_probe(
-            "SELECT filename, checksum, backward_compatible FROM schema_migrations ORDER BY filename"
-        )
+        return psql_probe(LEDGER_SQL)
 
     def process(self, output: list[str]) -> tuple[LedgerRow, ...] | None:
         rows = parse_psql_rows(output)
@@ -218,39 +259,57 @@ class AppliedMigrations(FactBase):
         return None
 
 
-class SmokeResults(FactBase):
-    """The release's smoke checks, run on the host: name -> (passed, detail).
+@dataclass(frozen=True)
+class SmokeCheck:
+    """One line of a release's smoke script.
 
-    Empty when the release directory has no smoke script.
+    + name: the check (``healthz``)
+    + passed: it printed PASS
+    + detail: the rest of its line
+    """
+
+    name: str
+    passed: bool
+    detail: str
+
+
+class SmokeResults(FactBase[tuple[SmokeCheck, ...]]):
+    """The release's smoke checks, run on the host, in the script's order (one per name: the last wins).
+
+    Never None: empty when the release directory has no smoke script.
     """
 
     def command(self, release_dir: str, attempts: int = 1) -> str:
-        script = f"{release_dir}/bin/smoke"
-        return f"[ -x {shlex.quote(script)} ] && {shell_text([script, str(attempts)])}; exit 0"
+        checks = smoke_checks(release_dir, attempts)
+        return f"[ -x {shlex.quote(checks[0])} ] && {shell_text(checks)}; exit 0"
 
-    def process(self, output: list[str]) -> dict[str, tuple[bool, str]]:
-        results: dict[str, tuple[bool, str]] = {}
+    def process(self, output: list[str]) -> tuple[SmokeCheck, ...]:
+        results: dict[str, SmokeCheck] = {}
         for line in output:
             verdict, _, rest = line.partition(" ")
             if verdict in ("PASS", "FAIL"):
                 name, _, detail = rest.partition(" ")
-                results[name] = (verdict == "PASS", detail)
-        return results
+                results[name] = SmokeCheck(name, verdict == "PASS", detail)
+        return tuple(results.values())
 
-    def default(self) -> dict[str, tuple[bool, str]]:
-        return {}
+    def default(self) -> tuple[SmokeCheck, ...]:
+        return ()
 
 
-class ReleaseManifest(FactBase):
-    """A release's RELEASE.json on the host; None when the release is not there."""
+class ReleaseManifestOnHost(FactBase[ReleaseManifest | None]):
+    """The ``RELEASE.json`` of a release directory on the host.
+
+    None: the release is not there (or has no manifest). A manifest that does
+    not parse fails the fact with an error naming the file.
+    """
 
     def command(self, release_dir: str) -> str:
-        path = shlex.quote(f"{release_dir}/RELEASE.json")
+        path = shlex.quote(f"{release_dir}/{MANIFEST}")
         return f"cat {path} 2>/dev/null || true"
 
-    def process(self, output: list[str]) -> dict | None:
+    def process(self, output: list[str]) -> ReleaseManifest | None:
         text = "\n".join(output).strip()
-        return json.loads(text) if text else None
+        return ReleaseManifest.from_json(text, source=f"{MANIFEST} on the host") if text else None
 
     def default(self) -> None:
         return None
@@ -258,13 +317,23 @@ class ReleaseManifest(FactBase):
 
 @dataclass(frozen=True)
 class Backup:
+    """A pre-deploy backup on the host.
+
+    + path: the dump's path
+    + before_release: the release that migrated right after it (``?`` when unknown)
+    + applied_migrations: the migrations the database had when it was dumped
+    """
+
     path: str
     before_release: str
     applied_migrations: tuple[str, ...]
 
 
-class Backups(FactBase):
-    """The pre-deploy backups on the host, newest first (from their metadata files)."""
+class Backups(FactBase[list[Backup]]):
+    """The pre-deploy backups on the host, newest first (from their metadata files).
+
+    Never None: empty when there is none; a dump without readable metadata is left out.
+    """
 
     def command(self, backups_dir: str) -> str:
         directory = shlex.quote(backups_dir)

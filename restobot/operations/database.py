@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 
 from pyinfra import host
 from pyinfra.api import operation
@@ -18,56 +19,43 @@ from pyinfra.facts.files import File
 
 from restobot.commands import (
     HostLayout,
-    compose,
+    api_client_upsert,
     compose_run_migrations,
     compose_up,
-    pg_restore,
-    psql,
+    database_restore,
+    predeploy_backup,
     shell,
-    shell_text,
 )
 from restobot.facts.deploy import (
-    POSTGRES_CONTAINER,
     ApiClient,
+    ApiClientRow,
     AppliedMigrations,
     LedgerRow,
 )
-from restobot.operations.lock import write_argv
+from restobot.release import MigrationInfo
+
+CLIENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
+TOKEN_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+SCOPE = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,62}$")
 
 
-def pending_migrations(release_migrations: list[dict], ledger: tuple[LedgerRow, ...] | None) -> list[str]:
+def pending_migrations(release_migrations: Sequence[MigrationInfo], ledger: tuple[LedgerRow, ...] | None) -> list[str]:
     applied = {row.filename for row in ledger or ()}
-    return [item["filename"] for item in release_migrations if item["filename"] not in applied]
+    return [item.filename for item in release_migrations if item.filename not in applied]
 
 
-def backup_path(layout: HostLayout, identifier: str) -> str:
-    return f"{layout.backups_dir}/before-{identifier}.dump"
-
-
-def dump_to_file_argv(container: str, dump_command: str, path: str) -> list[str]:
-    """Write a dump under a temporary name, check it is not empty, then rename it."""
-    producer = shell_text(["docker", "exec", container, "sh", "-c", dump_command])
-    script = f'set -e; umask 077; {producer} > "$0.partial"; test -s "$0.partial"; mv "$0.partial" "$0"'
-    return ["sh", "-c", script, path]
-
-
-def backup_argvs(layout: HostLayout, identifier: str, ledger: tuple[LedgerRow, ...]) -> list[list[str]]:
-    path = backup_path(layout, identifier)
+def backup_metadata(identifier: str, ledger: tuple[LedgerRow, ...]) -> str:
+    """The ``{dump}.json`` written next to a pre-deploy backup (read back by the ``Backups`` fact)."""
     metadata = {
         "before_release": identifier,
         "applied_migrations": [row.filename for row in ledger],
         "format": "pg_dump custom (-Fc) + pg_dumpall --globals-only",
     }
-    return [
-        ["install", "-d", "-m", "700", layout.backups_dir],
-        dump_to_file_argv(POSTGRES_CONTAINER, 'exec pg_dumpall --globals-only -U "$POSTGRES_USER"', f"{path}.globals.sql"),
-        dump_to_file_argv(POSTGRES_CONTAINER, 'exec pg_dump -Fc -U "$POSTGRES_USER" -d "$POSTGRES_DB"', path),
-        write_argv(f"{path}.json", json.dumps(metadata, sort_keys=True) + "\n"),
-    ]
+    return json.dumps(metadata, sort_keys=True) + "\n"
 
 
 @operation()
-def database_backed_up(layout: HostLayout, identifier: str, release_migrations: list[dict]):
+def database_backed_up(layout: HostLayout, identifier: str, release_migrations: Sequence[MigrationInfo]):
     """
     Ensure a backup of the database exists before this release migrates it.
 
@@ -76,6 +64,13 @@ def database_backed_up(layout: HostLayout, identifier: str, release_migrations: 
     + layout: where backups live
     + identifier: the release id the backup is taken before
     + release_migrations: the release manifest's migrations
+
+    **Example:**
+
+    .. code:: python
+
+        database_backed_up(name="Ensure a backup precedes the migrations", layout=HostLayout(),
+                           identifier="v1.2.0-1a2b3c4d", release_migrations=built.manifest.migrations)
     """
     ledger = host.get_fact(AppliedMigrations)
     if ledger is None:
@@ -84,20 +79,28 @@ def database_backed_up(layout: HostLayout, identifier: str, release_migrations: 
     if not pending_migrations(release_migrations, ledger):
         host.noop("no migration pending: no backup needed")
         return
-    if host.get_fact(File, path=backup_path(layout, identifier)):
-        host.noop(f"{backup_path(layout, identifier)} exists")
+    path = layout.predeploy_backup(identifier)
+    if host.get_fact(File, path=path):
+        host.noop(f"{path} exists")
         return
-    for argv in backup_argvs(layout, identifier, ledger):
+    for argv in predeploy_backup(layout, identifier, backup_metadata(identifier, ledger)):
         yield shell(argv)
 
 
 @operation()
-def schema_migrated(release_dir: str, release_migrations: list[dict]):
+def schema_migrated(release_dir: str, release_migrations: Sequence[MigrationInfo]):
     """
     Ensure every migration of the release is applied, running db-migrate once if any is pending.
 
     + release_dir: the release whose db-migrate image and migrations apply
     + release_migrations: the release manifest's migrations
+
+    **Example:**
+
+    .. code:: python
+
+        schema_migrated(name="Ensure every migration is applied", release_dir=release_dir,
+                        release_migrations=built.manifest.migrations)
     """
     ledger = host.get_fact(AppliedMigrations)
     pending = pending_migrations(release_migrations, ledger)
@@ -108,15 +111,15 @@ def schema_migrated(release_dir: str, release_migrations: list[dict]):
     yield shell(compose_run_migrations(release_dir, "apply"))
 
 
-def upsert_client_argv(release_dir: str, client: str, token_hash: str, scopes: tuple[str, ...]) -> list[str]:
-    """Insert or update an API client by name; only the token's hash reaches the host."""
-    values = ", ".join(f"'{scope}'" for scope in scopes)
-    sql = (
-        "INSERT INTO api_clients (name, token_hash, scopes, enabled, description) "
-        f"VALUES ('{client}', '{token_hash}', ARRAY[{values}]::text[], true, 'managed by the deploy') "
-        "ON CONFLICT (name) DO UPDATE SET token_hash = EXCLUDED.token_hash, scopes = EXCLUDED.scopes, enabled = true"
-    )
-    return psql(release_dir, sql)
+def check_api_client(client: str, token_hash: str, scopes: Sequence[str]) -> None:
+    """Refuse a client name, token hash or scope that the admin API would not recognise."""
+    if not CLIENT_NAME.match(client):
+        raise ValueError(f"api_client_present: client {client!r} must be a lowercase name ({CLIENT_NAME.pattern})")
+    if not TOKEN_SHA256.match(token_hash):
+        raise ValueError(f"api_client_present: token_hash of {client} must be a sha256 hex digest (64 of 0-9a-f)")
+    for scope in scopes:
+        if not SCOPE.match(scope):
+            raise ValueError(f"api_client_present: scope {scope!r} of {client} must match {SCOPE.pattern}")
 
 
 @operation()
@@ -128,34 +131,20 @@ def api_client_present(release_dir: str, client: str, token_hash: str, scopes: t
     + client: the client's name (lowercase)
     + token_hash: sha256 hex of the token, computed on the operator's machine
     + scopes: the scopes it is granted
+
+    **Example:**
+
+    .. code:: python
+
+        api_client_present(name="Ensure the admin API client is present", release_dir=release_dir,
+                           client="admin", token_hash=settings.admin.token_sha256, scopes=("admin:read",))
     """
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", client) or not re.fullmatch(r"[0-9a-f]{64}", token_hash):
-        raise ValueError("api_client_present: client must be a lowercase name and token_hash a sha256 hex digest")
-    wanted = (token_hash, tuple(sorted(scopes)), True)
+    check_api_client(client, token_hash, scopes)
+    wanted = ApiClientRow(token_hash, tuple(sorted(scopes)), True)
     if host.get_fact(ApiClient, client=client) == wanted:
-        host.noop(f"API client {client} is present with scopes {', '.join(sorted(scopes))}")
+        host.noop(f"API client {client} is present with scopes {', '.join(wanted.scopes)}")
         return
-    yield shell(upsert_client_argv(release_dir, client, token_hash, tuple(sorted(scopes))))
-
-
-def restore_argvs(release_dir: str, backup: str, database: str, user: str) -> list[list[str]]:
-    """Stop the writers, recreate the database empty, restore the dump, analyze.
-
-    The database is dropped rather than cleaned so that objects created by later
-    migrations (absent from the dump) do not survive the restore.
-    """
-    admin_sql = (
-        f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)',
-        f'CREATE DATABASE "{database}" OWNER "{user}"',
-    )
-    steps = [compose(release_dir, "stop", "n8n-main", "n8n-worker")]
-    for sql in admin_sql:
-        steps.append(compose(release_dir, "exec", "-T", "postgres", "psql", "-X", "-v", "ON_ERROR_STOP=1",
-                             "-U", user, "-d", "postgres", "-c", sql))
-    restore = shell_text(pg_restore(release_dir))
-    steps.append(["sh", "-c", f'{restore} < "$0"', backup])
-    steps.append(psql(release_dir, "ANALYZE"))
-    return steps
+    yield shell(api_client_upsert(release_dir, client, token_hash, wanted.scopes))
 
 
 @operation(is_idempotent=False)
@@ -167,5 +156,5 @@ def database_restored(release_dir: str, backup: str, database: str, user: str):
     + backup: the dump's path on the host
     + database, user: the database to recreate and its owner
     """
-    for argv in restore_argvs(release_dir, backup, database, user):
+    for argv in database_restore(release_dir, backup, database, user):
         yield shell(argv)

@@ -12,13 +12,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import operation
 
-from restobot.commands import (
-    bundle_file_name,
-    compose_build_migrate,
-    image_load,
-    image_pull,
-    shell,
-)
+from restobot.commands import compose_build_migrate, image_fetch, shell
 from restobot.facts.deploy import DockerImages
 from restobot.settings import ImageSettings
 
@@ -26,12 +20,6 @@ from restobot.settings import ImageSettings
 def service_images(images: ImageSettings) -> tuple[str, ...]:
     """The images the stack runs, plus the migrate image's base."""
     return (images.traefik, images.nginx, images.n8n, images.postgres, images.redis, images.migrate_base)
-
-
-def fetch_argv(image: str, bundle_dir: str | None) -> list[str]:
-    if bundle_dir:
-        return image_load(f"{bundle_dir.rstrip('/')}/{bundle_file_name(image)}")
-    return image_pull(image)
 
 
 @operation()
@@ -54,7 +42,7 @@ def images_present(images: ImageSettings):
         host.noop(f"all {len(wanted)} images are present")
         return
     for image in missing:
-        yield shell(fetch_argv(image, images.bundle_dir))
+        yield shell(image_fetch(image, images.bundle_dir))
 
 
 @operation()

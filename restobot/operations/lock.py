@@ -25,7 +25,15 @@ from pyinfra import logger
 from pyinfra.api import FunctionCommand, operation
 from pyinfra.api.state import BaseStateCallback
 
-from restobot.commands import HostLayout, shell
+from restobot.commands import (
+    HostLayout,
+    append_to_file,
+    make_directory,
+    read_file,
+    remove_tree,
+    shell,
+    write_file,
+)
 
 TAKE_LOCK = "Take the deploy lock"
 RELEASE_LOCK = "Release the deploy lock"
@@ -61,24 +69,17 @@ def audit_line(actor: Actor, action: str, release: str, result: str, duration_s:
     return f"{now()} {action} release={release} by={actor} result={result}{duration}\n"
 
 
-def append_argv(path: str, line: str) -> list[str]:
-    return ["sh", "-c", 'printf "%s" "$1" >> "$0"', path, line]
-
-
-def write_argv(path: str, content: str) -> list[str]:
-    return ["sh", "-c", 'umask 077; printf "%s" "$1" > "$0"', path, content]
-
-
 def run(state, target, argv: list[str]) -> tuple[bool, list[str]]:
     ok, output = target.run_shell_command(shell(argv), print_output=False, print_input=False)
     return ok, [line.line for line in output]
 
 
 def take_lock(state, host, layout: HostLayout, info: str) -> bool:
-    run(state, host, ["mkdir", "-p", layout.base_dir])  # a fresh host; provisioning sets its owner and mode
-    ok, _ = run(state, host, ["mkdir", layout.lock_dir])
+    # A fresh host has no base directory yet; provisioning sets its owner and mode.
+    run(state, host, make_directory(layout.base_dir, parents=True))
+    ok, _ = run(state, host, make_directory(layout.lock_dir))  # atomic: fails when the lock exists
     if not ok:
-        _, held = run(state, host, ["cat", f"{layout.lock_dir}/info"])
+        _, held = run(state, host, read_file(layout.lock_info))
         holder = " ".join(held).strip() or "unknown holder"
         host.log_styled(
             f"Deploy lock found ({holder}). Another deploy or rollback is running, or one was killed. "
@@ -87,7 +88,7 @@ def take_lock(state, host, layout: HostLayout, info: str) -> bool:
             log_func=logger.error,
         )
         return False
-    ok, _ = run(state, host, write_argv(f"{layout.lock_dir}/info", info))
+    ok, _ = run(state, host, write_file(layout.lock_info, info))
     return ok
 
 
@@ -139,7 +140,7 @@ def deploy_lock_released(layout: HostLayout, summary: str | None = None, started
     + summary: what to call the run in the closing summary line (none: no summary)
     + started: ``time.monotonic()`` at the start of the run
     """
-    yield shell(["rm", "-rf", layout.lock_dir])
+    yield shell(remove_tree(layout.lock_dir))
     if summary is not None and started is not None:
         yield FunctionCommand(summarize, (summary, started), {})
 
@@ -154,7 +155,7 @@ def audit_logged(layout: HostLayout, actor: Actor, action: str, release: str, re
     + started: ``time.monotonic()`` at the start, to record the duration
     """
     duration = None if started is None else time.monotonic() - started
-    yield shell(append_argv(layout.audit_log, audit_line(actor, action, release, result, duration)))
+    yield shell(append_to_file(layout.audit_log, audit_line(actor, action, release, result, duration)))
 
 
 class ReleaseLockOnFailure(BaseStateCallback):
@@ -182,8 +183,8 @@ class ReleaseLockOnFailure(BaseStateCallback):
         names = ", ".join(state.get_op_meta(op_hash).names)
         duration = time.monotonic() - self.started
         line = audit_line(self.actor, self.action, self.release, f"failed at '{names}'", duration)
-        run(state, target, append_argv(self.layout.audit_log, line))
-        run(state, target, ["rm", "-rf", self.layout.lock_dir])
+        run(state, target, append_to_file(self.layout.audit_log, line))
+        run(state, target, remove_tree(self.layout.lock_dir))
         target.log_styled(f"{self.action} of {self.release} failed at '{names}'; lock released", fg="red",
                           log_func=logger.error)
 

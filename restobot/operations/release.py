@@ -13,7 +13,7 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 from pyinfra.operations import files
 
-from restobot.commands import HostLayout, shell
+from restobot.commands import HostLayout, remove_tree, shell, unpack_release
 from restobot.facts.deploy import DeployState
 
 
@@ -29,21 +29,6 @@ def failure(message: str) -> FunctionCommand:
         return False
 
     return FunctionCommand(report, (), {})
-
-
-def unpack_argv(layout: HostLayout, archive: str, identifier: str, sha256: str, owner: str) -> list[list[str]]:
-    """Unpack into a partial directory, stamp it, then rename it into place in one step."""
-    final = layout.release_dir(identifier)
-    partial = f"{final}.partial"
-    return [
-        ["rm", "-rf", partial],
-        ["mkdir", "-p", partial],
-        ["tar", "--no-same-owner", "-xzf", archive, "-C", partial],
-        ["chown", "-R", f"{owner}:{owner}", partial],
-        ["sh", "-c", 'printf "%s\\n" "$1" > "$0"', f"{partial}/.release.sha256", sha256],
-        ["mv", "-T", partial, final],
-        ["rm", "-f", archive],
-    ]
 
 
 @operation()
@@ -71,16 +56,8 @@ def release_unpacked(layout: HostLayout, release: str, sha256: str, archive: Pat
         return
     remote_archive = f"{layout.incoming_dir}/{identifier}.tar.gz"
     yield from files.put._inner(src=str(archive), dest=remote_archive, mode="600")
-    for argv in unpack_argv(layout, remote_archive, identifier, sha256, owner):
+    for argv in unpack_release(layout, remote_archive, identifier, sha256, owner):
         yield shell(argv)
-
-
-def switch_current_argv(layout: HostLayout, identifier: str) -> list[list[str]]:
-    """Point ``current`` at a release with a rename, which is atomic."""
-    return [
-        ["ln", "-sfn", f"releases/{identifier}", f"{layout.current}.next"],
-        ["mv", "-T", f"{layout.current}.next", layout.current],
-    ]
 
 
 def releases_to_prune(newest_first: list[str], keep: int, protected: set[str]) -> list[str]:
@@ -110,4 +87,4 @@ def releases_pruned(layout: HostLayout, keep: int, protected: tuple[str, ...]):
         host.noop(f"{len(state.releases)} release(s) on the host, keeping up to {keep}")
         return
     for identifier in prune:
-        yield shell(["rm", "-rf", layout.release_dir(identifier)])
+        yield shell(remove_tree(layout.release_dir(identifier)))

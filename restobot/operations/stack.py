@@ -15,29 +15,22 @@ from pyinfra import host, logger
 from pyinfra.api import FunctionCommand, operation
 
 from restobot.commands import (
-    COMPOSE_PROJECT,
     LONG_RUNNING_SERVICES,
     HostLayout,
-    compose,
+    compose_logs,
+    compose_ps,
     compose_up,
+    container_health,
+    container_name,
     shell,
+    smoke_checks,
+    switch_current,
+    workflow_import,
+    write_file,
 )
 from restobot.facts.deploy import DeployState, SmokeResults
-from restobot.operations.lock import write_argv
-from restobot.operations.release import switch_current_argv
 
 SMOKE_ATTEMPTS = 45  # 2 s apart: room for a first certificate and webhook registration
-
-
-
-def workflow_import_argv(release_dir: str) -> list[str]:
-    """Run the release's own importer on the host: it imports what changed, restarts n8n main
-    if anything did, and returns only once every webhook answers from its workflow."""
-    return [
-        "python3", f"{release_dir}/restobot/workflows.py", "import",
-        "--dir", f"{release_dir}/workflows",
-        "--compose-dir", release_dir, "--compose-file", f"{release_dir}/compose.yml",
-    ]
 
 
 class StepFailed(Exception):
@@ -54,9 +47,7 @@ def run_step(target, argv: list[str], what: str) -> list[str]:
 
 def health_report(target, release_dir: str) -> str:
     """The state of every service and, for the unhealthy ones, their last health probe and logs."""
-    ok, output = target.run_shell_command(
-        shell(compose(release_dir, "ps", "--all", "--format", "json")), print_output=False, print_input=False
-    )
+    ok, output = target.run_shell_command(shell(compose_ps(release_dir)), print_output=False, print_input=False)
     report: list[str] = []
     for line in (item.line for item in output):
         try:
@@ -67,13 +58,11 @@ def health_report(target, release_dir: str) -> str:
         report.append(f"  {name}: {state} ({health})")
         if name in LONG_RUNNING_SERVICES and (state != "running" or health not in ("healthy", "")):
             _, probe = target.run_shell_command(
-                shell(["docker", "inspect", "--format", "{{json .State.Health}}", f"{COMPOSE_PROJECT}-{name}-1"]),
-                print_output=False, print_input=False,
+                shell(container_health(container_name(name))), print_output=False, print_input=False,
             )
             report.append(f"    last healthcheck: {' '.join(item.line for item in probe)[-600:]}")
             _, logs = target.run_shell_command(
-                shell(compose(release_dir, "logs", "--no-color", "--tail", "15", name)),
-                print_output=False, print_input=False,
+                shell(compose_logs(release_dir, name, lines=15)), print_output=False, print_input=False,
             )
             report.extend(f"    | {item.line}" for item in logs)
     return "\n".join(report)
@@ -93,8 +82,8 @@ def bring_up(target, layout: HostLayout, identifier: str) -> list[str]:
         run_step(target, compose_up(release_dir), f"docker compose up --wait for {identifier}")
     except StepFailed as failure:
         raise StepFailed(f"{failure}\n  services:\n{health_report(target, release_dir)}") from None
-    run_step(target, workflow_import_argv(release_dir), f"workflow import for {identifier}")
-    lines = run_step(target, [f"{release_dir}/bin/smoke", str(SMOKE_ATTEMPTS)], f"smoke checks of {identifier}")
+    run_step(target, workflow_import(release_dir), f"workflow import for {identifier}")
+    lines = run_step(target, smoke_checks(release_dir, SMOKE_ATTEMPTS), f"smoke checks of {identifier}")
     failures = smoke_failures(lines)
     if failures:
         raise StepFailed(f"smoke checks of {identifier} failed:\n" + "\n".join(f"    {line}" for line in failures))
@@ -109,9 +98,9 @@ def activate_release(state, host, layout: HostLayout, identifier: str, previous:
         host.log_styled(str(failure), fg="red", log_func=logger.error)
         revert(host, layout, previous)
         return False
-    for argv in switch_current_argv(layout, identifier):
+    for argv in switch_current(layout, identifier):
         run_step(host, argv, "switching current")
-    run_step(host, write_argv(f"{layout.state_dir}/workflows.sha256", workflows_sha256 + "\n"), "workflow stamp")
+    run_step(host, write_file(layout.workflows_stamp, workflows_sha256 + "\n"), "workflow stamp")
     for line in smoke:
         host.log_styled(f"smoke {line}", fg="green", log_func=logger.info)
     return True
@@ -151,12 +140,12 @@ def release_serving(layout: HostLayout, identifier: str, workflows_sha256: str):
     .. code:: python
 
         release_serving(name="Ensure v1.2.0 serves", layout=HostLayout(), identifier="v1.2.0-1a2b3c4d",
-                        workflows_sha256=manifest["workflows_sha256"])
+                        workflows_sha256=built.manifest.workflows_sha256)
     """
     current = host.get_fact(DeployState, base_dir=layout.base_dir)
     if current.serving(identifier) and current.workflows_sha256 == workflows_sha256:
         smoke = host.get_fact(SmokeResults, release_dir=layout.release_dir(identifier))
-        failed = [name for name, (passed, _) in smoke.items() if not passed]
+        failed = [check.name for check in smoke if not check.passed]
         if smoke and not failed:
             host.noop(f"{identifier} serves; {len(smoke)} smoke checks pass")
             return

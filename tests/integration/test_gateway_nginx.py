@@ -229,7 +229,6 @@ def raw_request(port: int, data: bytes) -> bytes:
     "/v1/admin/dlq/replay%0d%0aX-Injected:%20yes",
     "/v1/admin/dlq/replay%0d%0a%0d%0aPOST%20/rest/owner/setup%20HTTP/1.1",
     "/v1/inbound/whatsapp%0a",
-    "/v1/inbound/whatsapp%00",
     "/v1%2finbound/whatsapp",
     "/v1/inbound%2Fwhatsapp",
     "/v1/inbound/%77hatsapp",
@@ -268,3 +267,25 @@ def test_request_rate_limit_answers_429(tmp_path, recorder):
         process.wait(timeout=10)
     assert statuses[:3] == [200, 200, 200]
     assert 429 in statuses[3:]
+
+
+def test_nul_in_the_path_is_refused_by_nginxs_parser(gateway, recorder):
+    recorder.requests.clear()
+    status_line = raw_request(gateway, b"GET /v1/inbound/whatsapp%00 HTTP/1.1\r\nHost: api\r\n\r\n")
+    assert status_line == b"HTTP/1.1 400 Bad Request"
+    assert recorder.requests == []
+
+
+@pytest.mark.parametrize(("request_bytes", "status", "body"), [
+    (b"TRACE /v1/inbound/whatsapp HTTP/1.1\r\nHost: api\r\n\r\n", 405, b'{"error":"method_not_allowed"}'),
+    (b"POST /v1/admin/dlq/replay HTTP/1.1\r\nHost: api\r\nx-api-token: t\r\nContent-Length: 9000\r\n\r\n"
+     + b"x" * 9000, 413, b'{"error":"too_large"}'),
+])
+def test_what_nginx_refuses_itself_answers_in_json(gateway, recorder, request_bytes, status, body):
+    recorder.requests.clear()
+    with socket.create_connection(("127.0.0.1", gateway), timeout=5) as conn:
+        conn.sendall(request_bytes)
+        answer = conn.recv(65536)
+    head, _, payload = answer.partition(b"\r\n\r\n")
+    assert (int(head.split(b" ")[1]), payload) == (status, body)
+    assert recorder.requests == []

@@ -15,11 +15,9 @@ from restobot.operations.backup import (
     BACKUP_LOG,
     TEMPLATES,
     BackupPaths,
-    backup_argv,
     cron_file,
     cron_line,
     script_values,
-    verify_argv,
 )
 from restobot.settings import BackupSettings
 
@@ -59,10 +57,6 @@ def test_cron_file_follows_the_schedule_setting():
     assert cron_file(BackupSettings(schedule="5 1 * * 0"), "ops", PATHS).splitlines()[-1] == (
         "5 1 * * 0 ops /opt/resto/bin/backup >/dev/null"
     )
-
-
-def test_argvs_run_the_installed_scripts():
-    assert (backup_argv(PATHS), verify_argv(PATHS)) == (["/opt/resto/bin/backup"], ["/opt/resto/bin/backup-verify"])
 
 
 def test_script_values_quote_shell_words_and_carry_the_retention():

@@ -1,38 +1,31 @@
-"""Pure builders of the deploy: argv lists, archives, fact parsers, decisions."""
+"""Pure parts of the deploy: archives, fact parsers, decisions (argv lists: test_commands.py)."""
 
 from __future__ import annotations
 
 import io
-import json
 import tarfile
 
 import pytest
 
-from restobot.commands import (
-    HostLayout,
-    bundle_file_name,
-    compose,
-    compose_run_migrations,
-    compose_up,
-    shell,
-)
+from restobot.commands import HostLayout
 from restobot.facts.deploy import (
+    API_CLIENT_SQL,
+    ApiClient,
+    ApiClientRow,
+    AppliedMigrations,
     DeployState,
     HostState,
     LedgerRow,
+    SmokeCheck,
     SmokeResults,
     parse_deploy_state,
 )
-from restobot.operations.database import backup_argvs, pending_migrations
+from restobot.operations.database import backup_metadata, check_api_client, pending_migrations
 from restobot.operations.lock import Actor, audit_line, lock_info
-from restobot.operations.release import (
-    release_id,
-    releases_to_prune,
-    switch_current_argv,
-    unpack_argv,
-)
+from restobot.operations.release import release_id, releases_to_prune
 from restobot.operations.stack import smoke_failures
 from restobot.release import (
+    MigrationInfo,
     ReleaseError,
     build_release,
     check_release_name,
@@ -41,48 +34,6 @@ from restobot.release import (
 from tests.conftest import settings_for_stage
 
 LAYOUT = HostLayout("/opt/resto")
-
-
-def test_compose_names_the_project_directory_and_file():
-    assert compose("/opt/resto/releases/v1-abcd1234", "ps") == [
-        "docker", "compose", "--project-name", "resto",
-        "--project-directory", "/opt/resto/releases/v1-abcd1234",
-        "--file", "/opt/resto/releases/v1-abcd1234/compose.yml", "ps",
-    ]
-
-
-def test_compose_up_waits_with_a_bounded_timeout():
-    assert compose_up("/r", "postgres")[-7:] == ["up", "--detach", "--wait", "--wait-timeout", "300", "--remove-orphans", "postgres"]
-
-
-def test_migrations_run_once_without_a_tty():
-    assert compose_run_migrations("/r", "apply")[-5:] == ["run", "--rm", "--no-TTY", "db-migrate", "apply"]
-
-
-def test_shell_quotes_every_part():
-    command = shell(["printf", "%s", "it's; rm -rf /"])
-    assert command.get_raw_value() == "printf %s 'it'\"'\"'s; rm -rf /'"
-
-
-def test_bundle_file_name_matches_the_harness():
-    from restobot.harness.images import bundle_file_name as harness_name
-
-    assert bundle_file_name("restobot-local/n8n:2.40.5") == "restobot-local_n8n_2.40.5.tar"
-    assert harness_name("restobot-local/n8n:2.40.5") == bundle_file_name("restobot-local/n8n:2.40.5")
-
-
-def test_unpack_is_staged_then_renamed():
-    steps = unpack_argv(LAYOUT, "/opt/resto/incoming/v1-aa.tar.gz", "v1-aa", "aa" * 32, "deploy")
-    assert steps[0] == ["rm", "-rf", "/opt/resto/releases/v1-aa.partial"]
-    assert steps[-2] == ["mv", "-T", "/opt/resto/releases/v1-aa.partial", "/opt/resto/releases/v1-aa"]
-    assert steps[-1] == ["rm", "-f", "/opt/resto/incoming/v1-aa.tar.gz"]
-
-
-def test_current_moves_with_one_rename():
-    assert switch_current_argv(LAYOUT, "v2-bb") == [
-        ["ln", "-sfn", "releases/v2-bb", "/opt/resto/current.next"],
-        ["mv", "-T", "/opt/resto/current.next", "/opt/resto/current"],
-    ]
 
 
 def test_release_id_carries_the_archive_hash():
@@ -106,17 +57,41 @@ def test_prune_keeps_the_newest_and_the_protected():
 
 
 def test_pending_migrations_are_those_missing_from_the_ledger():
-    release = [{"filename": "0001_a.sql"}, {"filename": "0002_b.sql"}]
+    release = (MigrationInfo("0001_a.sql", "a" * 64, False), MigrationInfo("0002_b.sql", "b" * 64, False))
     assert pending_migrations(release, (LedgerRow("0001_a.sql", "x"),)) == ["0002_b.sql"]
     assert pending_migrations(release, None) == ["0001_a.sql", "0002_b.sql"]
 
 
-def test_backup_writes_a_partial_file_then_renames_it():
-    steps = backup_argvs(LAYOUT, "v2-bb", (LedgerRow("0001_a.sql", "x"),))
-    dump = steps[2]
-    assert dump[:2] == ["sh", "-c"] and dump[3] == "/opt/resto/backups/before-v2-bb.dump"
-    assert 'mv "$0.partial" "$0"' in dump[2] and "pg_dump -Fc" in dump[2] and " -t " not in dump[2]
-    assert json.loads(steps[3][-1])["applied_migrations"] == ["0001_a.sql"]
+def test_backup_metadata_names_the_release_and_the_applied_migrations():
+    assert backup_metadata("v2-bb", (LedgerRow("0001_a.sql", "x"),)) == (
+        '{"applied_migrations": ["0001_a.sql"], "before_release": "v2-bb", '
+        '"format": "pg_dump custom (-Fc) + pg_dumpall --globals-only"}\n'
+    )
+
+
+def test_api_client_fact_queries_by_a_variable_and_reads_one_row():
+    command = ApiClient().command("o'brien")
+    assert "--set=name=o'\"'\"'brien" in command and "o''brien" not in command
+    assert API_CLIENT_SQL.endswith("WHERE name = :'name'")
+    assert ApiClient().process(["rows", "ab\tadmin:read,admin:dlq\tt"]) == ApiClientRow(
+        "ab", ("admin:dlq", "admin:read"), True
+    )
+    assert ApiClient().process(["rows"]) is None and ApiClient().process(["none"]) is None
+
+
+def test_applied_migrations_are_none_without_a_database():
+    assert AppliedMigrations().process(["none"]) is None
+    assert AppliedMigrations().process(["rows", "0001_a.sql\tx\tt"]) == (LedgerRow("0001_a.sql", "x", True),)
+
+
+@pytest.mark.parametrize("client, token_hash, scopes, rule", [
+    ("Admin", "ab" * 32, ("admin:read",), "lowercase name"),
+    ("admin", "AB" * 32, ("admin:read",), "sha256 hex digest"),
+    ("admin", "ab" * 32, ("admin:read,admin:dlq",), "scope 'admin:read,admin:dlq'"),
+])
+def test_api_client_refuses_what_the_admin_api_would_not_recognise(client, token_hash, scopes, rule):
+    with pytest.raises(ValueError, match=rule):
+        check_api_client(client, token_hash, scopes)
 
 
 def test_deploy_state_parses_every_record():
@@ -154,7 +129,10 @@ def test_serving_needs_current_and_every_service_healthy():
 
 def test_smoke_results_parse_pass_and_fail():
     results = SmokeResults().process(["PASS healthz answered ok", "FAIL verify-whatsapp expected 'x', got ''"])
-    assert results == {"healthz": (True, "answered ok"), "verify-whatsapp": (False, "expected 'x', got ''")}
+    assert results == (
+        SmokeCheck("healthz", True, "answered ok"), SmokeCheck("verify-whatsapp", False, "expected 'x', got ''"),
+    )
+    assert SmokeResults().default() == ()
 
 
 def test_smoke_without_any_result_is_a_failure():
@@ -194,8 +172,8 @@ def test_changed_settings_change_the_archive(secret_env):
 
 def test_manifest_lists_migrations_with_checksums(secret_env):
     manifest = build_release(settings_for_stage("production", secret_env), "v1.0.0").manifest
-    assert [m["filename"] for m in manifest["migrations"]] == sorted(m["filename"] for m in manifest["migrations"])
-    assert all(len(m["sha256"]) == 64 for m in manifest["migrations"])
+    assert [m.filename for m in manifest.migrations] == sorted(m.filename for m in manifest.migrations)
+    assert all(len(m.sha256) == 64 for m in manifest.migrations)
 
 
 def test_deterministic_tar_ignores_insertion_order():
