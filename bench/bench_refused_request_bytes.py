@@ -40,6 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from restobot import meta_payloads
+from restobot.commands import container_exec, psql
 from restobot.harness import acme as harness_acme
 from restobot.harness import meta_double as harness_meta
 from restobot.harness import vps as harness_vps
@@ -56,7 +57,6 @@ from tests.e2e.conftest import (
 )
 from tests.e2e.rawhttp import Edge, exchange, fetch_root
 
-PSQL = 'exec psql -X -At -F "|" -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$0"'
 TABLE_SIZES = ("select c.relname, pg_total_relation_size(c.oid) from pg_class c "
                "join pg_namespace n on n.oid = c.relnamespace "
                "where c.relkind in ('r', 'p', 'm') and n.nspname = 'public'")
@@ -83,8 +83,9 @@ class Stack:
     endpoint: object
     settings: Settings
 
-    def sql(self, query: str) -> str:
-        return vps_exec(self.endpoint, "docker", "exec", "resto-postgres-1", "sh", "-c", PSQL, query,
+    def sql(self, query: str, variables: dict[str, str] | None = None) -> str:
+        """``query`` in the stack's database; values as psql variables (``:'name'``)."""
+        return vps_exec(self.endpoint, *container_exec("resto-postgres-1", psql(query, variables)),
                         timeout=120).stdout.strip()
 
     def sizes(self) -> Sizes:
@@ -97,7 +98,7 @@ class Stack:
         return Sizes(int(database), {name: int(size) for name, size in tables.items()}, lsn, int(events), int(last))
 
     def wal_bytes(self, since: str) -> int:
-        return int(float(self.sql(f"select pg_wal_lsn_diff(pg_current_wal_lsn(), '{since}')")))
+        return int(float(self.sql("select pg_wal_lsn_diff(pg_current_wal_lsn(), :'since'::pg_lsn)", {"since": since})))
 
 
 # --- the requests ------------------------------------------------------------------------------

@@ -95,11 +95,12 @@ class Target:
         assert result.rc == 0, f"psql failed ({result.rc}): {result.stderr.strip()[-300:]}"
         return result.stdout.strip()
 
-    def sql_until(self, query: str, done, timeout: float, interval: float = 0.5) -> str:
+    def sql_until(self, query: str, done, timeout: float, interval: float = 0.5,
+                  variables: dict[str, str] | None = None) -> str:
         """Poll ``query`` until ``done(output)`` or ``timeout`` seconds (bounded)."""
         deadline = time.monotonic() + timeout
         while True:
-            output = self.sql(query)
+            output = self.sql(query, variables)
             if done(output) or time.monotonic() >= deadline:
                 return output
             time.sleep(interval)

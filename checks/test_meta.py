@@ -15,7 +15,7 @@ import urllib.parse
 import pytest
 from conftest import CHANNELS, manual, sha256
 
-from restobot import checklist, meta_payloads
+from restobot import meta_payloads
 
 
 def _verify_path(channel: str, token: str, challenge: str) -> str:
@@ -80,8 +80,9 @@ def test_bad_signature_is_refused_and_recorded(target, channel, evidence):
         f"badly-signed POST /v1/inbound/{channel} answered {answer.status} {answer.text[:80]!r}, want 403"
     )
     query = ("select count(*) from security_events where event_type = 'SIGNATURE_INVALID' "
-             f"and channel = {checklist.sql_literal(channel)} and created_at >= {checklist.sql_literal(since)}")
-    count = target.sql_until(query, lambda out: out not in ("", "0"), timeout=10)
+             "and channel = :'channel' and created_at >= :'since'::timestamptz")
+    count = target.sql_until(query, lambda out: out not in ("", "0"), timeout=10,
+                             variables={"channel": channel, "since": since})
     assert count not in ("", "0"), "the refused badly-signed POST left no SIGNATURE_INVALID row in security_events"
     evidence("403, SIGNATURE_INVALID recorded")
 
@@ -150,15 +151,14 @@ def test_signed_message_produces_an_outbound_reply(target, channel, evidence):
     query = (
         "select coalesce((select string_agg(concat_ws('|', o.status, o.provider_message_id, o.error_code, "
         "left(o.error_message, 120)), ';') from outbound_messages o join inbound_messages i "
-        f"on i.id = o.inbound_message_id where i.channel = {checklist.sql_literal(channel)} "
-        f"and i.msg_id = {checklist.sql_literal(message_id)}), "
+        "on i.id = o.inbound_message_id where i.channel = :'channel' and i.msg_id = :'message_id'), "
         "'no outbound row; inbound ' || coalesce((select status || ' ' || coalesce(status_reason, '') "
-        f"from inbound_messages where channel = {checklist.sql_literal(channel)} "
-        f"and msg_id = {checklist.sql_literal(message_id)}), 'not stored'))"
+        "from inbound_messages where channel = :'channel' and msg_id = :'message_id'), 'not stored'))"
     )
     # A first attempt that failed (RETRY with its error) ends the wait: the reply did not go out.
     row = target.sql_until(query, lambda out: out.split("|")[0] in ("SENT", "DLQ", "RETRY"),
-                           timeout=target.settings.checks.outbound_timeout_seconds)
+                           timeout=target.settings.checks.outbound_timeout_seconds,
+                           variables={"channel": channel, "message_id": message_id})
     assert row.startswith("SENT|") and row.split("|")[1], (
         f"{channel}: the reply to test message {message_id} is not sent after "
         f"{time.monotonic() - started:.0f} s: {row}"

@@ -395,10 +395,6 @@ def cron_period_seconds(schedule: str) -> int:
     return int(minute[2:]) * 60 if minute.startswith("*/") else 60
 
 
-def sql_literal(value: str) -> str:
-    return "'" + value.replace("'", "''") + "'"
-
-
 # --- the report ----------------------------------------------------------------
 
 

@@ -49,7 +49,7 @@ from collections.abc import Callable, Sequence
 import pytest
 
 from restobot import meta_payloads
-from restobot.checklist import sql_literal
+from restobot.commands import container_exec, psql
 from restobot.settings import Settings, load_settings
 from tests.e2e.rawhttp import Answer, Edge, exchange, fetch_root
 
@@ -65,7 +65,6 @@ KIB = 1024
 SENTINEL_TIMEOUT = 30.0
 # Execution modes no client request can start: the scheduler's and sub-workflows'.
 BACKGROUND_MODES = ("trigger", "integrated")
-AUDIT_TABLE = "e2e_hostile_execution_audit"
 
 
 # --- building requests ---------------------------------------------------------------
@@ -334,38 +333,38 @@ docker exec resto-n8n-main-1 wget -qO- http://127.0.0.1:5678/metrics | awk '
   /^# HELP n8n_webhook_request_duration_seconds / {webhooks = 1}
   /^n8n_(http_request|webhook_request|form_submission)_duration_seconds_count[{ ]/ {sum += $NF}
   END {printf "n8n_requests=%d\nwebhooks_counted=%d\n", sum, webhooks}'
-docker exec resto-postgres-1 sh -c \
-  'exec psql -X -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$0"' "$1"
+printf '%s\n' "$1" | docker exec -i resto-postgres-1 sh -c \
+  'exec psql -X -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" --set=marker="$0"' "$2"
 docker logs resto-nginx-1 2>/dev/null | awk '$NF != "-" {n++} END {printf "nginx_forwards=%d\n", n}'
 """
 
 
-def sentinel_query(marker: str | None) -> str:
-    background = ", ".join(sql_literal(mode) for mode in BACKGROUND_MODES)
-    marked = "false" if marker is None else f"strpos(e::text, {sql_literal(marker)}) > 0"
-    return (
-        "select 'security_events=' || count(*) from security_events "
-        f"union all select 'marked_events=' || count(*) from security_events e where {marked} "
-        f"union all select 'client_executions=' || count(*) from {AUDIT_TABLE} where mode not in ({background}) "
-        "union all select 'execution_ids=' || last_value from execution_entity_id_seq"
-    )
+# The marker travels as the psql variable :'marker' (empty: no case marker to look for).
+SENTINEL_QUERY = (
+    "select 'security_events=' || count(*) from security_events "
+    "union all select 'marked_events=' || count(*) from security_events e "
+    "where :'marker' <> '' and strpos(e::text, :'marker') > 0 "
+    "union all select 'client_executions=' || count(*) from e2e_hostile_execution_audit "
+    "where mode not in ('trigger', 'integrated') "
+    "union all select 'execution_ids=' || last_value from execution_entity_id_seq"
+)
 
 
-AUDIT_INSTALL = f"""
-create unlogged table if not exists {AUDIT_TABLE} (
+AUDIT_INSTALL = """
+create unlogged table if not exists e2e_hostile_execution_audit (
     id bigint, workflow_id text, mode text, seen_at timestamptz not null default clock_timestamp());
-create or replace function {AUDIT_TABLE}_record() returns trigger language plpgsql as $$
+create or replace function e2e_hostile_execution_audit_record() returns trigger language plpgsql as $$
 begin
-    insert into {AUDIT_TABLE} (id, workflow_id, mode) values (new.id, new."workflowId", new.mode);
+    insert into e2e_hostile_execution_audit (id, workflow_id, mode) values (new.id, new."workflowId", new.mode);
     return null;
 end $$;
-create or replace trigger {AUDIT_TABLE}_trigger after insert on execution_entity
-    for each row execute function {AUDIT_TABLE}_record();
+create or replace trigger e2e_hostile_execution_audit_trigger after insert on execution_entity
+    for each row execute function e2e_hostile_execution_audit_record();
 """
-AUDIT_REMOVE = f"""
-drop trigger if exists {AUDIT_TABLE}_trigger on execution_entity;
-drop function if exists {AUDIT_TABLE}_record();
-drop table if exists {AUDIT_TABLE};
+AUDIT_REMOVE = """
+drop trigger if exists e2e_hostile_execution_audit_trigger on execution_entity;
+drop function if exists e2e_hostile_execution_audit_record();
+drop table if exists e2e_hostile_execution_audit;
 """
 
 
@@ -375,13 +374,12 @@ class N8nSide:
     def __init__(self, stack) -> None:
         self.stack = stack
 
-    def sql(self, query: str) -> str:
-        return self.stack.ssh("docker", "exec", "resto-postgres-1", "sh", "-c",
-                              'exec psql -X -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$0"',
-                              query).stdout.strip()
+    def sql(self, query: str, variables: dict[str, str] | None = None) -> str:
+        """``query`` in the stack's database; values as psql variables (``:'name'``)."""
+        return self.stack.ssh(*container_exec("resto-postgres-1", psql(query, variables))).stdout.strip()
 
     def read(self, marker: str | None = None) -> Sentinels:
-        output = self.stack.ssh("sh", "-c", SENTINEL_SCRIPT, "sentinels", sentinel_query(marker)).stdout
+        output = self.stack.ssh("sh", "-c", SENTINEL_SCRIPT, "sentinels", SENTINEL_QUERY, marker or "").stdout
         values = dict(line.split("=", 1) for line in output.split() if "=" in line)
         return Sentinels(**{field.name: int(values[field.name]) for field in dataclasses.fields(Sentinels)})
 
@@ -390,8 +388,8 @@ class N8nSide:
         return poll(lambda: self.read(marker), done, what, timeout)
 
     def sql_until(self, query: str, done: Callable[[str], bool], what: str,
-                  timeout: float = SENTINEL_TIMEOUT) -> str:
-        return poll(lambda: self.sql(query), done, what, timeout)
+                  timeout: float = SENTINEL_TIMEOUT, variables: dict[str, str] | None = None) -> str:
+        return poll(lambda: self.sql(query, variables), done, what, timeout)
 
 
 def poll(read, done, what: str, timeout: float, interval: float = 0.3):
@@ -534,12 +532,14 @@ def test_verify_handshake_starts_one_client_execution_through_the_gateway(edge, 
 
 def test_n8n_writes_a_row_for_an_unsaved_execution_then_deletes_it(edge, settings, n8n):
     """Why the audit trigger counts executions: W0 saves nothing, yet its row is written (and later erased)."""
-    last = int(n8n.sql(f"select coalesce(max(id), 0) from {AUDIT_TABLE}"))
+    last = n8n.sql("select coalesce(max(id), 0) from e2e_hostile_execution_audit")
     send_control(edge, settings)
-    execution = n8n.sql_until(f"select min(id) from {AUDIT_TABLE} where id > {last} and mode = 'webhook'",
-                              lambda found: found != "", "the handshake's execution row")
-    n8n.sql_until(f"select count(*) from execution_entity where id = {int(execution)}", lambda count: count == "0",
-                  f"execution {execution} (saved: none) erased from execution_entity", timeout=150)
+    execution = n8n.sql_until("select min(id) from e2e_hostile_execution_audit "
+                              "where id > :'last'::bigint and mode = 'webhook'",
+                              lambda found: found != "", "the handshake's execution row", variables={"last": last})
+    n8n.sql_until("select count(*) from execution_entity where id = :'id'::bigint", lambda count: count == "0",
+                  f"execution {execution} (saved: none) erased from execution_entity", timeout=150,
+                  variables={"id": execution})
 
 
 def test_signed_post_moves_the_request_counter_and_starts_one_client_execution(edge, settings, n8n):
@@ -597,9 +597,9 @@ def test_edge_refuses_it_and_n8n_never_sees_it(case, edge, settings, n8n, names)
 
 def event_of(n8n: N8nSide, marker: str) -> str:
     """'event_type|source_ip' of the security_events row holding ``marker`` (bounded wait)."""
-    return n8n.sql_until(f"select event_type || '|' || coalesce(host(source_ip), '') from security_events e "
-                         f"where strpos(e::text, {sql_literal(marker)}) > 0", lambda row: row != "",
-                         f"a security_events row holding {marker}")
+    return n8n.sql_until("select event_type || '|' || coalesce(host(source_ip), '') from security_events e "
+                         "where strpos(e::text, :'marker') > 0", lambda row: row != "",
+                         f"a security_events row holding {marker}", variables={"marker": marker})
 
 
 def recorded_refusal(edge: Edge, n8n: N8nSide, names: Names, case: str, *headers: str) -> tuple[Answer, str, str]:

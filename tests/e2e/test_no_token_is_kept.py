@@ -16,6 +16,7 @@ import urllib.parse
 import pytest
 
 from restobot import checklist, meta_payloads
+from restobot.commands import container_exec, psql
 from restobot.settings import read_env_file, secrets_file
 
 pytestmark = pytest.mark.e2e
@@ -80,25 +81,24 @@ WEBHOOK_WORKFLOWS = ("RbW0MetaVerify00", "RbW1InWhatsApp00", "RbW1InInstagram0",
                      "RbW9DlqReplay000")
 
 
-def psql(stack, query: str) -> str:
-    return stack.ssh("docker", "exec", "resto-postgres-1", "sh", "-c",
-                     'exec psql -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$0"', query).stdout.strip()
+def sql(stack, query: str, variables: dict[str, str] | None = None) -> str:
+    return stack.ssh(*container_exec("resto-postgres-1", psql(query, variables))).stdout.strip()
 
 
 @pytest.fixture(scope="module")
 def executions_erased(deployed_stack, sent_tokens) -> None:
     """Wait (bounded) until n8n has erased the webhook executions it wrote while they ran."""
-    ids = ", ".join(f"'{workflow}'" for workflow in WEBHOOK_WORKFLOWS)
-    query = f'select count(*) from execution_entity where "workflowId" in ({ids})'
+    query = """select count(*) from execution_entity where "workflowId" = any(string_to_array(:'ids', ','))"""
+    ids = {"ids": ",".join(WEBHOOK_WORKFLOWS)}
     deadline = time.monotonic() + 240
-    while (left := psql(deployed_stack, query)) != "0":
+    while (left := sql(deployed_stack, query, ids)) != "0":
         assert time.monotonic() < deadline, f"{left} webhook executions still stored after 240 s"
         time.sleep(5)
 
 
 def test_the_refusals_were_recorded(deployed_stack, sent_tokens):
     """The requests did reach n8n: the search below is not vacuous."""
-    counts = psql(deployed_stack, "select event_type, count(*) from security_events where event_type in "
+    counts = sql(deployed_stack, "select event_type, count(*) from security_events where event_type in "
                                   "('VERIFY_TOKEN_INVALID', 'AUTH_FAILED', 'SIGNATURE_INVALID') group by 1").split()
     recorded = dict(line.split("|") for line in counts)
     assert {kind: int(count) >= len(CHANNELS) for kind, count in recorded.items()} == {

@@ -94,10 +94,6 @@ def test_hsts_max_age(header, age):
     assert checklist.hsts_max_age(header) == age
 
 
-def test_sql_literal_doubles_quotes():
-    assert checklist.sql_literal("it's") == "'it''s'"
-
-
 def test_split_address():
     assert checklist.split_address("127.0.0.1:8443") == ("127.0.0.1", 8443)
     assert checklist.split_address("[::1]:443") == ("::1", 443)
