@@ -18,7 +18,7 @@ from pyinfra import host, state
 
 from restobot.commands import HostLayout
 from restobot.operations import backup, database, images, lock, provision, release, stack
-from restobot.release import build_release, private_tempdir, release_name_from_git
+from restobot.release_archive import build_release, private_tempdir, release_name_from_git
 from restobot.settings import REPO_ROOT, settings_for
 
 started = time.monotonic()

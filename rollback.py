@@ -18,12 +18,12 @@ from pyinfra.api.exceptions import DeployError
 from restobot.commands import HostLayout
 from restobot.facts.deploy import (
     AppliedMigrations,
-    Backups,
+    PreDeployDumps,
     DeployState,
     ReleaseManifestOnHost,
 )
 from restobot.operations import database, images, lock, stack
-from restobot.rollback import RollbackRefused, plan_rollback, resolve_release
+from restobot.rollback_plan import RollbackRefused, plan_rollback, resolve_release
 from restobot.settings import settings_for
 
 started = time.monotonic()
@@ -41,7 +41,7 @@ try:
         identifier,
         manifest,
         host.get_fact(AppliedMigrations),
-        host.get_fact(Backups, backups_dir=layout.backups_dir),
+        host.get_fact(PreDeployDumps, backups_dir=layout.backups_dir),
         restore_backup=str(host.data.get("restore_backup", "")).lower() in ("1", "true", "yes"),
     )
 except RollbackRefused as refused:

@@ -26,7 +26,7 @@ def main() -> int:
     times = []
     for run in range(1, args.runs + 1):
         started = time.monotonic()
-        proc = subprocess.run([sys.executable, "-m", "restobot.checklist", "--inventory", args.inventory,
+        proc = subprocess.run([sys.executable, "-m", "restobot.golive", "--inventory", args.inventory,
                                "--workers", str(args.workers), *extra], cwd=REPO_ROOT, capture_output=True, text=True)
         seconds = time.monotonic() - started
         times.append(seconds)

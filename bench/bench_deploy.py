@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from restobot import meta_payloads  # noqa: E402
-from restobot.harness import acme as harness_acme  # noqa: E402
-from restobot.harness.stage import local_stage_tree  # noqa: E402
+from harness import acme as harness_acme  # noqa: E402
+from harness.stage import local_stage_tree  # noqa: E402
 from restobot.operations.lock import NON_IDEMPOTENT_OPERATIONS  # noqa: E402
 from restobot.secrets import ensure_secrets_file  # noqa: E402
 from restobot.settings import read_env_file, secrets_file  # noqa: E402

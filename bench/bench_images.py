@@ -14,7 +14,7 @@ import statistics
 import time
 from collections.abc import Callable
 
-from restobot.harness import images
+from harness import images
 
 
 def _measure(step: Callable[[], list], rounds: int) -> tuple[float, list[str]]:

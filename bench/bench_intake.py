@@ -1,6 +1,6 @@
 """Webhook intake through the Nginx gateway and direct to n8n, in the same run.
 
-Starts the test stack (tests/integration/workflows_stack.py, n8n main + worker
+Starts the test stack (harness/workflows_stack.py, n8n main + worker
 in queue mode), imports the workflows, then measures p50/p99 of the GET verify
 and of a signed WhatsApp POST, the sustained messages/s with N concurrent
 senders, and checks that every accepted message landed exactly once in
@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from restobot import meta_payloads as meta
 from restobot import workflows
-from tests.integration.workflows_stack import Stack, http
+from harness.workflows_stack import Stack, http
 
 
 def pct(values: list[float], q: float) -> float:

@@ -1,6 +1,6 @@
 """Benchmark provisioning: a fresh VPS, the no-op re-run, and its remote commands.
 
-Starts a brand new local VPS container of its own (restobot/harness/vps.py,
+Starts a brand new local VPS container of its own (harness/vps.py,
 name ``restobot-vps-bench-provision``, free ports on 127.0.0.1), then runs the
 real CLI ``pyinfra INVENTORY DEPLOY -y --json`` (the e2e tests' helpers):
 
@@ -13,7 +13,7 @@ real CLI ``pyinfra INVENTORY DEPLOY -y --json`` (the e2e tests' helpers):
 
     .venv/bin/python bench/bench_provision.py [--runs N] [--keep]
 
-``--keep`` leaves the container running (``python -m restobot.harness.vps down
+``--keep`` leaves the container running (``python -m harness.vps down
 --name restobot-vps-bench-provision`` removes it).
 """
 
@@ -49,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the VPS container running")
     args = parser.parse_args(argv)
 
-    from restobot.harness import vps
+    from harness import vps
 
     ensure_secrets_file(secrets_file("local"))
     print(f"Starting a fresh VPS container ({CONTAINER})...", flush=True)

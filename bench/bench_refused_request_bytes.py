@@ -41,10 +41,10 @@ sys.path.insert(0, str(REPO))
 
 from restobot import meta_payloads
 from restobot.commands import container_exec, psql
-from restobot.harness import acme as harness_acme
-from restobot.harness import meta_double as harness_meta
-from restobot.harness import vps as harness_vps
-from restobot.harness.stage import local_stage_tree
+from harness import acme as harness_acme
+from harness import meta_double as harness_meta
+from harness import vps as harness_vps
+from harness.stage import local_stage_tree
 from restobot.secrets import ensure_secrets_file
 from restobot.settings import Settings, load_settings, secrets_file
 from tests.e2e.conftest import (
@@ -55,7 +55,7 @@ from tests.e2e.conftest import (
     vps_exec,
     write_inventory,
 )
-from tests.e2e.rawhttp import Edge, exchange, fetch_root
+from harness.rawhttp import Edge, exchange, fetch_root
 
 TABLE_SIZES = ("select c.relname, pg_total_relation_size(c.oid) from pg_class c "
                "join pg_namespace n on n.oid = c.relnamespace "

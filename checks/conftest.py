@@ -1,4 +1,4 @@
-"""The go-live checklist as pytest-testinfra checks (run: python -m restobot.checklist --inventory FILE).
+"""The go-live checklist as pytest-testinfra checks (run: python -m restobot.golive --inventory FILE).
 
 Every check gets ``target``: one host of the inventory the deploy uses, with
 its validated settings, a testinfra host (paramiko, host key checked) and the
@@ -19,7 +19,7 @@ from typing import Any, NoReturn
 import pytest
 from pydantic import SecretStr
 
-from restobot import checklist
+from restobot import golive
 from restobot.commands import COMPOSE_PROJECT, HostLayout, container_exec, psql
 from restobot.settings import Settings, load_settings
 
@@ -33,8 +33,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 @functools.cache
-def _hosts(path: str) -> list[checklist.InventoryHost]:
-    return checklist.load_inventory_file(Path(path))
+def _hosts(path: str) -> list[golive.InventoryHost]:
+    return golive.load_inventory_file(Path(path))
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -45,7 +45,7 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 def manual(what: str) -> NoReturn:
     """End the check as ``manual``: ``what`` says what the operator must confirm."""
-    pytest.skip(f"{checklist.MANUAL_PREFIX} {what}")
+    pytest.skip(f"{golive.MANUAL_PREFIX} {what}")
 
 
 def container(service: str) -> str:
@@ -60,7 +60,7 @@ class Target:
 
     @functools.cached_property
     def host(self):
-        return checklist.connect(self.data)
+        return golive.connect(self.data)
 
     @property
     def layout(self) -> HostLayout:
@@ -73,12 +73,12 @@ class Target:
         """Where a client connects for a public name: the override (curl --connect-to), or the name itself."""
         override = self.settings.checks.public_address if tls else self.settings.checks.public_http_address
         if override:
-            return checklist.split_address(override)
+            return golive.split_address(override)
         return (self.public_name(which), 443 if tls else 80)
 
-    def request(self, which: str, path: str, **kwargs: Any) -> checklist.Response:
+    def request(self, which: str, path: str, **kwargs: Any) -> golive.Response:
         tls = kwargs.pop("tls", True)
-        return checklist.http_request(
+        return golive.http_request(
             self.public_name(which), path, address=self.address_for(which, tls=tls), tls=tls,
             ca_bundle=self.settings.checks.ca_bundle, timeout=self.settings.checks.http_timeout_seconds, **kwargs)
 
@@ -137,7 +137,7 @@ class Target:
 
 @pytest.fixture(scope="session")
 def target(request: pytest.FixtureRequest) -> Target:
-    host: checklist.InventoryHost = request.param
+    host: golive.InventoryHost = request.param
     return Target(host.name, dict(host.data), load_settings(host.data["resto"]))
 
 

@@ -12,7 +12,7 @@ import shlex
 import pytest
 from conftest import NAMES, manual
 
-from restobot import checklist
+from restobot import golive
 
 pytestmark = pytest.mark.outside
 
@@ -26,7 +26,7 @@ def _path(which: str) -> str:
 @pytest.mark.parametrize("which", NAMES)
 def test_certificate_chain_is_valid_for_the_name(target, which, evidence):
     name = target.public_name(which)
-    cert = checklist.inspect_certificate(name, target.address_for(which), target.settings.checks.ca_bundle)
+    cert = golive.inspect_certificate(name, target.address_for(which), target.settings.checks.ca_bundle)
     assert cert.verified, f"{name}: chain does not verify: {cert.error} (SANs {', '.join(cert.subject_names)})"
     assert name in cert.subject_names, f"{name} is not among the certificate's SANs {cert.subject_names}"
     evidence(f"verified, SANs {', '.join(cert.subject_names)}")
@@ -36,7 +36,7 @@ def test_certificate_chain_is_valid_for_the_name(target, which, evidence):
 def test_certificate_is_not_expiring_soon(target, which, evidence):
     name = target.public_name(which)
     minimum = target.settings.checks.certificate_min_days
-    cert = checklist.inspect_certificate(name, target.address_for(which), target.settings.checks.ca_bundle)
+    cert = golive.inspect_certificate(name, target.address_for(which), target.settings.checks.ca_bundle)
     days = cert.days_left(datetime.datetime.now(datetime.timezone.utc))
     assert days is not None and days >= minimum, (
         f"{name}: certificate expires {cert.not_after:%Y-%m-%d %H:%M} UTC, in {days:.1f} days "
@@ -47,7 +47,7 @@ def test_certificate_is_not_expiring_soon(target, which, evidence):
 
 @pytest.mark.parametrize("which", NAMES)
 def test_tls_below_1_2_is_refused(target, which, evidence):
-    refused, detail = checklist.legacy_tls_refused(target.public_name(which), target.address_for(which))
+    refused, detail = golive.legacy_tls_refused(target.public_name(which), target.address_for(which))
     assert refused, f"{target.public_name(which)}: {detail} (minVersion must be TLS 1.2)"
     evidence(detail)
 
@@ -56,7 +56,7 @@ def test_tls_below_1_2_is_refused(target, which, evidence):
 def test_hsts_is_set_for_at_least_a_year(target, which, evidence):
     answer = target.request(which, _path(which))
     value = answer.header("strict-transport-security")
-    age = checklist.hsts_max_age(value)
+    age = golive.hsts_max_age(value)
     assert age is not None and age >= HSTS_MIN_SECONDS, (
         f"https://{target.public_name(which)}{_path(which)} answered {answer.status} with "
         f"Strict-Transport-Security {value!r} (want max-age >= {HSTS_MIN_SECONDS})"
@@ -137,8 +137,8 @@ def test_console_refuses_an_address_outside_the_allowlist(target, evidence):
     as a client from that address on the internet would arrive.
     """
     allowlist = target.settings.console.ip_allowlist
-    addresses = checklist.parse_ip_addr(target.run("ip", "-o", "-4", "addr", "show").stdout)
-    outside = checklist.addresses_outside(allowlist, addresses)
+    addresses = golive.parse_ip_addr(target.run("ip", "-o", "-4", "addr", "show").stdout)
+    outside = golive.addresses_outside(allowlist, addresses)
     if not outside:
         manual(f"every address of the VPS ({', '.join(addresses)}) is in the allowlist: from a network outside "
                f"{', '.join(allowlist)}, open https://{target.public_name('console')}/ and confirm a 403")

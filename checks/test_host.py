@@ -9,9 +9,9 @@ import paramiko
 import pytest
 from conftest import container, manual
 
-from restobot import checklist
+from restobot import golive
 from restobot.commands import LONG_RUNNING_SERVICES
-from restobot.inventory import changed_key_message, pinned_host_keys
+from restobot.hosts import changed_key_message, pinned_host_keys
 from restobot.settings import REPO_ROOT
 
 ENV_FILES = sorted(path.name.removesuffix(".j2") for path in (REPO_ROOT / "templates" / "env").glob("*.env.j2"))
@@ -96,10 +96,10 @@ def test_redis_queue_is_under_threshold(target, evidence):
 # --- firewall, SSH, exposure -------------------------------------------------------------
 
 
-def _ufw(target) -> checklist.UfwStatus:
+def _ufw(target) -> golive.UfwStatus:
     result = target.host.run("ufw status verbose")
     assert result.rc == 0, f"ufw status: {result.stderr.strip()}"
-    return checklist.parse_ufw_status(result.stdout)
+    return golive.parse_ufw_status(result.stdout)
 
 
 def test_firewall_is_active_and_denies_incoming_by_default(target, evidence):
@@ -110,7 +110,7 @@ def test_firewall_is_active_and_denies_incoming_by_default(target, evidence):
 
 
 def test_firewall_allows_only_the_configured_ports(target, evidence):
-    allowed = checklist.allowed_ports(_ufw(target))
+    allowed = golive.allowed_ports(_ufw(target))
     wanted = set(target.settings.host.open_ports)
     assert allowed == wanted, (
         f"ufw allows {sorted(allowed)}; want exactly {sorted(wanted)}"
@@ -122,14 +122,14 @@ def test_firewall_allows_only_the_configured_ports(target, evidence):
 def _sshd(target) -> dict[str, str]:
     result = target.host.run("sshd -T 2>/dev/null || /usr/sbin/sshd -T")
     assert result.rc == 0, f"sshd -T: {result.stderr.strip()}"
-    return checklist.parse_sshd_t(result.stdout)
+    return golive.parse_sshd_t(result.stdout)
 
 
 @pytest.mark.parametrize("keyword", ["passwordauthentication", "kbdinteractiveauthentication",
                                      "permitemptypasswords", "permitrootlogin"])
 def test_sshd_effective_setting(target, keyword, evidence):
     want = target.settings.host.permit_root_login if keyword == "permitrootlogin" else "no"
-    value = checklist.sshd_value(_sshd(target), keyword)
+    value = golive.sshd_value(_sshd(target), keyword)
     assert value == want, f"sshd -T: {keyword} {value}, want {want}"
     evidence(f"{keyword} {value}")
 
@@ -142,7 +142,7 @@ def test_ssh_host_key_is_pinned(target, evidence):
                     f"{ssh.how_to_record_key()}")
     strict = target.data.get("ssh_strict_host_key_checking")
     assert strict == "yes", (f"the inventory's host connects with ssh_strict_host_key_checking={strict!r}, want 'yes' "
-                             "(make its entry with restobot.inventory.vps(SETTINGS))")
+                             "(make its entry with restobot.hosts.vps(SETTINGS))")
     try:
         presented = target.host.backend.client.get_transport().get_remote_server_key()
     except paramiko.BadHostKeyException as error:
@@ -156,7 +156,7 @@ def test_ssh_host_key_is_pinned(target, evidence):
 def test_only_public_ports_listen_on_external_addresses(target, evidence):
     result = target.host.run("ss -Hltn")
     assert result.rc == 0, f"ss: {result.stderr.strip()}"
-    ports = checklist.external_listener_ports(checklist.parse_listeners(result.stdout))
+    ports = golive.external_listener_ports(golive.parse_listeners(result.stdout))
     extra = ports - set(target.settings.host.open_ports)
     assert not extra, (
         f"listening on non-loopback addresses: {sorted(extra)} beyond {sorted(target.settings.host.open_ports)} "
@@ -168,7 +168,7 @@ def test_only_public_ports_listen_on_external_addresses(target, evidence):
 def test_only_traefik_publishes_ports(target, evidence):
     result = target.run("docker", "ps", "--format", "{{.Names}}\t{{.Ports}}")
     assert result.rc == 0, f"docker ps: {result.stderr.strip()}"
-    published = checklist.published_ports(result.stdout)
+    published = golive.published_ports(result.stdout)
     others = {name: ports for name, ports in published.items() if name != container("traefik")}
     assert not others, f"containers publishing ports besides Traefik: {others}"
     traefik = published.get(container("traefik"), [])
@@ -189,7 +189,7 @@ def _exposure_address(target) -> str:
 def test_internal_port_is_closed_from_outside(target, name, evidence):
     address = _exposure_address(target)
     port = INTERNAL_PORTS[name]
-    assert not checklist.port_open(address, port), f"{address}:{port} ({name}) accepts connections from outside"
+    assert not golive.port_open(address, port), f"{address}:{port} ({name}) accepts connections from outside"
     evidence(f"{address}:{port} closed")
 
 
@@ -197,7 +197,7 @@ def test_internal_port_is_closed_from_outside(target, name, evidence):
 def test_public_port_is_open_from_outside(target, port, evidence):
     """The control of the check above: the probed address is the VPS's (its public ports answer)."""
     address = _exposure_address(target)
-    assert checklist.port_open(address, port, timeout=3), f"{address}:{port} does not answer from outside"
+    assert golive.port_open(address, port, timeout=3), f"{address}:{port} does not answer from outside"
     evidence(f"{address}:{port} open")
 
 
@@ -227,7 +227,7 @@ def _leaked(target, command: str) -> set[str]:
     """Names of the settings' secrets found in the output of ``command`` (patterns sent on stdin, fd 3)."""
     found = target.secrets()
     patterns = "\n".join(found.values()).encode() + b"\n"
-    rc, stdout, stderr = checklist.run_with_stdin(target.host, f"exec 3<&0 </dev/null; {command}", patterns)
+    rc, stdout, stderr = golive.run_with_stdin(target.host, f"exec 3<&0 </dev/null; {command}", patterns)
     assert rc in (0, 1), f"`{command}` failed ({rc}): {stderr.decode(errors='replace')[-300:]}"
     matches = set(stdout.decode(errors="replace").split("\n"))
     return {name for name, value in found.items() if value in matches}
@@ -248,7 +248,7 @@ def test_no_secret_in_world_readable_files(target, evidence):
                "| xargs -0 -r grep -ohF -f /dev/fd/3 | sort -u")
     leaked = _leaked(target, command)
     if leaked:
-        names = checklist.run_with_stdin(
+        names = golive.run_with_stdin(
             target.host,
             f"exec 3<&0 </dev/null; find {base} -path {base}/backups -prune -o -type f -perm -o=r -size -5M -print0 "
             "| xargs -0 -r grep -lF -f /dev/fd/3",

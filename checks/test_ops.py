@@ -8,7 +8,7 @@ import time
 import pytest
 from conftest import container, manual
 
-from restobot import checklist
+from restobot import golive
 
 # --- backups --------------------------------------------------------------------------------
 
@@ -33,7 +33,7 @@ def test_cron_daemon_is_running(target, evidence):
 
 def test_latest_backup_is_newer_than_its_period(target, evidence):
     stamp = f"{_scheduled_dir(target)}/last-success"
-    period = checklist.cron_period_seconds(target.settings.backup.schedule)
+    period = golive.cron_period_seconds(target.settings.backup.schedule)
     allowed = int(period * 1.1) + 600  # the run's own duration and clock drift
     result = target.host.run(f"now=$(date +%s); m=$(stat -c %Y {stamp}) && echo $((now - m))")
     assert result.rc == 0 and result.stdout.strip().isdigit(), (
@@ -67,10 +67,10 @@ def test_latest_backup_restores_with_the_same_row_counts(target, evidence):
 # --- monitoring and alerts ---------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("threshold", sorted(checklist.RUNBOOK_THRESHOLDS))
+@pytest.mark.parametrize("threshold", sorted(golive.RUNBOOK_THRESHOLDS))
 def test_threshold_is_within_the_runbook(target, threshold, evidence):
     value = getattr(target.settings.monitoring, threshold)
-    limit = checklist.RUNBOOK_THRESHOLDS[threshold]
+    limit = golive.RUNBOOK_THRESHOLDS[threshold]
     assert value <= limit, f"monitoring.{threshold} is {value}, above the runbook's alert threshold {limit}"
     evidence(f"{threshold} = {value} (runbook: {limit})")
 

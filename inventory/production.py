@@ -4,7 +4,7 @@ Secrets are not here: export them (META_APP_SECRET, ...) or write them to the
 git-ignored secrets/production.env (see README.md).
 """
 
-from restobot.inventory import vps
+from restobot.hosts import vps
 
 SETTINGS = {
     "stage": "production",

@@ -1,6 +1,6 @@
 """Staging: a second VPS that receives `develop` before production gets `main`."""
 
-from restobot.inventory import vps
+from restobot.hosts import vps
 
 SETTINGS = {
     "stage": "staging",

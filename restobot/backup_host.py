@@ -163,7 +163,7 @@ def scratch_argvs(container: str, live_database: str, scratch: str) -> tuple[lis
 
 
 @dataclasses.dataclass(frozen=True)
-class Backup:
+class NightlyBackup:
     stamp: datetime.datetime
     dump: Path
 
@@ -176,13 +176,13 @@ class Backup:
         return Path(str(self.dump)[: -len(".dump")] + ".json")
 
 
-def complete_backups(directory: Path) -> list[Backup]:
+def complete_backups(directory: Path) -> list[NightlyBackup]:
     """The backups of ``directory`` whose metadata was written (complete ones), newest first."""
     backups = []
     for path in directory.glob(f"{DUMP_PREFIX}*.dump"):
         stamp = dump_stamp(path.name)
-        if stamp is not None and Backup(stamp, path).metadata.is_file():
-            backups.append(Backup(stamp, path))
+        if stamp is not None and NightlyBackup(stamp, path).metadata.is_file():
+            backups.append(NightlyBackup(stamp, path))
     return sorted(backups, key=lambda backup: backup.stamp, reverse=True)
 
 

@@ -473,7 +473,7 @@ CHANNELS = ("whatsapp", "instagram", "messenger")
 
 
 class ChecksSettings(Section):
-    """The go-live checklist (``python -m restobot.checklist``, suite in ``checks/``).
+    """The go-live checklist (``python -m restobot.golive``, suite in ``checks/``).
 
     How the operator's machine reaches the stack from outside, and what the
     checks compare against. Every field has a production default: public names

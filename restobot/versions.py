@@ -3,7 +3,7 @@
 Production pulls the official images pinned here (``ImageSettings`` in
 restobot/settings.py takes its defaults from them). The test machines reach no
 image registry, only Debian's archive and PyPI/npm, so the harness builds local
-stand-ins (restobot/harness/images.py): Traefik and n8n at exactly the versions
+stand-ins (harness/images.py): Traefik and n8n at exactly the versions
 pinned here, the others from Debian trixie's packages. tests/unit/test_versions.py
 holds each stand-in to its production pin. Where Debian cannot build the version
 production used to run, production moved to the version the stand-in carries,
@@ -35,7 +35,7 @@ TRAEFIK = ImagePin(f"traefik:v{TRAEFIK_VERSION}", TRAEFIK_VERSION)
 NGINX = ImagePin("nginx:1.28-alpine", "1.28")
 
 N8N_VERSION = "2.40.5"
-"""n8n, also built at this version by the stand-in (harness/images/n8n/Dockerfile, a build arg)."""
+"""n8n, also built at this version by the stand-in (harness/dockerfiles/n8n/Dockerfile, a build arg)."""
 N8N = ImagePin(f"n8nio/n8n:{N8N_VERSION}", N8N_VERSION)
 
 POSTGRES_MAJOR = 17

@@ -26,15 +26,15 @@ from restobot.commands import (
     shell_text,
     smoke_checks,
 )
-from restobot.release import MANIFEST, ReleaseManifest
+from restobot.release_archive import MANIFEST, ReleaseManifest
 
 __all__ = [  # POSTGRES_CONTAINER is imported from here by callers (tests/e2e/test_backup.py)
     "POSTGRES_CONTAINER",
     "ApiClient",
     "ApiClientRow",
     "AppliedMigrations",
-    "Backup",
-    "Backups",
+    "PreDeployDump",
+    "PreDeployDumps",
     "Container",
     "DeployState",
     "DockerImages",
@@ -316,7 +316,7 @@ class ReleaseManifestOnHost(FactBase[ReleaseManifest | None]):
 
 
 @dataclass(frozen=True)
-class Backup:
+class PreDeployDump:
     """A pre-deploy backup on the host.
 
     + path: the dump's path
@@ -329,7 +329,7 @@ class Backup:
     applied_migrations: tuple[str, ...]
 
 
-class Backups(FactBase[list[Backup]]):
+class PreDeployDumps(FactBase[list[PreDeployDump]]):
     """The pre-deploy backups on the host, newest first (from their metadata files).
 
     Never None: empty when there is none; a dump without readable metadata is left out.
@@ -343,7 +343,7 @@ class Backups(FactBase[list[Backup]]):
             "done; exit 0"
         )
 
-    def process(self, output: list[str]) -> list[Backup]:
+    def process(self, output: list[str]) -> list[PreDeployDump]:
         backups = []
         for line in output:
             path, _, meta = line.partition("\t")
@@ -351,8 +351,8 @@ class Backups(FactBase[list[Backup]]):
                 data = json.loads(meta)
             except json.JSONDecodeError:
                 continue
-            backups.append(Backup(path, data.get("before_release", "?"), tuple(data.get("applied_migrations", ()))))
+            backups.append(PreDeployDump(path, data.get("before_release", "?"), tuple(data.get("applied_migrations", ()))))
         return backups
 
-    def default(self) -> list[Backup]:
+    def default(self) -> list[PreDeployDump]:
         return []

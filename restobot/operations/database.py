@@ -32,7 +32,7 @@ from restobot.facts.deploy import (
     AppliedMigrations,
     LedgerRow,
 )
-from restobot.release import MigrationInfo
+from restobot.release_archive import MigrationInfo
 
 CLIENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 TOKEN_SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -45,7 +45,7 @@ def pending_migrations(release_migrations: Sequence[MigrationInfo], ledger: tupl
 
 
 def backup_metadata(identifier: str, ledger: tuple[LedgerRow, ...]) -> str:
-    """The ``{dump}.json`` written next to a pre-deploy backup (read back by the ``Backups`` fact)."""
+    """The ``{dump}.json`` written next to a pre-deploy backup (read back by the ``PreDeployDumps`` fact)."""
     metadata = {
         "before_release": identifier,
         "applied_migrations": [row.filename for row in ledger],

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from restobot import checklist
+from restobot import golive
 from restobot.commands import compose
 from restobot.settings import REPO_ROOT
 
@@ -57,17 +57,17 @@ def inventory(deployed_stack) -> Path:
     return _inventory(deployed_stack, "checks")
 
 
-def run_checklist(inventory: Path, select: str | None = None, *extra: str) -> tuple[int, list[checklist.Row], str]:
+def run_checklist(inventory: Path, select: str | None = None, *extra: str) -> tuple[int, list[golive.Row], str]:
     junit = inventory.with_suffix(f".{int(time.time() * 1000)}.xml")
-    argv = [sys.executable, "-m", "restobot.checklist", "--inventory", str(inventory), "--junit", str(junit)]
+    argv = [sys.executable, "-m", "restobot.golive", "--inventory", str(inventory), "--junit", str(junit)]
     if select:
         argv += ["-k", select]
     proc = subprocess.run([*argv, *extra], cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
-    rows = checklist.rows_from_junit(junit) if junit.exists() else []
+    rows = golive.rows_from_junit(junit) if junit.exists() else []
     return proc.returncode, rows, proc.stdout + proc.stderr
 
 
-def outcome(rows: list[checklist.Row], fragment: str) -> list[checklist.Row]:
+def outcome(rows: list[golive.Row], fragment: str) -> list[golive.Row]:
     found = [row for row in rows if fragment in row.item]
     assert found, f"no item matches {fragment!r} in {[row.item for row in rows]}"
     return found
@@ -210,7 +210,7 @@ def test_checklist_runs_in_seconds(inventory):
 
 
 def test_checklist_without_inventory_is_refused():
-    proc = subprocess.run([sys.executable, "-m", "restobot.checklist"], cwd=REPO_ROOT, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "restobot.golive"], cwd=REPO_ROOT, capture_output=True,
                           text=True)
     assert proc.returncode == 2 and "--inventory" in proc.stderr
 

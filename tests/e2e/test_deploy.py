@@ -25,7 +25,7 @@ import pytest
 
 from restobot import meta_payloads as meta
 from restobot.operations.lock import NON_IDEMPOTENT_OPERATIONS
-from restobot.release import SOURCE_GLOBS
+from restobot.release_archive import SOURCE_GLOBS
 from restobot.settings import REPO_ROOT, read_env_file, secrets_file
 from tests.e2e.conftest import PYINFRA, run_pyinfra, write_inventory
 

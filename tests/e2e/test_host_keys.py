@@ -19,8 +19,8 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from restobot import checklist
-from restobot.inventory import changed_key_message
+from restobot import golive
+from restobot.hosts import changed_key_message
 from restobot.settings import REPO_ROOT, SshTarget
 from tests.e2e.conftest import (
     _free_ports,
@@ -71,14 +71,14 @@ def inventory_with(endpoint, directory: Path, **ssh) -> Path:
     return write_inventory(directory / "inventory.py", settings, name=HOST_NAME)
 
 
-def run_checklist_item(inventory: Path) -> checklist.Row:
+def run_checklist_item(inventory: Path) -> golive.Row:
     junit = inventory.with_suffix(".xml")
     proc = subprocess.run(
-        [sys.executable, "-m", "restobot.checklist", "--inventory", str(inventory), "--junit", str(junit),
+        [sys.executable, "-m", "restobot.golive", "--inventory", str(inventory), "--junit", str(junit),
          "-k", "ssh_host_key_is_pinned"],
         cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
     )
-    rows = checklist.rows_from_junit(junit) if junit.exists() else []
+    rows = golive.rows_from_junit(junit) if junit.exists() else []
     assert len(rows) == 1, f"want one item, got {rows}\n{proc.stdout[-2000:]}{proc.stderr[-2000:]}"
     return rows[0]
 

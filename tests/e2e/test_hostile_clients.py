@@ -1,6 +1,6 @@
 """Hostile clients at the public edge: each request is refused before n8n, and n8n's own counters prove it.
 
-A raw HTTP/1.1 client (tests/e2e/rawhttp.py) sends each request exactly as
+A raw HTTP/1.1 client (harness/rawhttp.py) sends each request exactly as
 written, through Traefik's published :443 with SNI api.<domain>. For every
 hostile case the test asserts two things:
 
@@ -51,7 +51,7 @@ import pytest
 from restobot import meta_payloads
 from restobot.commands import container_exec, psql
 from restobot.settings import Settings, load_settings
-from tests.e2e.rawhttp import Answer, Edge, exchange, fetch_root
+from harness.rawhttp import Answer, Edge, exchange, fetch_root
 
 pytestmark = pytest.mark.e2e
 
@@ -490,7 +490,7 @@ def whatsapp_body(settings: Settings, text: str) -> bytes:
 
 @pytest.mark.parametrize("service", ["n8n-main", "n8n-worker"])
 def test_stage_runs_signature_mode_enforce(deployed_stack, service):
-    """The gateway's 403 for unsigned POSTs exists only in enforce mode (restobot/harness/stage.py)."""
+    """The gateway's 403 for unsigned POSTs exists only in enforce mode (harness/stage.py)."""
     mode = deployed_stack.ssh("docker", "exec", f"resto-{service}-1", "printenv", "META_SIGNATURE_REQUIRED").stdout
     assert (deployed_stack.settings["meta"]["signature_required"], mode.strip()) == ("enforce", "enforce")
 

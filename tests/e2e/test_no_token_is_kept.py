@@ -15,7 +15,7 @@ import urllib.parse
 
 import pytest
 
-from restobot import checklist, meta_payloads
+from restobot import golive, meta_payloads
 from restobot.commands import container_exec, psql
 from restobot.settings import read_env_file, secrets_file
 
@@ -29,10 +29,10 @@ class Edge:
 
     def __init__(self, stack):
         self.name = f"api.{stack.settings['domains']['domain']}"
-        self.address = checklist.split_address(stack.settings["checks"]["public_address"])
+        self.address = golive.split_address(stack.settings["checks"]["public_address"])
 
     def send(self, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-        return checklist.http_request(self.name, path, address=self.address, method=method, body=body,
+        return golive.http_request(self.name, path, address=self.address, method=method, body=body,
                                       headers=headers, verify=False, timeout=20)
 
 

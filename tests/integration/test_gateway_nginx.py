@@ -16,7 +16,7 @@ import pytest
 from restobot.render import GatewayOptions, RenderContext, render_release
 from restobot.secrets import generate_secrets
 from tests.conftest import settings_for_stage
-from tests.doubles.recorder import start_recorder
+from harness.recorder import start_recorder
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 pytestmark = [

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from restobot.harness import images
+from harness import images
 
 pytestmark = pytest.mark.integration
 

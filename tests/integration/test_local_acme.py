@@ -32,8 +32,8 @@ from pathlib import Path
 import pytest
 from cryptography import x509
 
-from restobot.harness import acme as local_acme
-from restobot.harness import images
+from harness import acme as local_acme
+from harness import images
 
 TRAEFIK = Path(sys.executable).parent / "traefik"
 HOST = "api.resto.localhost.test"
@@ -263,7 +263,7 @@ def test_pebble_https_key_is_mode_0600(pebble):
 @pytest.fixture(scope="module")
 def rendered_local_traefik(pebble, tmp_path_factory):
     """The local stage's rendered traefik config (only acme.directory_url pointed at pebble)."""
-    from restobot.harness.stage import local_stage_tree
+    from harness.stage import local_stage_tree
     from restobot.render import RenderContext, TraefikOptions, render_release, write_release
     from restobot.secrets import generate_secrets
     from restobot.settings import load_settings
@@ -396,10 +396,10 @@ def vps_with_pebble(tmp_path_factory):
     """
     if not docker_answers():
         pytest.skip("the docker daemon does not answer (scripts/setup-host starts it)")
-    from restobot.harness import vps
+    from harness import vps
 
     if images.inspect_image(images.current_ref(vps.VPS_IMAGE)) is None:
-        pytest.skip("restobot-local/vps:bookworm is not built yet: python -m restobot.harness.images build vps")
+        pytest.skip("restobot-local/vps:bookworm is not built yet: python -m harness.images build vps")
     bundle_dir = tmp_path_factory.mktemp("bundles")
     source = images.BUNDLE_DIR / INNER_BUNDLE
     if source.exists():
@@ -523,12 +523,12 @@ def test_acme_directory_answers_inside_the_firewalled_vps(firewalled_vps):
 @pytest.fixture(scope="module")
 def inner_docker(firewalled_vps):
     """The firewalled VPS's own Docker engine, started as the deploy does, with the python image loaded."""
-    from restobot.harness import vps
+    from harness import vps
     from restobot.operations.provision import DOCKER_INIT_DEFAULTS, TEMPLATES
 
     vps_name, acme, vps_ip = firewalled_vps
     if vps_exec(vps_name, "test", "-s", f"{vps.BUNDLE_MOUNT}/{INNER_BUNDLE}", check=False).returncode != 0:
-        pytest.skip(f"{images.BUNDLE_DIR / INNER_BUNDLE} is not built (python -m restobot.harness.images bundle)")
+        pytest.skip(f"{images.BUNDLE_DIR / INNER_BUNDLE} is not built (python -m harness.images bundle)")
     subprocess.run(["docker", "cp", str(TEMPLATES / "docker-default.sh"), f"{vps_name}:{DOCKER_INIT_DEFAULTS}"],
                    check=True, capture_output=True)
     vps_exec(vps_name, "service", "docker", "start", timeout=120, check=False)

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import paramiko
 import pytest
 
-from restobot.harness import images, vps
+from harness import images, vps
 
 pytestmark = pytest.mark.integration
 

@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 
-from restobot.harness import images, meta_double
-from restobot.harness.sidecar import network_layout
-from restobot.harness.meta_double_server import graph_route
-from restobot.harness.stage import local_stage_tree
+from harness import images, meta_double
+from harness.sidecar import network_layout
+from harness.meta_double_server import graph_route
+from harness.stage import local_stage_tree
 
 pytestmark = [
     pytest.mark.integration,
@@ -244,7 +244,7 @@ def test_state_file_records_the_double(standalone):
 def test_cli_requests_prints_the_recorded_requests(double):
     post(double.alert_webhook_url, {"text": "from the cli test"})
 
-    proc = subprocess.run([".venv/bin/python", "-m", "restobot.harness.meta_double", "--name", double.container,
+    proc = subprocess.run([".venv/bin/python", "-m", "harness.meta_double", "--name", double.container,
                            "requests"], check=False, capture_output=True, text=True, cwd=images.REPO_ROOT, timeout=60)
 
     assert proc.returncode == 0, proc.stderr
@@ -265,10 +265,10 @@ def vps_with_double(tmp_path_factory):
     """A throwaway VPS container and a Meta double for it (unique names), removed afterwards."""
     if not docker_answers():
         pytest.skip("the docker daemon does not answer (scripts/setup-host starts it)")
-    from restobot.harness import vps
+    from harness import vps
 
     if images.inspect_image(images.current_ref(vps.VPS_IMAGE)) is None:
-        pytest.skip("restobot-local/vps:bookworm is not built yet: python -m restobot.harness.images build vps")
+        pytest.skip("restobot-local/vps:bookworm is not built yet: python -m harness.images build vps")
     suffix = uuid.uuid4().hex[:8]
     vps_name, meta_name = f"restobot-vps-metatest-{suffix}", f"restobot-meta-metatest-{suffix}"
     ports = vps.VpsPorts(ssh=free_port(), http=free_port(), https=free_port())

@@ -15,7 +15,7 @@ import pytest
 
 from restobot import meta_payloads as meta
 from restobot import workflows
-from tests.integration.workflows_stack import Stack, http, missing_images
+from harness.workflows_stack import Stack, http, missing_images
 
 pytestmark = pytest.mark.integration
 
@@ -59,7 +59,7 @@ def workflows_with_test_runner(directory: Path) -> Path:
 def stack(tmp_path_factory):
     missing = missing_images()
     if missing:
-        pytest.skip(f"local images not built ({', '.join(missing)}): run python -m restobot.harness.images build")
+        pytest.skip(f"local images not built ({', '.join(missing)}): run python -m harness.images build")
     running = Stack(publish_main=True)
     try:
         running.start(tmp_path_factory.mktemp("wfstack"))

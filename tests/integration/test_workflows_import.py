@@ -10,7 +10,7 @@ import subprocess
 import pytest
 
 from restobot import workflows
-from tests.integration.workflows_stack import Stack, http, missing_images
+from harness.workflows_stack import Stack, http, missing_images
 
 pytestmark = pytest.mark.integration
 N_WORKFLOWS = len(list(workflows.WORKFLOWS_DIR.glob("*.json")))
@@ -20,7 +20,7 @@ N_WORKFLOWS = len(list(workflows.WORKFLOWS_DIR.glob("*.json")))
 def stack(tmp_path_factory):
     missing = missing_images()
     if missing:
-        pytest.skip(f"local images not built ({', '.join(missing)}): run python -m restobot.harness.images build")
+        pytest.skip(f"local images not built ({', '.join(missing)}): run python -m harness.images build")
     running = Stack()
     try:
         yield running.start(tmp_path_factory.mktemp("wfimport"))

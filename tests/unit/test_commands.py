@@ -180,7 +180,7 @@ def test_images_are_pulled_or_loaded_from_their_bundle():
 
 
 def test_bundle_file_name_matches_the_harness():
-    from restobot.harness.images import bundle_file_name as harness_name
+    from harness.images import bundle_file_name as harness_name
 
     assert bundle_file_name("restobot-local/n8n:2.40.5") == "restobot-local_n8n_2.40.5.tar"
     assert harness_name("restobot-local/n8n:2.40.5") == bundle_file_name("restobot-local/n8n:2.40.5")

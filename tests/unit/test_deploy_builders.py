@@ -24,7 +24,7 @@ from restobot.operations.database import backup_metadata, check_api_client, pend
 from restobot.operations.lock import Actor, audit_line, lock_info
 from restobot.operations.release import release_id, releases_to_prune
 from restobot.operations.stack import smoke_failures
-from restobot.release import (
+from restobot.release_archive import (
     MigrationInfo,
     ReleaseError,
     build_release,

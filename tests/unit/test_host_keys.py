@@ -20,9 +20,9 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from restobot import inventory
-from restobot.harness import stage, vps
-from restobot.inventory import HostKeyAdvice, InventoryError
+from restobot import hosts
+from harness import stage, vps
+from restobot.hosts import HostKeyAdvice, InventoryError
 from restobot.settings import REPO_ROOT, SettingsError, SshTarget, load_settings
 
 RECORD = "record the key on purpose: run `ssh-keyscan -t ed25519 -p {port} {host} > hostkey.txt`"
@@ -51,7 +51,7 @@ def private_dir(tmp_path, monkeypatch) -> Path:
     """Where vps() writes known_hosts files during a test (instead of this process's temp dir)."""
     directory = tmp_path / "known-hosts"
     directory.mkdir(mode=0o700)
-    monkeypatch.setattr(inventory, "private_directory", lambda: directory)
+    monkeypatch.setattr(hosts, "private_directory", lambda: directory)
     return directory
 
 
@@ -59,7 +59,7 @@ def private_dir(tmp_path, monkeypatch) -> Path:
 def advice(monkeypatch) -> HostKeyAdvice:
     """A fresh log filter (the module's one is shared by the process)."""
     fresh = HostKeyAdvice()
-    monkeypatch.setattr(inventory, "HOST_KEY_ADVICE", fresh)
+    monkeypatch.setattr(hosts, "HOST_KEY_ADVICE", fresh)
     yield fresh
     logging.getLogger("pyinfra").removeFilter(fresh)
 
@@ -160,7 +160,7 @@ def test_a_truncated_key_is_refused(production_data, secret_env):
 def test_host_key_becomes_a_private_known_hosts_file(production_data, with_secrets, private_dir, advice, port, name):
     key = new_host_key()
     production_data["ssh"].update(host_key=key, port=port)
-    _, data = inventory.vps(production_data)
+    _, data = hosts.vps(production_data)
     path = Path(data["ssh_known_hosts_file"])
     assert path.parent == private_dir
     assert path.read_text() == f"{name} {key}\n"
@@ -169,24 +169,24 @@ def test_host_key_becomes_a_private_known_hosts_file(production_data, with_secre
 
 
 def test_the_private_directory_is_the_users_only():
-    directory = inventory.private_directory()
+    directory = hosts.private_directory()
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    assert inventory.private_directory() == directory
+    assert hosts.private_directory() == directory
 
 
 def test_paramiko_finds_the_written_key(production_data, with_secrets, private_dir, advice):
     key = new_host_key()
     production_data["ssh"].update(host_key=key, port=2222)
-    _, data = inventory.vps(production_data)
-    [found] = inventory.pinned_host_keys(Path(data["ssh_known_hosts_file"]), "[203.0.113.10]:2222")
+    _, data = hosts.vps(production_data)
+    [found] = hosts.pinned_host_keys(Path(data["ssh_known_hosts_file"]), "[203.0.113.10]:2222")
     assert found.asbytes() == base64.b64decode(key.split()[1])
-    assert inventory.pinned_host_keys(Path(data["ssh_known_hosts_file"]), "203.0.113.10") == []
+    assert hosts.pinned_host_keys(Path(data["ssh_known_hosts_file"]), "203.0.113.10") == []
 
 
 def test_unpinned_local_host_gets_no_known_hosts_data(production_data, with_secrets, advice):
     data = unpinned(production_data, "local")
     data["acme"] = {"email": "ops@resto.example.com"}
-    _, host_data = inventory.vps(data)
+    _, host_data = hosts.vps(data)
     assert "ssh_known_hosts_file" not in host_data
     assert "ssh_strict_host_key_checking" not in host_data
 
@@ -227,7 +227,7 @@ def test_known_hosts_file_without_the_host_stops_before_connecting(production_da
     path = tmp_path / "known_hosts"
     path.write_text(f"[127.0.0.1]:1 {new_host_key()}\n127.0.0.1 {new_host_key()}\n")
     with pytest.raises(InventoryError) as caught:
-        inventory.vps(known_hosts_settings(production_data, port, path))
+        hosts.vps(known_hosts_settings(production_data, port, path))
     assert str(caught.value) == (
         f"ssh.known_hosts_file: {path} holds no host key for [127.0.0.1]:{port} (ssh.host and ssh.port), so the "
         "host cannot be verified; nothing was sent to it; "
@@ -242,7 +242,7 @@ def test_a_hashed_entry_names_the_host(production_data, with_secrets, tmp_path, 
     path = tmp_path / "known_hosts"
     hashed = paramiko.HostKeys.hash_host(f"[127.0.0.1]:{port}")
     path.write_text(f"{hashed} {new_host_key()}\n")
-    _, data = inventory.vps(known_hosts_settings(production_data, port, path))
+    _, data = hosts.vps(known_hosts_settings(production_data, port, path))
     assert data["ssh_known_hosts_file"] == str(path)
     assert data["ssh_strict_host_key_checking"] == "yes"
     assert accepted() == 0
@@ -251,7 +251,7 @@ def test_a_hashed_entry_names_the_host(production_data, with_secrets, tmp_path, 
 def test_a_missing_known_hosts_file_is_named(production_data, with_secrets, tmp_path, advice):
     path = tmp_path / "absent"
     with pytest.raises(InventoryError) as caught:
-        inventory.vps(known_hosts_settings(production_data, 2222, path))
+        hosts.vps(known_hosts_settings(production_data, 2222, path))
     assert str(caught.value).startswith(f"ssh.known_hosts_file: cannot read {path} (No such file or directory); "
                                         "nothing was sent to [127.0.0.1]:2222;")
 
@@ -262,7 +262,7 @@ def test_host_key_and_known_hosts_file_must_agree(production_data, with_secrets,
     data = known_hosts_settings(production_data, 2222, path)
     data["ssh"]["host_key"] = new_host_key()
     with pytest.raises(InventoryError) as caught:
-        inventory.vps(data)
+        hosts.vps(data)
     assert str(caught.value).startswith(
         f"ssh.host_key: not among the keys {path} (ssh.known_hosts_file) holds for [127.0.0.1]:2222, so one of "
         "them is stale; nothing was sent to it; record the key on purpose")
@@ -274,7 +274,7 @@ def test_host_key_and_known_hosts_file_that_agree_use_the_file(production_data, 
     path.write_text(f"[127.0.0.1]:2999 {new_host_key()}\n[127.0.0.1]:2222 {key}\n")
     data = known_hosts_settings(production_data, 2222, path)
     data["ssh"]["host_key"] = key
-    _, host_data = inventory.vps(data)
+    _, host_data = hosts.vps(data)
     assert host_data["ssh_known_hosts_file"] == str(path)
 
 
@@ -303,7 +303,7 @@ def test_changed_key_advice_replaces_ssh_keygen_r(advice):
     remove = pyinfra_record("    ssh-keygen -R [127.0.0.1]:2222")
     assert advice.filter(intro) is False
     assert advice.filter(remove) is True
-    assert remove.getMessage() == inventory.changed_key_message(ssh)
+    assert remove.getMessage() == hosts.changed_key_message(ssh)
     assert remove.levelno == logging.ERROR
     assert remove.getMessage().startswith(
         "[127.0.0.1]:2222 presented a host key that is not the one pinned for it (ssh.host_key or "
@@ -356,7 +356,7 @@ def test_an_endpoint_without_a_recorded_key_is_refused(tmp_path):
     with pytest.raises(vps.VpsError) as caught:
         stage.ssh_settings(harness_endpoint(tmp_path, None))
     assert str(caught.value) == (f"c: no host key recorded in {tmp_path / 'c.known_hosts'}; "
-                                 "start it with 'python -m restobot.harness.vps --name c up'")
+                                 "start it with 'python -m harness.vps --name c up'")
 
 
 def test_default_local_vps_pins_its_key_only_while_recorded(tmp_path, monkeypatch):

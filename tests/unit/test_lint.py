@@ -11,7 +11,7 @@ import textwrap
 
 import pytest
 
-from restobot import lint
+from harness import lint
 
 # A minimal complete nginx config; ROUTE is the admin route under test. Everything
 # else is what gixy wants of a gateway (workers, no version, a resolver for $n8n).
@@ -189,7 +189,7 @@ def test_the_shell_scan_covers_scripts_harness_entrypoints_and_rendered_backup_s
     scripts = lint.shell_scripts(lint.REPO_ROOT)
     templates = lint.rendered_shell_templates(lint.example_settings())
 
-    assert {"scripts/security-scan", ".ci/run", "templates/smoke.sh", "harness/images/vps/vps-init"} <= set(scripts)
+    assert {"scripts/security-scan", ".ci/run", "templates/smoke.sh", "harness/dockerfiles/vps/vps-init"} <= set(scripts)
     assert set(templates) == {"templates/backup/backup.sh.j2", "templates/backup/backup-verify.sh.j2"}
     assert all(text.startswith("#!/bin/sh\n") and "{{" not in text for text in templates.values())
 

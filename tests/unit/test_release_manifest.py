@@ -7,9 +7,9 @@ import tarfile
 
 import pytest
 
-from restobot.facts.deploy import Backup, LedgerRow, ReleaseManifestOnHost
-from restobot.release import MANIFEST, MigrationInfo, ReleaseError, ReleaseManifest, build_release
-from restobot.rollback import RollbackRefused, plan_rollback
+from restobot.facts.deploy import PreDeployDump, LedgerRow, ReleaseManifestOnHost
+from restobot.release_archive import MANIFEST, MigrationInfo, ReleaseError, ReleaseManifest, build_release
+from restobot.rollback_plan import RollbackRefused, plan_rollback
 from tests.conftest import settings_for_stage
 
 # RELEASE.json exactly as the code before the typed manifest wrote it (issue 11's releases
@@ -138,7 +138,7 @@ def test_rollback_over_newer_backward_compatible_migrations_keeps_the_data():
 
 def test_rollback_over_an_incompatible_migration_restores_only_when_asked():
     ledger = (LedgerRow("0001_inbound_messages.sql", "x"), LedgerRow("0009_rename.sql", "z"))
-    backup = Backup("/opt/resto/backups/before-v2-bb.dump", "v2-bb",
+    backup = PreDeployDump("/opt/resto/backups/before-v2-bb.dump", "v2-bb",
                     ("0001_inbound_messages.sql", "0002_outbound_messages.sql"))
     with pytest.raises(RollbackRefused, match="--data restore_backup=true to restore /opt/resto/backups/before-v2-bb"):
         plan_rollback("v1-aa", EARLIER, ledger, [backup], restore_backup=False)

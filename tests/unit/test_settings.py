@@ -190,7 +190,7 @@ def test_secrets_are_hidden_in_repr(production_data, secret_env):
 
 
 def test_inventory_with_a_bad_setting_fails_while_loading(secret_env):
-    from restobot.inventory import InventoryError
+    from restobot.hosts import InventoryError
 
     del secret_env["ADMIN_API_TOKEN"]
     with pytest.raises(InventoryError, match=r"admin\.api_token: required \(set ADMIN_API_TOKEN"):

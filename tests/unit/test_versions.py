@@ -8,7 +8,7 @@ import tomllib
 import pytest
 
 from restobot import versions
-from restobot.harness import images
+from harness import images
 from restobot.settings import COMPOSE_SHA256, REPO_ROOT, HostSettings, ImageSettings
 
 # settings key in ImageSettings -> (production pin, the stand-in that replaces it)

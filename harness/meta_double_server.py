@@ -1,9 +1,9 @@
 """The local stage's stand-in for Meta (Graph API send endpoints) and the alert webhook.
 
 Standard library only. The request recording, scripted answers and Meta-shaped
-bodies are those of the workflow tests' double, ``restobot/harness/graph_api.py``
+bodies are those of the workflow tests' double, ``harness/graph_api.py``
 (imported, not copied: it must sit beside this file, or be importable as
-``restobot.harness.graph_api`` from the repository root). This file adds what the
+``harness.graph_api`` from the repository root). This file adds what the
 local stage needs on top: two listeners in one process.
 
 * The Graph listener (``--graph-port``, bound to ``--graph-address``): only
@@ -32,7 +32,7 @@ from http.server import ThreadingHTTPServer
 try:  # in the container: graph_api.py is copied beside this file
     import graph_api
 except ImportError:  # from the repository root
-    from restobot.harness import graph_api
+    from harness import graph_api
 
 SEND_PATH = re.compile(r"^/(v\d+\.\d+/)?(me|\d+)/messages$")
 ALERT_PATH = "/alerts"

@@ -6,7 +6,7 @@ import textwrap
 
 import pytest
 
-from restobot import checklist
+from restobot import golive
 from restobot.settings import ChecksSettings
 
 UFW = textwrap.dedent("""\
@@ -27,26 +27,26 @@ UFW = textwrap.dedent("""\
 
 
 def test_ufw_status_is_parsed():
-    status = checklist.parse_ufw_status(UFW)
+    status = golive.parse_ufw_status(UFW)
     assert (status.active, status.default_incoming) == (True, "deny")
-    assert checklist.allowed_ports(status) == {22, 80, 443}
+    assert golive.allowed_ports(status) == {22, 80, 443}
 
 
 def test_ufw_extra_rule_and_range_are_counted():
     text = UFW + "8081/tcp                   ALLOW IN    Anywhere\n6000:6002/tcp              ALLOW IN    Anywhere\n"
-    assert checklist.allowed_ports(checklist.parse_ufw_status(text)) == {22, 80, 443, 8081, 6000, 6001, 6002}
+    assert golive.allowed_ports(golive.parse_ufw_status(text)) == {22, 80, 443, 8081, 6000, 6001, 6002}
 
 
 def test_inactive_ufw_is_not_active():
-    status = checklist.parse_ufw_status("Status: inactive\n")
-    assert (status.active, status.default_incoming, checklist.allowed_ports(status)) == (False, None, set())
+    status = golive.parse_ufw_status("Status: inactive\n")
+    assert (status.active, status.default_incoming, golive.allowed_ports(status)) == (False, None, set())
 
 
 def test_sshd_t_alias_of_prohibit_password_is_understood():
-    values = checklist.parse_sshd_t("permitrootlogin without-password\npasswordauthentication no\n")
-    assert checklist.sshd_value(values, "permitrootlogin") == "prohibit-password"
-    assert checklist.sshd_value(values, "passwordauthentication") == "no"
-    assert checklist.sshd_value(values, "kbdinteractiveauthentication") is None
+    values = golive.parse_sshd_t("permitrootlogin without-password\npasswordauthentication no\n")
+    assert golive.sshd_value(values, "permitrootlogin") == "prohibit-password"
+    assert golive.sshd_value(values, "passwordauthentication") == "no"
+    assert golive.sshd_value(values, "kbdinteractiveauthentication") is None
 
 
 SS = textwrap.dedent("""\
@@ -60,23 +60,23 @@ SS = textwrap.dedent("""\
 
 
 def test_external_listeners_exclude_loopback():
-    assert checklist.external_listener_ports(checklist.parse_listeners(SS)) == {22, 443, 6379}
+    assert golive.external_listener_ports(golive.parse_listeners(SS)) == {22, 443, 6379}
 
 
 def test_published_ports_list_only_bound_ones():
     text = "resto-traefik-1\t0.0.0.0:80->80/tcp, 0.0.0.0:443->443/tcp\nresto-redis-1\t6379/tcp\n"
-    assert checklist.published_ports(text) == {"resto-traefik-1": ["0.0.0.0:80->80/tcp", "0.0.0.0:443->443/tcp"]}
+    assert golive.published_ports(text) == {"resto-traefik-1": ["0.0.0.0:80->80/tcp", "0.0.0.0:443->443/tcp"]}
 
 
 def test_addresses_outside_the_allowlist_skip_loopback_and_members():
     addresses = ["127.0.0.1", "172.17.0.3", "10.213.62.200", "203.0.113.10"]
-    assert checklist.addresses_outside(["127.0.0.1/32", "172.16.0.0/12"], addresses) == ["10.213.62.200",
+    assert golive.addresses_outside(["127.0.0.1/32", "172.16.0.0/12"], addresses) == ["10.213.62.200",
                                                                                         "203.0.113.10"]
 
 
 def test_ip_addr_output_gives_addresses():
     text = "2: eth0    inet 172.17.0.3/16 brd 172.17.255.255 scope global eth0\\ valid_lft forever\n"
-    assert checklist.parse_ip_addr(text) == ["172.17.0.3"]
+    assert golive.parse_ip_addr(text) == ["172.17.0.3"]
 
 
 @pytest.mark.parametrize(("schedule", "seconds"), [
@@ -84,25 +84,25 @@ def test_ip_addr_output_gives_addresses():
     ("0 4 * * 0", 7 * 86400), ("0 4 1 * *", 31 * 86400),
 ])
 def test_cron_period(schedule, seconds):
-    assert checklist.cron_period_seconds(schedule) == seconds
+    assert golive.cron_period_seconds(schedule) == seconds
 
 
 @pytest.mark.parametrize(("header", "age"), [
     ("max-age=31536000; includeSubDomains", 31536000), ('max-age="600"', 600), ("includeSubDomains", None), (None, None),
 ])
 def test_hsts_max_age(header, age):
-    assert checklist.hsts_max_age(header) == age
+    assert golive.hsts_max_age(header) == age
 
 
 def test_split_address():
-    assert checklist.split_address("127.0.0.1:8443") == ("127.0.0.1", 8443)
-    assert checklist.split_address("[::1]:443") == ("::1", 443)
+    assert golive.split_address("127.0.0.1:8443") == ("127.0.0.1", 8443)
+    assert golive.split_address("[::1]:443") == ("::1", 443)
 
 
 def test_inventory_hosts_are_the_groups_entries_with_settings():
     namespace = {"SETTINGS": {}, "prod": [("vps", {"resto": {}, "ssh_hostname": "x"})],
                  "other": [("vps", {"resto": {}})], "_private": [("y", {"resto": {}})], "junk": [1, 2]}
-    assert [host.name for host in checklist.inventory_hosts(namespace)] == ["vps"]
+    assert [host.name for host in golive.inventory_hosts(namespace)] == ["vps"]
 
 
 JUNIT = """<?xml version="1.0" encoding="utf-8"?>
@@ -123,7 +123,7 @@ JUNIT = """<?xml version="1.0" encoding="utf-8"?>
 def rows(tmp_path):
     path = tmp_path / "checks.xml"
     path.write_text(JUNIT)
-    return checklist.rows_from_junit(path)
+    return golive.rows_from_junit(path)
 
 
 def test_report_rows_from_junit(rows):
@@ -137,14 +137,14 @@ def test_report_rows_from_junit(rows):
 
 
 def test_any_failure_or_plain_skip_exits_one(rows):
-    assert checklist.exit_status(rows) == 1
-    assert checklist.exit_status([rows[0], rows[2]]) == 0
-    assert checklist.exit_status([rows[0], rows[2]], strict_manual=True) == 1
-    assert checklist.exit_status([]) == 2
+    assert golive.exit_status(rows) == 1
+    assert golive.exit_status([rows[0], rows[2]]) == 0
+    assert golive.exit_status([rows[0], rows[2]], strict_manual=True) == 1
+    assert golive.exit_status([]) == 2
 
 
 def test_table_lists_failures_first_and_never_counts_manual_as_pass(rows):
-    table = checklist.format_table(rows)
+    table = golive.format_table(rows)
     lines = table.splitlines()
     assert "FAIL" in lines[2] and "manual" in table
     assert lines[-1] == ("4 items: 1 pass, 1 fail, 1 manual, 1 skip "
@@ -168,7 +168,7 @@ def test_checks_settings_defaults_are_production_ones():
 
 
 def test_pytest_argv_runs_the_checks_dir_with_workers(tmp_path):
-    argv = checklist.pytest_argv(tmp_path / "inv.py", tmp_path / "x.xml", workers=4, select="tls")
-    assert argv[1:4] == ["-m", "pytest", str(checklist.CHECKS_DIR)]
+    argv = golive.pytest_argv(tmp_path / "inv.py", tmp_path / "x.xml", workers=4, select="tls")
+    assert argv[1:4] == ["-m", "pytest", str(golive.CHECKS_DIR)]
     assert ["-n", "4"] == argv[argv.index("-n"):argv.index("-n") + 2]
     assert ["-k", "tls"] == argv[-2:]

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from restobot.facts.deploy import Backup, LedgerRow
-from restobot.release import MANIFEST, ReleaseManifest
+from restobot.facts.deploy import PreDeployDump, LedgerRow
+from restobot.release_archive import MANIFEST, ReleaseManifest
 
 
 class RollbackRefused(ValueError):
@@ -30,7 +30,7 @@ class RollbackPlan:
 
     identifier: str
     manifest: ReleaseManifest
-    restore: Backup | None = None
+    restore: PreDeployDump | None = None
     newer_compatible: tuple[str, ...] = ()
 
 
@@ -54,7 +54,7 @@ def plan_rollback(
     identifier: str,
     manifest: ReleaseManifest | None,
     ledger: tuple[LedgerRow, ...] | None,
-    backups: list[Backup],
+    backups: list[PreDeployDump],
     restore_backup: bool,
 ) -> RollbackPlan:
     """Decide the rollback to ``identifier`` from its manifest (None: it has none on the host),

@@ -1,7 +1,7 @@
 """Repository checks run by the CI pipelines: `lint` and `security-scan`.
 
-    python -m restobot.lint             # JSON parses, rendered nginx passes `nginx -t`
-    python -m restobot.lint --security  # the security scanners below, plus Traefik's headers
+    python -m harness.lint             # JSON parses, rendered nginx passes `nginx -t`
+    python -m harness.lint --security  # the security scanners below, plus Traefik's headers
 
 The security scanners are pinned in pyproject.toml's dev extras and run from the
 virtual env; each reads its own config at the repo root:
@@ -33,7 +33,7 @@ from pathlib import Path
 from pyinfra.api.util import get_template
 
 from restobot.commands import HostLayout
-from restobot.harness.stage import local_stage_tree
+from harness.stage import local_stage_tree
 from restobot.operations.backup import TEMPLATES as BACKUP_TEMPLATES
 from restobot.operations.backup import BackupPaths, script_values
 from restobot.render import GatewayOptions, RenderContext, render_release

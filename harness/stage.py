@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from restobot.harness import images, vps
+from harness import acme, images, meta_double, vps
+from restobot.hosts import InventoryError
 
 BUNDLE_DIR_ON_VPS = vps.BUNDLE_MOUNT
 
@@ -43,7 +44,7 @@ def ssh_settings(endpoint: vps.VpsEndpoint | None = None) -> dict[str, Any]:
         return {**values, "host_key": host_key} if host_key else values
     if endpoint.host_key is None:
         raise vps.VpsError(f"{endpoint.container}: no host key recorded in {endpoint.known_hosts_path}; "
-                           f"start it with 'python -m restobot.harness.vps --name {endpoint.container} up'")
+                           f"start it with 'python -m harness.vps --name {endpoint.container} up'")
     return {"host": endpoint.host, "port": endpoint.ssh_port, "user": endpoint.user,
             "key_path": str(endpoint.key_path), "host_key": endpoint.host_key}
 
@@ -60,7 +61,7 @@ def local_stage_tree(endpoint: vps.VpsEndpoint | None = None, acme: dict[str, st
       (``public_address``/``public_http_address`` from ``endpoint``'s published
       ports, test recipients the local Graph API double accepts)
     + meta: ``graph_api_base_url`` and ``alert_webhook_url`` of the local Meta double
-      (``restobot.harness.meta_double.LocalMetaDouble.settings()``); they become
+      (``harness.meta_double.LocalMetaDouble.settings()``); they become
       ``meta.graph_api_base_url`` and ``pipeline.alert_webhook_url``
     """
     tree = {
@@ -107,4 +108,39 @@ def local_checks(endpoint: vps.VpsEndpoint | None = None) -> dict[str, Any]:
     else:
         values["public_address"] = f"{vps.LOOPBACK}:{vps.DEFAULT_PORTS.https}"
         values["public_http_address"] = f"{vps.LOOPBACK}:{vps.DEFAULT_PORTS.http}"
+    return values
+
+
+def running_acme() -> dict[str, str]:
+    """The local ACME server's directory URL and CA path, as the harness recorded them."""
+    try:
+        return acme.local_acme_settings()
+    except acme.AcmeError as error:
+        raise InventoryError(
+            f"acme: the local ACME server is not running ({error}); "
+            "start it with scripts/demo or: .venv/bin/python -m harness.acme up"
+        ) from None
+
+
+def running_meta() -> dict[str, str]:
+    """The local Meta double's Graph API and alert URLs, as the harness recorded them."""
+    try:
+        return meta_double.recorded_double().settings()
+    except meta_double.MetaDoubleError as error:
+        raise InventoryError(
+            f"meta: the local Meta double is not running ({error}); start it with scripts/demo"
+        ) from None
+
+
+def running_checks() -> dict[str, str]:
+    """What the go-live checks need beyond DNS on the local stage: pebble's root, the VPS's address."""
+    values: dict[str, str] = {}
+    try:
+        recorded = acme.LocalAcme.from_json(acme.state_path(acme.CONTAINER_NAME).read_text())
+        values["ca_bundle"] = str(acme.issuing_root(recorded))
+    except (OSError, ValueError, acme.AcmeError):
+        pass  # the checks report the chain as unverifiable rather than the inventory failing
+    address = vps.container_address(vps.CONTAINER_NAME)
+    if address:
+        values["exposure_address"] = address
     return values

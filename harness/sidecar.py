@@ -1,7 +1,7 @@
 """A container beside the local VPS, on its own internal docker network.
 
 The local stage puts what production reaches over the internet (Let's Encrypt:
-restobot/harness/acme.py; Meta's Graph API: restobot/harness/meta_double.py) in
+harness/acme.py; Meta's Graph API: harness/meta_double.py) in
 containers OUTSIDE the VPS, so the VPS reaches them by egress and its host
 firewall applies as in production. Each such sidecar gets its own user-defined,
 internal docker network ``<container>-net`` with a small fixed subnet (a /28 of
@@ -353,7 +353,7 @@ def require_vps_running(vps_container: str | None) -> None:
     """SidecarError unless the VPS container runs (None: standalone, nothing to check)."""
     if vps_container is not None and not is_running(container_state(vps_container)):
         raise SidecarError(f"the VPS container {vps_container} is not running: "
-                           "run 'python -m restobot.harness.vps up' first")
+                           "run 'python -m harness.vps up' first")
 
 
 def ensure_placement(container: str, vps_container: str | None, *, say: Say) -> SidecarNetwork | None:

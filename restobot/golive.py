@@ -7,9 +7,9 @@ second list of hosts or secrets. Each item passes, fails with its reason, or
 is ``manual`` (pytest skip whose reason starts with ``manual:``): something a
 human must confirm, never counted as a pass.
 
-    python -m restobot.checklist --inventory inventory/production.py
-    python -m restobot.checklist --inventory inventory/production.py --junit reports/checks.xml
-    python -m restobot.checklist --inventory inventory/staging.py -k tls   # a subset
+    python -m restobot.golive --inventory inventory/production.py
+    python -m restobot.golive --inventory inventory/production.py --junit reports/checks.xml
+    python -m restobot.golive --inventory inventory/staging.py -k tls   # a subset
 
 Exit status: 0 when every item passed (manual items listed), 1 when any failed
 or errored, 2 when none ran; ``--strict-manual`` also exits 1 on manual items.
@@ -86,7 +86,7 @@ def load_inventory_file(path: Path) -> list[InventoryHost]:
         raise SystemExit(f"--inventory: {path} is not a file (e.g. inventory/production.py)")
     hosts = inventory_hosts(runpy.run_path(str(path)))
     if not hosts:
-        raise SystemExit(f"--inventory: {path} defines no host made with restobot.inventory.vps(SETTINGS)")
+        raise SystemExit(f"--inventory: {path} defines no host made with restobot.hosts.vps(SETTINGS)")
     return hosts
 
 
@@ -484,7 +484,7 @@ def pytest_argv(inventory: Path, junit: Path, *, workers: int, select: str | Non
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m restobot.checklist", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m restobot.golive", description=__doc__.split("\n\n")[0])
     parser.add_argument("--inventory", required=True, type=Path,
                         help="the stage's pyinfra inventory, the one the deploy uses (inventory/production.py)")
     parser.add_argument("--junit", type=Path, help="also write the JUnit XML report there (for CI)")

@@ -2,9 +2,9 @@
 
 Production's n8n sends replies to Meta's Graph API and alerts to a webhook, both
 outside the VPS. The local stage gets the same from one container
-(``restobot-local/python:3-trixie`` running restobot/harness/meta_double_server.py,
-which reuses restobot/harness/graph_api.py), placed exactly like the local ACME server
-(restobot/harness/acme.py): a sidecar of the VPS (restobot/harness/sidecar.py), OUTSIDE the
+(``restobot-local/python:3-trixie`` running harness/meta_double_server.py,
+which reuses harness/graph_api.py), placed exactly like the local ACME server
+(harness/acme.py): a sidecar of the VPS (harness/sidecar.py), OUTSIDE the
 VPS, on its own internal docker network ``<container>-net`` (a /28 of 10.213.0.0/16
 chosen from the name) at the fixed address ``<subnet>.2``, the VPS connected to it.
 The VPS's inner n8n reaches it by egress through the inner engine's NAT, as it
@@ -24,10 +24,10 @@ A standalone mode (``vps_container=None``) publishes both ports on 127.0.0.1
 
 CLI::
 
-    python -m restobot.harness.meta_double up [--vps NAME | --standalone] [--name NAME]
-    python -m restobot.harness.meta_double down [--name NAME]
-    python -m restobot.harness.meta_double status [--name NAME] [--exit-code]
-    python -m restobot.harness.meta_double requests [--name NAME] [--reset]
+    python -m harness.meta_double up [--vps NAME | --standalone] [--name NAME]
+    python -m harness.meta_double down [--name NAME]
+    python -m harness.meta_double status [--name NAME] [--exit-code]
+    python -m harness.meta_double requests [--name NAME] [--reset]
 """
 
 from __future__ import annotations
@@ -44,9 +44,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
-from restobot.harness import images, sidecar
-from restobot.harness import vps as local_vps
-from restobot.harness.sidecar import SidecarNetwork
+from harness import images, sidecar
+from harness import vps as local_vps
+from harness.sidecar import SidecarNetwork
 
 CONTAINER_NAME = "restobot-meta-local"
 VPS_CONTAINER_NAME = local_vps.CONTAINER_NAME
@@ -59,8 +59,8 @@ LOOPBACK = sidecar.LOOPBACK
 SPEC_LABEL = "org.restobot.meta-spec"
 SERVER_DIR_IN_CONTAINER = "/srv/meta-double"
 SERVER_FILES = (
-    images.REPO_ROOT / "restobot" / "harness" / "meta_double_server.py",
-    images.REPO_ROOT / "restobot" / "harness" / "graph_api.py",
+    images.REPO_ROOT / "harness" / "meta_double_server.py",
+    images.REPO_ROOT / "harness" / "graph_api.py",
 )
 """Copied into ``server_dir(container)`` (mounted read-only): edits in the tree reach the
 container only through ``up``, which replaces it when they change."""
@@ -92,7 +92,7 @@ class LocalMetaDouble:
     subnet: str | None = None
 
     def settings(self) -> dict[str, str]:
-        """What ``restobot.harness.stage.local_stage_tree(meta=...)`` takes."""
+        """What ``harness.stage.local_stage_tree(meta=...)`` takes."""
         return {"graph_api_base_url": self.graph_api_base_url, "alert_webhook_url": self.alert_webhook_url}
 
     def requests(self) -> list[dict[str, Any]]:
@@ -241,7 +241,7 @@ def ensure_meta_double_running(*, vps_container: str | None = VPS_CONTAINER_NAME
     image_ref = images.current_ref(IMAGE)
     image_info = images.inspect_image(image_ref)
     if image_info is None:
-        raise MetaDoubleError(f"{image_ref} is not built: run 'python -m restobot.harness.images build {IMAGE}'")
+        raise MetaDoubleError(f"{image_ref} is not built: run 'python -m harness.images build {IMAGE}'")
     sidecar.require_vps_running(vps_container)
 
     with sidecar.locked(key_dir, "containers"):
@@ -303,13 +303,13 @@ def recorded_double(container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR) ->
     """The double the last ``up`` recorded (no docker call); MetaDoubleError when there is none."""
     path = state_path(container, key_dir)
     if not path.exists():
-        raise MetaDoubleError(f"no Meta double recorded in {path}: run 'python -m restobot.harness.meta_double up'")
+        raise MetaDoubleError(f"no Meta double recorded in {path}: run 'python -m harness.meta_double up'")
     return LocalMetaDouble.from_json(path.read_text())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m restobot.harness.meta_double",
+        prog="python -m harness.meta_double",
         description="Start, stop and read the local stage's Meta double (Graph API send endpoints, alert sink).",
     )
     parser.add_argument("--name", default=CONTAINER_NAME, help="the double's container (default %(default)s)")

@@ -7,7 +7,7 @@ gateway, PostgreSQL and the double's control port are published, on 127.0.0.1
 (n8n main's 5678 too with ``publish_main``).
 
 Configuration goes through the real render path: a local-stage settings tree
-(restobot.harness.stage.local_stage_tree plus this stack's knobs) is rendered
+(harness.stage.local_stage_tree plus this stack's knobs) is rendered
 by ``render_release``; n8n main and worker get the rendered ``env/n8n.env``,
 PostgreSQL the rendered ``env/postgres.env``, the gateway the rendered
 ``nginx/nginx.conf``. The containers carry the service names of compose.yml
@@ -32,7 +32,7 @@ import psycopg
 import yaml
 
 from restobot import workflows
-from restobot.harness.stage import local_stage_tree
+from harness.stage import local_stage_tree
 from restobot.render import (
     GatewayOptions,
     RenderContext,
@@ -44,7 +44,7 @@ from restobot.secrets import generate_secrets
 from restobot.settings import Settings, load_settings, read_env_file
 from restobot.versions import N8N_VERSION
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[1]
 N8N_IMAGE = f"restobot-local/n8n:{N8N_VERSION}"
 IMAGES = {
     "postgres": "restobot-local/postgres:17",
@@ -230,7 +230,7 @@ class Stack:
         self._run("redis", IMAGES["redis"], "--env-file", str(self._env_file("redis.env")), aliases=("redis",),
                   command=self.compose_command("redis"))
         graph = workdir / "graph_api.py"
-        graph.write_text((REPO / "restobot/harness/graph_api.py").read_text())
+        graph.write_text((REPO / "harness/graph_api.py").read_text())
         self._run("graph", IMAGES["python"], "-v", f"{graph}:/srv/graph_api.py:ro", aliases=("graph",),
                   publish="8000", command=("python3", "/srv/graph_api.py", "8000"))
         self.wait_postgres()

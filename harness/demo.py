@@ -1,9 +1,9 @@
 """The local stage around the demo's VPS: what `scripts/demo` starts, and what it prints.
 
-    python -m restobot.harness.demo up     # secrets, the VPS, the local ACME server, the Meta double
-    python -m restobot.harness.demo info   # loopback URLs and how to send a signed test message
-    python -m restobot.harness.demo send "Bonjour, vous êtes ouverts ?"   # a signed WhatsApp message
-    python -m restobot.harness.demo down   # remove all of it
+    python -m harness.demo up     # secrets, the VPS, the local ACME server, the Meta double
+    python -m harness.demo info   # loopback URLs and how to send a signed test message
+    python -m harness.demo send "Bonjour, vous êtes ouverts ?"   # a signed WhatsApp message
+    python -m harness.demo down   # remove all of it
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 from collections.abc import Sequence
 
 from restobot import meta_payloads
-from restobot.harness import acme, vps
+from harness import acme, vps
 from restobot.secrets import ensure_secrets_file
 from restobot.settings import load_inventory, read_env_file, secrets_file
 
@@ -29,7 +29,7 @@ def up() -> None:
     vps.ensure_vps_running()
     acme.ensure_acme_running(vps_container=vps.CONTAINER_NAME)
     try:
-        from restobot.harness import meta_double
+        from harness import meta_double
     except ImportError:
         return
     meta_double.ensure_meta_double_running(vps_container=vps.CONTAINER_NAME)
@@ -37,7 +37,7 @@ def up() -> None:
 
 def down() -> None:
     try:
-        from restobot.harness import meta_double
+        from harness import meta_double
 
         meta_double.ensure_meta_double_absent()
     except ImportError:
@@ -61,8 +61,8 @@ def info() -> str:
             f"  n8n console      curl -k {resolve} https://{console}:{https}/   (allowlisted sources only)",
             f"  plain HTTP       curl -i -H 'Host: {api}' http://127.0.0.1:{http_port}/healthz   (redirects to https)",
             f"  SSH              {shlex.join(endpoint.ssh_argv())}",
-            "  signed message   .venv/bin/python -m restobot.harness.demo send \"Bonjour, vous êtes ouverts ?\"",
-            "  go-live checks   .venv/bin/python -m restobot.checklist --inventory inventory/local.py",
+            "  signed message   .venv/bin/python -m harness.demo send \"Bonjour, vous êtes ouverts ?\"",
+            "  go-live checks   .venv/bin/python -m restobot.golive --inventory inventory/local.py",
         ]
     )
 
@@ -89,7 +89,7 @@ def send(text: str) -> tuple[int, bytes]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m restobot.harness.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m harness.demo", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("up")
     commands.add_parser("down")
