@@ -1,6 +1,6 @@
 """Deploy benchmark on a fresh local VPS container: prints figures, asserts nothing.
 
-    .venv/bin/python bench/bench_deploy.py
+    .venv/bin/python bench/bench_deploy.py [--keep]
 
 Measures, with the real pyinfra CLI over SSH:
   * a fresh VPS to a checked stack (images present as bundles, no registry);
@@ -15,6 +15,7 @@ Goals (issue 5): no-op <= 5 s with 0 changes, rollback <= 30 s, 0 lost.
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import re
@@ -29,21 +30,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness.deploys import (  # noqa: E402
+    PYINFRA,
+    DeployedStack,
+    HarnessError,
+    bring_up_stack,
+    changed_operations,
+    make_checkout,
+    public_request,
+    sql,
+    stack_names,
+    tear_down_stack,
+)
 from restobot import meta_payloads  # noqa: E402
-from harness import acme as harness_acme  # noqa: E402
-from harness.stage import local_stage_tree  # noqa: E402
-from restobot.operations.lock import NON_IDEMPOTENT_OPERATIONS  # noqa: E402
 from restobot.secrets import ensure_secrets_file  # noqa: E402
 from restobot.settings import read_env_file, secrets_file  # noqa: E402
-from tests.e2e.conftest import (  # noqa: E402
-    _free_ports,
-    run_pyinfra,
-    start_vps,
-    stop_vps,
-    vps_exec,
-    write_inventory,
-)
-from tests.e2e.test_deploy import make_checkout, public_request, sql  # noqa: E402
 
 RETRY_DELAYS = (1, 2, 4, 8, 16, 30)  # Meta retries with backoff; bounded here to about a minute
 
@@ -97,27 +98,17 @@ class Sender:
             thread.join(timeout=90)
 
 
-@dataclass
-class Stack:
-    endpoint: object
-    inventory: Path
-    settings: dict
-
-    def ssh(self, *command: str, check: bool = True):
-        return vps_exec(self.endpoint, *command, check=check, timeout=120)
-
-
 def remote_commands(inventory: Path, source: Path) -> int:
     """Commands a run sends, counted from pyinfra's debug log (facts and operations alike)."""
     proc = subprocess.run(
-        [str(REPO / ".venv/bin/pyinfra"), str(inventory), str(REPO / "deploy.py"), "-y", "--debug",
+        [str(PYINFRA), str(inventory), str(REPO / "deploy.py"), "-y", "--debug",
          "--data", f"source={source}"],
         cwd=REPO, capture_output=True, text=True, timeout=600,
     )
     return len(re.findall(r"Running command on ", proc.stdout + proc.stderr))
 
 
-def timed_with_sender(stack: Stack, action) -> tuple[float, Sender, int]:
+def timed_with_sender(stack: DeployedStack, action) -> tuple[float, Sender, int]:
     sender = Sender(stack)
     sender.start()
     time.sleep(3)
@@ -132,31 +123,32 @@ def timed_with_sender(stack: Stack, action) -> tuple[float, Sender, int]:
     return seconds, sender, stored
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keep", action="store_true",
+                        help="leave the stack's containers running (restobot-{vps,acme,meta}-bench-PID)")
+    args = parser.parse_args(argv)
+
     ensure_secrets_file(secrets_file("local"))
-    name, acme_name = f"restobot-vps-bench-{os.getpid()}", f"restobot-acme-bench-{os.getpid()}"
+    names = stack_names("bench")
     workdir = Path(REPO / ".cache" / f"bench-deploy-{os.getpid()}")
     workdir.mkdir(parents=True, exist_ok=True)
     try:
-        endpoint = start_vps(name, tuple(_free_ports(3)), fresh=True)
-        acme = harness_acme.ensure_acme_running(vps_container=name, container=acme_name, out=None)
-        settings = local_stage_tree(endpoint, acme=acme.settings())
-        inventory = write_inventory(workdir / "bench.py", settings, group="bench", name="bench-vps")
-        stack = Stack(endpoint, inventory, settings)
-        v1 = make_checkout(workdir, "v1", {}, None)
-        v2 = make_checkout(workdir, "v2", {}, "v2")
+        v1 = make_checkout(workdir / "checkouts", "v1", {}, None)
+        v2 = make_checkout(workdir / "checkouts", "v2", {}, "v2")
+        try:
+            # The first deploy: v1 onto a fresh VPS (ACME server and Meta double beside it).
+            stack = bring_up_stack(names, workdir, release=None, source=v1, group="bench", host_name="bench-vps",
+                                   keep_on_failure=args.keep)
+        except HarnessError as error:
+            raise SystemExit(str(error)) from None
+        fresh = stack.first_deploy
+        noop = stack.deploy(source=v1)
+        changed = changed_operations(noop)
+        commands = remote_commands(stack.inventory, v1)
 
-        fresh = run_pyinfra(inventory, REPO / "deploy.py", "--data", f"source={v1}")
-        if fresh.returncode != 0:
-            raise SystemExit(f"first deploy failed:\n{fresh.output_tail()}")
-        noop = run_pyinfra(inventory, REPO / "deploy.py", "--data", f"source={v1}")
-        changed = [op for op in noop.changed if op not in NON_IDEMPOTENT_OPERATIONS]
-        commands = remote_commands(inventory, v1)
-
-        upgrade_s, upgrade_sender, _ = timed_with_sender(
-            stack, lambda: run_pyinfra(inventory, REPO / "deploy.py", "--data", f"source={v2}"))
-        rollback_s, rollback_sender, stored = timed_with_sender(
-            stack, lambda: run_pyinfra(inventory, REPO / "rollback.py", "--data", "release=v1"))
+        upgrade_s, upgrade_sender, _ = timed_with_sender(stack, lambda: stack.deploy(source=v2))
+        rollback_s, rollback_sender, stored = timed_with_sender(stack, lambda: stack.rollback("v1"))
         accepted = len(upgrade_sender.accepted) + len(rollback_sender.accepted)
 
         print(f"fresh VPS to checked stack (images as bundles): {fresh.seconds:6.1f} s")
@@ -175,8 +167,8 @@ def main() -> int:
                           "rollback_s": round(rollback_s, 1), "rollback_lost": len(rollback_sender.lost),
                           "stored_exactly_once": stored == accepted}))
     finally:
-        harness_acme.ensure_acme_absent(container=acme_name, out=None)
-        stop_vps(name)
+        if not args.keep:
+            tear_down_stack(names)
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

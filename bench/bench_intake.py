@@ -25,7 +25,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from restobot import meta_payloads as meta
-from restobot import workflows
+from restobot.remote import workflows
 from harness.workflows_stack import Stack, http
 
 

@@ -2,13 +2,13 @@
 
 Prints the time of applying the whole schema to an empty database and of the
 no-op run (everything applied; must stay well under a second), in-process
-(the runner's own cost) and as ``python -m restobot.migrate apply`` (what the
+(the runner's own cost) and as ``python -m restobot.remote.migrate apply`` (what the
 db-migrate container pays, interpreter start-up included).
 
     .venv/bin/python bench/bench_migrate.py [--database-url URL] [--runs N]
 
 Without --database-url (or DATABASE_URL) it starts a throwaway PostgreSQL
-cluster on 127.0.0.1 (the tests' fixture, tests/integration/conftest.py) and
+cluster on 127.0.0.1 (harness/postgres.py, as the integration tests do) and
 creates a fresh database per full-apply sample. With a URL, that database must
 be empty: the bench applies the schema to it and leaves it applied.
 """
@@ -16,7 +16,6 @@ be empty: the bench applies the schema to it and leaves it applied.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import io
 import os
 import resource
@@ -30,17 +29,15 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from restobot.migrate import DEFAULT_DIR, apply, load_migrations, redact_url  # noqa: E402
+from harness.postgres import ThrowawayPostgres, postgres_bindir  # noqa: E402
+from restobot.remote.migrate.lexer import DEFAULT_DIR, load_migrations  # noqa: E402
+from restobot.remote.migrate.runner import apply, redact_url  # noqa: E402
 
 NOOP_BUDGET_S = 1.0
 
 
-def _throwaway_postgres():
-    spec = importlib.util.spec_from_file_location("restobot_bench_pg", REPO / "tests/integration/conftest.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module.ThrowawayPostgres(module.postgres_bindir())
+def _throwaway_postgres() -> ThrowawayPostgres:
+    return ThrowawayPostgres(postgres_bindir())
 
 
 def _ms(samples: list[float]) -> str:
@@ -90,7 +87,7 @@ def main() -> int:
         for _ in range(max(3, args.runs // 2)):
             before = resource.getrusage(resource.RUSAGE_CHILDREN)
             started = time.perf_counter()
-            proc = subprocess.run([sys.executable, "-m", "restobot.migrate", "apply"], cwd=REPO, env=env,
+            proc = subprocess.run([sys.executable, "-m", "restobot.remote.migrate", "apply"], cwd=REPO, env=env,
                                   capture_output=True, text=True)
             cli.append(time.perf_counter() - started)
             after = resource.getrusage(resource.RUSAGE_CHILDREN)
@@ -99,11 +96,11 @@ def main() -> int:
                 print(proc.stderr, file=sys.stderr)
                 return 1
 
-    print(f"restobot.migrate benchmark against {target}")
+    print(f"restobot.remote.migrate benchmark against {target}")
     print(f"schema: {len(files)} files, {statements} statements")
     print(f"full apply, empty database (in-process): {_ms(full)}")
     print(f"no-op, everything applied (in-process):  {_ms(noop)}")
-    print(f"no-op, python -m restobot.migrate apply: {_ms(cli)}  wall, interpreter start-up included")
+    print(f"no-op, python -m restobot.remote.migrate apply: {_ms(cli)}  wall, interpreter start-up included")
     print(f"                                CPU time: {_ms(cli_cpu)}")
     print(f"machine load average (1 min): {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     verdict = "OK" if max(noop) < NOOP_BUDGET_S and statistics.median(cli) < NOOP_BUDGET_S else "OVER BUDGET"

@@ -2,7 +2,7 @@
 
 Starts a brand new local VPS container of its own (harness/vps.py,
 name ``restobot-vps-bench-provision``, free ports on 127.0.0.1), then runs the
-real CLI ``pyinfra INVENTORY DEPLOY -y --json`` (the e2e tests' helpers):
+real CLI ``pyinfra INVENTORY DEPLOY -y --json`` (harness/deploys.py, as the e2e tests do):
 
 1. fresh provisioning (apt downloads included: the package mirror's speed counts);
 2. no-op re-runs (``results.totals.success`` must be 0), timed;
@@ -29,10 +29,18 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from harness.deploys import (  # noqa: E402
+    PROVISION_DEPLOY_BODY,
+    HarnessError,
+    endpoint_settings,
+    run_pyinfra,
+    start_vps,
+    stop_vps,
+    write_deploy,
+    write_inventory,
+)
 from restobot.secrets import ensure_secrets_file  # noqa: E402
 from restobot.settings import secrets_file  # noqa: E402
-from tests.e2e.conftest import endpoint_settings, run_pyinfra, write_deploy, write_inventory  # noqa: E402
-from tests.e2e.test_provision import DEPLOY_BODY, free_ports  # noqa: E402
 
 CONTAINER = "restobot-vps-bench-provision"
 COMMAND_LINE = re.compile(r"Running command on \S+?:")
@@ -49,17 +57,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep", action="store_true", help="leave the VPS container running")
     args = parser.parse_args(argv)
 
-    from harness import vps
-
     ensure_secrets_file(secrets_file("local"))
     print(f"Starting a fresh VPS container ({CONTAINER})...", flush=True)
-    endpoint = vps.ensure_vps_running(container=CONTAINER, ports=vps.VpsPorts(*free_ports(3)), fresh=True, out=None)
+    try:
+        endpoint = start_vps(CONTAINER, fresh=True)
+    except HarnessError as error:
+        print(error, file=sys.stderr)
+        return 1
     try:
         with tempfile.TemporaryDirectory(prefix="bench-provision-") as tmp:
             directory = Path(tmp)
             inventory = write_inventory(directory / "inventory.py", endpoint_settings(endpoint),
                                         known_hosts=endpoint.known_hosts_path)
-            deploy = write_deploy(directory / "deploy.py", DEPLOY_BODY)
+            deploy = write_deploy(directory / "deploy.py", PROVISION_DEPLOY_BODY)
 
             fresh = run_pyinfra(inventory, deploy)
             if fresh.returncode != 0:
@@ -86,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"remote commands (no-op): {commands:5d}  (from --debug 'Running command on' lines)")
     finally:
         if not args.keep:
-            vps.ensure_vps_absent(container=CONTAINER, out=None)
+            stop_vps(CONTAINER)
     return 0
 
 

@@ -39,23 +39,22 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from restobot import meta_payloads
-from restobot.commands import container_exec, psql
 from harness import acme as harness_acme
-from harness import meta_double as harness_meta
 from harness import vps as harness_vps
-from harness.stage import local_stage_tree
-from restobot.secrets import ensure_secrets_file
-from restobot.settings import Settings, load_settings, secrets_file
-from tests.e2e.conftest import (
-    _free_ports,
-    run_pyinfra,
-    start_vps,
-    stop_vps,
+from harness.deploys import (
+    HarnessError,
+    StackNames,
+    bring_up_stack,
+    stack_names,
+    tear_down_stack,
     vps_exec,
-    write_inventory,
 )
 from harness.rawhttp import Edge, exchange, fetch_root
+from harness.stage import local_stage_tree
+from restobot import meta_payloads
+from restobot.commands import container_exec, psql
+from restobot.secrets import ensure_secrets_file
+from restobot.settings import Settings, load_settings, secrets_file
 
 TABLE_SIZES = ("select c.relname, pg_total_relation_size(c.oid) from pg_class c "
                "join pg_namespace n on n.oid = c.relnamespace "
@@ -213,17 +212,14 @@ def kept_stack(vps_name: str, acme_name: str, workdir: Path) -> tuple[Stack, Edg
     return Stack(endpoint, settings), edge_for(endpoint, settings, acme, workdir)
 
 
-def fresh_stack(names: dict[str, str], workdir: Path) -> tuple[Stack, Edge]:
-    endpoint = start_vps(names["vps"], tuple(_free_ports(3)), fresh=True)
-    acme = harness_acme.ensure_acme_running(vps_container=names["vps"], container=names["acme"], out=None)
-    meta = harness_meta.ensure_meta_double_running(vps_container=names["vps"], container=names["meta"], out=None)
-    tree = local_stage_tree(endpoint, acme=acme.settings(), meta=meta.settings())
-    inventory = write_inventory(workdir / "bench.py", tree, group="bench", name="bench-vps")
-    deploy = run_pyinfra(inventory, REPO / "deploy.py", "--data", "release=bench-refused")
-    if deploy.returncode != 0:
-        raise SystemExit(f"the deploy failed:\n{deploy.output_tail()}")
-    settings = load_settings(tree)
-    return Stack(endpoint, settings), edge_for(endpoint, settings, acme, workdir)
+def fresh_stack(names: StackNames, workdir: Path) -> tuple[Stack, Edge]:
+    """harness.deploys.bring_up_stack: a fresh VPS, the local ACME server, the Meta double, deploy.py once."""
+    try:
+        deployed = bring_up_stack(names, workdir, release="bench-refused", group="bench", host_name="bench-vps")
+    except HarnessError as error:
+        raise SystemExit(str(error)) from None
+    settings = load_settings(deployed.settings)
+    return Stack(deployed.endpoint, settings), edge_for(deployed.endpoint, settings, deployed.acme, workdir)
 
 
 def main() -> int:
@@ -236,19 +232,17 @@ def main() -> int:
     ensure_secrets_file(secrets_file("local"))
     workdir = REPO / ".cache" / f"bench-refused-{os.getpid()}"
     workdir.mkdir(parents=True, exist_ok=True)
-    names = {kind: f"restobot-{kind}-bench-{os.getpid()}" for kind in ("vps", "acme", "meta")}
+    names = stack_names("bench")
     try:
         if args.vps:
             stack, edge = kept_stack(args.vps, args.acme or args.vps.replace("-vps-", "-acme-", 1), workdir)
         else:
             stack, edge = fresh_stack(names, workdir)
-        print(f"stack {args.vps or names['vps']}, {requests} refused requests per kind, sizes after CHECKPOINT")
+        print(f"stack {args.vps or names.vps}, {requests} refused requests per kind, sizes after CHECKPOINT")
         measure(stack, edge, requests)
     finally:
         if not args.vps:
-            harness_meta.ensure_meta_double_absent(container=names["meta"], out=None)
-            harness_acme.ensure_acme_absent(container=names["acme"], out=None)
-            stop_vps(names["vps"])
+            tear_down_stack(names)
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

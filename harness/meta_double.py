@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import subprocess
 import sys
 import time
 import urllib.error
@@ -208,7 +207,7 @@ def _create_and_start(steps: list[list[str]], container: str) -> None:
     """Run the ``docker create``, ``network connect`` and ``start`` steps; remove the container
     when one fails."""
     for argv in steps:
-        proc = subprocess.run(argv, check=False, text=True, capture_output=True)
+        proc = sidecar.run_docker(argv)
         if proc.returncode != 0:
             sidecar.docker("rm", "--force", container)
             raise MetaDoubleError(f"{' '.join(argv[:3])} {container} failed: {proc.stderr.strip()}")

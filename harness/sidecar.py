@@ -13,10 +13,13 @@ subnet). The network is internal (no route beyond it).
 A standalone sidecar (no VPS) has no network of its own: its ports are published
 on 127.0.0.1.
 
-This module holds what both sidecars share: docker wrappers, the file lock, the
-network's layout and lifecycle, and the steps of ``up`` (keep a current container
-or replace it), ``down`` and ``status``. Its errors are SidecarError (AcmeError and
-MetaDoubleError derive from it).
+This module holds what both sidecars share: the file lock, the network's layout
+and lifecycle, and the steps of ``up`` (keep a current container or replace it),
+``down`` and ``status``. Its errors are SidecarError (AcmeError and MetaDoubleError
+derive from it). Its docker-CLI helpers (``docker``, ``run_docker``,
+``container_state``, ``is_running``, ``container_logs``, ``wait_for_container``) are
+the harness's one way to run docker, inspect a container and wait for it: the VPS
+container (harness/vps.py) uses them too.
 """
 
 from __future__ import annotations
@@ -36,6 +39,8 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, TextIO, TypeVar
 
+from harness.poll import PollTimeout, poll
+
 LOOPBACK = "127.0.0.1"
 NETWORK_LABEL = "org.restobot.acme-network"
 """On the networks made here: the sidecar container they belong to (``down`` removes only those).
@@ -52,6 +57,7 @@ NETWORK_ATTEMPTS = 32
 
 Say = Callable[[str], None]
 Record = TypeVar("Record")
+Answer = TypeVar("Answer")
 
 
 class SidecarError(RuntimeError):
@@ -149,7 +155,26 @@ def spec_hash(image_id: str, network: SidecarNetwork | None, files: Sequence[Pat
 
 
 def docker(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+    """``docker ARGS...``, output captured as text; ``check``: CalledProcessError on a non-zero exit."""
     return subprocess.run(["docker", *args], check=check, text=True, capture_output=True)
+
+
+def run_docker(argv: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """Run an argv a pure builder made (``["docker", "run", ...]``) as :func:`docker` does."""
+    if not argv or argv[0] != "docker":
+        raise ValueError(f"not a docker argv: {list(argv)[:3]}")
+    return docker(*argv[1:])
+
+
+def docker_unavailable() -> str | None:
+    """Why docker cannot be used here, with the command that fixes it; None when the daemon answers."""
+    if shutil.which("docker") is None:
+        return "the docker CLI is not installed: run scripts/setup-host (it installs docker.io)"
+    try:
+        answered = subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        answered = False
+    return None if answered else "the docker daemon does not answer: run scripts/setup-host (it starts dockerd)"
 
 
 def container_state(container: str) -> dict | None:
@@ -163,8 +188,38 @@ def is_running(state: dict | None) -> bool:
 
 
 def container_logs(container: str, lines: int = 20) -> str:
+    """The container's last ``lines`` log lines (stdout and stderr)."""
     proc = docker("logs", "--tail", str(lines), container)
     return (proc.stdout + proc.stderr).strip()
+
+
+def wait_for_container(container: str, probe: Callable[[], Answer], *, deadline: float, what: str,
+                       until: Callable[[Answer], bool] = bool, tolerate: tuple[type[BaseException], ...] = (),
+                       interval: float = 0.5, error: type[Exception] = SidecarError) -> tuple[Answer, float]:
+    """Poll ``probe`` (harness.poll) while ``container`` runs; return (its answer, seconds waited).
+
+    + deadline: a ``time.monotonic()`` value.
+    + what: what is awaited, for the error.
+    + until, tolerate, interval: as in :func:`harness.poll.poll`.
+    + error: raised, with the container's last log lines, when the container is not
+      running or the deadline passes (VpsError for the VPS).
+    """
+    started = time.monotonic()
+
+    def ask() -> Answer:
+        state = container_state(container)
+        if not is_running(state):
+            gone = f"exited (code {state['State']['ExitCode']})" if state else "is gone"
+            raise error(f"{container} {gone} while waiting for {what}; "
+                        f"last log lines:\n{container_logs(container)}")
+        return probe()
+
+    try:
+        answer = poll(ask, until=until, timeout=max(0.0, deadline - started), what=what, interval=interval,
+                      tolerate=tolerate)
+    except PollTimeout as timeout:
+        raise error(f"{timeout}\nlast log lines of {container}:\n{container_logs(container)}") from None
+    return answer, time.monotonic() - started
 
 
 def container_networks(state: dict | None) -> dict[str, dict]:
@@ -324,8 +379,7 @@ def ensure_network(container: str, *, say: Say = lambda line: None) -> SidecarNe
             skipped.append(f"{subnet} (a host route)")
             continue
         layout = network_layout(name, subnet)
-        proc = subprocess.run(network_create_argv(layout, container), check=False, text=True,
-                              capture_output=True)
+        proc = run_docker(network_create_argv(layout, container))
         if proc.returncode == 0:
             say(f"Created docker network {name} ({layout.subnet}, {container} at {layout.pebble_ip})")
             return layout
@@ -433,19 +487,13 @@ def wait_until_serving(container: str, url: str, probe: Callable[[], object], de
     SidecarError, with the container's last log lines, when the container exits or
     the deadline passes (``retry_on``: the errors meaning "not yet").
     """
-    started = time.monotonic()
-    last_error: BaseException | None = None
-    while time.monotonic() < deadline:
-        if not is_running(container_state(container)):
-            raise SidecarError(f"{container} exited; last log lines:\n{container_logs(container)}")
-        try:
-            probe()
-            return time.monotonic() - started
-        except retry_on as error:
-            last_error = error
-        time.sleep(interval)
-    raise SidecarError(f"{url} did not answer in time (last error: {last_error!r}); "
-                       f"last log lines of {container}:\n{container_logs(container)}")
+    def answered() -> bool:
+        probe()
+        return True
+
+    _, seconds = wait_for_container(container, answered, deadline=deadline, what=f"{url} answering",
+                                    tolerate=retry_on, interval=interval)
+    return seconds
 
 
 # --- down, status -----------------------------------------------------------------------

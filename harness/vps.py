@@ -12,6 +12,9 @@ channel) and written to ``.cache/local-vps/<container>.known_hosts``, so SSH
 clients verify it; the local stage's settings pin it as ``ssh.host_key``
 (:func:`recorded_host_key`, used by harness/stage.py).
 
+Docker is run, the container inspected and waited for with harness/sidecar.py's
+helpers (the same as the sidecars beside the VPS use).
+
 CLI::
 
     python -m harness.vps up [--fresh] [--ssh-port N] [--http-port N] [--https-port N]
@@ -26,14 +29,13 @@ import dataclasses
 import hashlib
 import json
 import shlex
-import subprocess
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TextIO
 
-from harness import images
+from harness import images, sidecar
 
 CONTAINER_NAME = "restobot-vps-local"
 """Stable name: one local VPS per machine; ``up`` replaces a stopped leftover."""
@@ -41,7 +43,7 @@ VPS_IMAGE = "vps"
 """Name in ``images.LOCAL_IMAGES`` of the image the VPS runs."""
 KEY_DIR = images.REPO_ROOT / ".cache" / "local-vps"
 BUNDLE_MOUNT = "/var/lib/restobot-bundles"
-LOOPBACK = "127.0.0.1"
+LOOPBACK = sidecar.LOOPBACK
 SPEC_LABEL = "org.restobot.vps-spec"
 SSH_USER = "root"
 HOST_KEY_FILE = "/etc/ssh/ssh_host_ed25519_key.pub"
@@ -178,15 +180,6 @@ def run_argv(*, container: str, image_ref: str, ports: VpsPorts, bundle_dir: Pat
     ]
 
 
-def _docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["docker", *args], check=check, text=True, capture_output=True)
-
-
-def _container_state(container: str) -> dict | None:
-    proc = _docker("container", "inspect", container, check=False)
-    return json.loads(proc.stdout)[0] if proc.returncode == 0 else None
-
-
 def _spec_hash(image_id: str, ports: VpsPorts, bundle_dir: Path, authorized_key: str) -> str:
     spec = {"image": image_id, "ports": dataclasses.asdict(ports),
             "bundle_dir": str(bundle_dir), "key": authorized_key}
@@ -194,15 +187,15 @@ def _spec_hash(image_id: str, ports: VpsPorts, bundle_dir: Path, authorized_key:
 
 
 def _remove(container: str, *, volume: bool) -> None:
-    _docker("rm", "--force", "--volumes", container, check=False)
+    sidecar.docker("rm", "--force", "--volumes", container)
     if volume:
-        _docker("volume", "rm", "--force", volume_name(container), check=False)
+        sidecar.docker("volume", "rm", "--force", volume_name(container))
 
 
 def read_host_key(container: str) -> str | None:
     """The container's ed25519 host key, "ssh-ed25519 AAAA...", read through docker exec (a
     channel that does not depend on the key); None while sshd has not made it yet."""
-    proc = _docker("exec", container, "cat", HOST_KEY_FILE, check=False)
+    proc = sidecar.docker("exec", container, "cat", HOST_KEY_FILE)
     fields = proc.stdout.split()
     return f"{fields[0]} {fields[1]}" if proc.returncode == 0 and len(fields) >= 2 else None
 
@@ -219,40 +212,39 @@ def recorded_host_key(known_hosts: Path) -> str | None:
 
 def _record_host_key(container: str, ports: VpsPorts, known_hosts: Path, deadline: float) -> None:
     """Copy the container's ed25519 host key into known_hosts (read via docker exec)."""
-    while (host_key := read_host_key(container)) is None:
-        if time.monotonic() > deadline:
-            raise VpsError(f"{container}: no SSH host key after start; logs: "
-                           + _docker("logs", "--tail", "20", container, check=False).stderr)
-        time.sleep(0.3)
+    host_key, _ = sidecar.wait_for_container(container, lambda: read_host_key(container), deadline=deadline,
+                                             what=f"{container}'s SSH host key", interval=0.3, error=VpsError)
     known_hosts.write_text(f"[{LOOPBACK}]:{ports.ssh} {host_key}\n")
+
+
+def _ssh_login_works(endpoint: VpsEndpoint) -> bool:
+    """One paramiko login (host key checked) running ``true``; raises while sshd is not ready."""
+    import paramiko
+
+    client = paramiko.SSHClient()
+    client.load_host_keys(str(endpoint.known_hosts_path))
+    client.set_missing_host_key_policy(paramiko.RejectPolicy())
+    try:
+        client.connect(
+            endpoint.host, port=endpoint.ssh_port, username=endpoint.user,
+            key_filename=str(endpoint.key_path), look_for_keys=False,
+            allow_agent=False, timeout=3, banner_timeout=3, auth_timeout=3,
+        )
+        _, stdout, _ = client.exec_command("true", timeout=5)
+        return stdout.channel.recv_exit_status() == 0
+    finally:
+        client.close()
 
 
 def _wait_for_ssh(endpoint: VpsEndpoint, deadline: float) -> float:
     """Log in with paramiko until it works or the deadline passes; return seconds waited."""
     import paramiko
 
-    started = time.monotonic()
-    last_error: Exception | None = None
-    while time.monotonic() < deadline:
-        client = paramiko.SSHClient()
-        client.load_host_keys(str(endpoint.known_hosts_path))
-        client.set_missing_host_key_policy(paramiko.RejectPolicy())
-        try:
-            client.connect(
-                endpoint.host, port=endpoint.ssh_port, username=endpoint.user,
-                key_filename=str(endpoint.key_path), look_for_keys=False,
-                allow_agent=False, timeout=3, banner_timeout=3, auth_timeout=3,
-            )
-            _, stdout, _ = client.exec_command("true", timeout=5)
-            if stdout.channel.recv_exit_status() == 0:
-                return time.monotonic() - started
-        except (paramiko.SSHException, OSError, EOFError) as error:
-            last_error = error
-        finally:
-            client.close()
-        time.sleep(0.5)
-    raise VpsError(f"SSH on {endpoint.host}:{endpoint.ssh_port} did not answer in time "
-                   f"(last error: {last_error!r}); check 'docker logs {endpoint.container}'")
+    _, seconds = sidecar.wait_for_container(
+        endpoint.container, lambda: _ssh_login_works(endpoint), deadline=deadline,
+        what=f"SSH login on {endpoint.host}:{endpoint.ssh_port}",
+        tolerate=(paramiko.SSHException, OSError, EOFError), error=VpsError)
+    return seconds
 
 
 def ensure_vps_running(*, container: str = CONTAINER_NAME, ports: VpsPorts = DEFAULT_PORTS,
@@ -276,7 +268,7 @@ def ensure_vps_running(*, container: str = CONTAINER_NAME, ports: VpsPorts = DEF
         endpoint = ensure_vps_running()
         subprocess.run(endpoint.ssh_argv("uname", "-a"), check=True)
     """
-    say = (lambda line: print(line, file=out, flush=True)) if out else (lambda line: None)
+    say = sidecar.say_to(out)
     if build:
         images.build_images([VPS_IMAGE], out=out)
     image_ref = images.current_ref(VPS_IMAGE)
@@ -292,8 +284,8 @@ def ensure_vps_running(*, container: str = CONTAINER_NAME, ports: VpsPorts = DEF
     endpoint = VpsEndpoint(LOOPBACK, ports.ssh, ports.http, ports.https, key_path,
                            known_hosts, container)
 
-    state = _container_state(container)
-    running = bool(state and state["State"]["Running"])
+    state = sidecar.container_state(container)
+    running = sidecar.is_running(state)
     same_spec = bool(state and state["Config"]["Labels"].get(SPEC_LABEL) == spec_hash)
     do_remove = state is not None and (fresh or not running or not same_spec)
     do_start = do_remove or state is None
@@ -304,11 +296,9 @@ def ensure_vps_running(*, container: str = CONTAINER_NAME, ports: VpsPorts = DEF
         _remove(container, volume=True)
     if do_start:
         say(f"Starting {container} from {image_ref}...")
-        proc = subprocess.run(
+        proc = sidecar.run_docker(
             run_argv(container=container, image_ref=image_ref, ports=ports,
-                     bundle_dir=bundle_dir, authorized_key=authorized_key, spec_hash=spec_hash),
-            text=True, capture_output=True,
-        )
+                     bundle_dir=bundle_dir, authorized_key=authorized_key, spec_hash=spec_hash))
         if proc.returncode != 0:
             raise VpsError(f"docker run {container} failed: {proc.stderr.strip()}")
         _record_host_key(container, ports, known_hosts, deadline)
@@ -323,7 +313,7 @@ def ensure_vps_running(*, container: str = CONTAINER_NAME, ports: VpsPorts = DEF
 
 def vps_endpoint(*, container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR) -> VpsEndpoint:
     """The endpoint of an existing VPS container, ports read from docker."""
-    state = _container_state(container)
+    state = sidecar.container_state(container)
     if state is None:
         raise VpsError(f"no container {container}: run 'python -m harness.vps up'")
     bindings = state["HostConfig"]["PortBindings"] or {}
@@ -339,8 +329,8 @@ def vps_endpoint(*, container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR) ->
 def ensure_vps_absent(*, container: str = CONTAINER_NAME, key_dir: Path = KEY_DIR,
                       out: TextIO | None = sys.stdout) -> bool:
     """Remove the VPS container and its docker volume; return whether anything was there."""
-    say = (lambda line: print(line, file=out, flush=True)) if out else (lambda line: None)
-    existed = _container_state(container) is not None
+    say = sidecar.say_to(out)
+    existed = sidecar.container_state(container) is not None
     _remove(container, volume=True)
     _, known_hosts = key_paths(key_dir, container)
     if existed:
@@ -353,8 +343,8 @@ def ensure_vps_absent(*, container: str = CONTAINER_NAME, key_dir: Path = KEY_DI
 
 def container_address(container: str = CONTAINER_NAME) -> str | None:
     """The VPS container's address on docker's default bridge (an "outside" viewpoint)."""
-    result = _docker("inspect", "--format", "{{.NetworkSettings.IPAddress}}", container, check=False)
-    return result.stdout.strip() or None if result.returncode == 0 else None
+    state = sidecar.container_state(container)
+    return ((state or {}).get("NetworkSettings") or {}).get("IPAddress") or None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -31,7 +31,7 @@ from pathlib import Path
 import psycopg
 import yaml
 
-from restobot import workflows
+from restobot.remote import workflows
 from harness.stage import local_stage_tree
 from restobot.render import (
     GatewayOptions,
@@ -234,7 +234,7 @@ class Stack:
         self._run("graph", IMAGES["python"], "-v", f"{graph}:/srv/graph_api.py:ro", aliases=("graph",),
                   publish="8000", command=("python3", "/srv/graph_api.py", "8000"))
         self.wait_postgres()
-        subprocess.run([sys.executable, "-m", "restobot.migrate", "apply", "--database-url", self.db_url],
+        subprocess.run([sys.executable, "-m", "restobot.remote.migrate", "apply", "--database-url", self.db_url],
                        check=True, capture_output=True, cwd=REPO)
         self._start_n8n()
         self._run("gateway", IMAGES["nginx"], "-v", f"{release / 'nginx/nginx.conf'}:/etc/nginx/nginx.conf:ro",

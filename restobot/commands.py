@@ -174,9 +174,13 @@ def switch_current(layout: HostLayout, identifier: str) -> list[list[str]]:
 
 def workflow_import(release_dir: str) -> list[str]:
     """Run the release's own importer on the host: it imports what changed, restarts n8n main
-    if anything did, and returns only once every webhook answers from its workflow."""
+    if anything did, and returns only once every webhook answers from its workflow.
+
+    It runs as a lone file (restobot/remote/workflows.py imports nothing of ``restobot``):
+    ``python3 -m`` would put the SSH session's working directory first on ``sys.path``,
+    and ``-P`` needs Python 3.11 on the host."""
     return [
-        "python3", f"{release_dir}/restobot/workflows.py", "import",
+        "python3", f"{release_dir}/restobot/remote/workflows.py", "import",
         "--dir", f"{release_dir}/workflows",
         "--compose-dir", release_dir, "--compose-file", f"{release_dir}/compose.yml",
     ]

@@ -16,7 +16,7 @@ or errored, 2 when none ran; ``--strict-manual`` also exits 1 on manual items.
 
 This module also holds the checks' pure parts (parsers of ``ufw status``,
 ``sshd -T``, ``ss``; TLS and HTTP probes that connect to an override address
-like ``curl --connect-to``), unit-tested by value in tests/unit/test_checklist*.py.
+like ``curl --connect-to``), unit-tested by value in tests/unit/test_golive.py.
 """
 
 from __future__ import annotations

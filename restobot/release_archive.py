@@ -2,10 +2,11 @@
 
 A release is everything the host needs to run one version of the stack: the
 rendered configs and env files, the migrations and the migrate image's build
-context, the workflows, the smoke script and a manifest. It is named by the git
-tag (or commit) it was built from, and its archive is byte-for-byte
-reproducible, so the same checkout and settings give the same hash and a
-redeploy with nothing changed uploads nothing.
+context, the workflows, the programs that run on the host (restobot/remote/),
+the smoke script and a manifest. It is named by the git tag (or commit) it was
+built from, and its archive is byte-for-byte reproducible, so the same checkout
+and settings give the same hash and a redeploy with nothing changed uploads
+nothing.
 """
 
 from __future__ import annotations
@@ -25,22 +26,26 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError
 from pyinfra.api.exceptions import DeployError
 
-from restobot.migrate import BACKWARD_COMPATIBLE_MARKER, header_has
+from restobot.remote.migrate.lexer import BACKWARD_COMPATIBLE_MARKER, header_has
 from restobot.render import RenderContext, RenderedFile, render_release
 from restobot.settings import REPO_ROOT, Settings
 
 MANIFEST = "RELEASE.json"
 RELEASE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+# The programs that run on the VPS, the one route by which they reach it: the package
+# restobot.remote and the (import-free) package file that makes ``restobot`` importable,
+# so `python3 -m restobot.remote.migrate` runs from a release directory (or the image).
+REMOTE_GLOBS = ("restobot/__init__.py", "restobot/remote/**/*.py")
 # Files copied verbatim from the checkout into every release.
 SOURCE_GLOBS = (
     "migrations/*.sql",
     "workflows/*.json",
     "docker/migrate/*",
-    "restobot/migrate.py",
-    "restobot/workflows.py",
+    *REMOTE_GLOBS,
     "templates/smoke.sh",
 )
-MIGRATE_CONTEXT_GLOBS = ("docker/migrate/*", "restobot/migrate.py", "migrations/*.sql")
+# What docker/migrate/Dockerfile copies from the release (its build inputs, which tag the image).
+MIGRATE_CONTEXT = ("docker/migrate/", "migrations/", "restobot/__init__.py", "restobot/remote/")
 
 
 class ReleaseError(DeployError, ValueError):
@@ -49,7 +54,7 @@ class ReleaseError(DeployError, ValueError):
 
 @dataclass(frozen=True)
 class MigrationInfo:
-    """One migration file of a release.
+    """One migration file of a release (a ``ReleaseFile`` of restobot/remote/migrate/plan.py).
 
     + filename: its name under ``migrations/`` (the ledger's key)
     + sha256: the hash of its content
@@ -59,6 +64,11 @@ class MigrationInfo:
     filename: str
     sha256: str
     backward_compatible: bool
+
+    @property
+    def checksum(self) -> str:
+        """``sha256`` under the ledger's name for it (what the migration plan compares)."""
+        return self.sha256
 
 
 class ReleaseManifest(BaseModel):
@@ -186,10 +196,7 @@ def digest(files: dict[str, bytes], extra: str = "") -> str:
 
 def migrate_image_name(files: dict[str, bytes], base_image: str) -> str:
     """The migrate image is tagged by its build inputs: unchanged inputs, no rebuild."""
-    context = {
-        path: content for path, content in files.items()
-        if any(Path(path).match(pattern) for pattern in MIGRATE_CONTEXT_GLOBS)
-    }
+    context = {path: content for path, content in files.items() if path.startswith(MIGRATE_CONTEXT)}
     return f"restobot/migrate:{digest(context, base_image)[:12]}"
 
 

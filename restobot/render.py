@@ -12,8 +12,8 @@ from pathlib import Path
 
 import jinja2
 
+from restobot.remote.workflows import credentials_overwrite_data
 from restobot.settings import CHANNELS, REPO_ROOT, Settings
-from restobot.workflows import credentials_overwrite_data
 
 TEMPLATES_DIR = REPO_ROOT / "templates"
 COMPOSE_PROJECT = "resto"

@@ -1,7 +1,9 @@
 """Decide whether a rollback can run, and on what data. Pure: facts in, decision out.
 
 Migrations are forward-only. A release may run on a newer schema when every
-migration it does not know was marked ``-- migrate:backward-compatible``;
+migration it does not know was marked ``-- migrate:backward-compatible`` (decided
+by the migration runner's plan, restobot/remote/migrate/plan.py, from the release's
+manifest and the ledger);
 otherwise the rollback is refused unless the operator asks to restore the
 backup taken before those migrations ran (rows written since are lost).
 """
@@ -12,6 +14,7 @@ from dataclasses import dataclass
 
 from restobot.facts.deploy import PreDeployDump, LedgerRow
 from restobot.release_archive import MANIFEST, ReleaseManifest
+from restobot.remote.migrate.plan import make_plan
 
 
 class RollbackRefused(ValueError):
@@ -64,10 +67,11 @@ def plan_rollback(
             f"release {identifier} has no {MANIFEST} on the host; nothing was changed. "
             "Deploy it instead: git checkout the tag, then run deploy.py."
         )
+    # The migration runner's own plan decides what the release does not know and what it tolerates.
+    schema = make_plan(manifest.migrations, {row.filename: row for row in ledger or ()})
     known = {item.filename for item in manifest.migrations}
-    unknown = [row for row in ledger or () if row.filename not in known]
-    incompatible = [row.filename for row in unknown if not row.backward_compatible]
-    compatible = tuple(row.filename for row in unknown if row.backward_compatible)
+    incompatible = [row.filename for row in schema.unknown]
+    compatible = tuple(row.filename for row in schema.tolerated)
     if not incompatible:
         return RollbackPlan(identifier, manifest, None, compatible)
     candidates = [b for b in backups if set(b.applied_migrations) == known]

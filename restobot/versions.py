@@ -48,7 +48,7 @@ POSTGRES = ImagePin(f"postgres:{POSTGRES_MAJOR}-bookworm", str(POSTGRES_MAJOR))
 REDIS = ImagePin("redis:8.0-alpine", "8.0")
 
 # The migrate image's base. Was python:3.11-slim: Debian trixie's python3 is 3.13
-# (3.13.5), and the migrations (restobot/migrate.py, psycopg 3.3.9) are tested on it.
+# (3.13.5), and the migrations (restobot/remote/migrate/, psycopg 3.3.9) are tested on it.
 PYTHON = ImagePin("python:3.13-slim", "3.13")
 
 COMPOSE_VERSION = "2.40.3"

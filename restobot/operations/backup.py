@@ -8,8 +8,10 @@
   retention; it logs to ``BACKUP_LOG`` (0640);
 * ``{base_dir}/bin/backup-verify`` (templates/backup/backup-verify.sh.j2): restores the
   newest dump into the scratch database ``restore_check`` and compares the counts;
-* ``{base_dir}/bin/restobot_backup.py``: restobot/backup_host.py, the retention and
-  restore-check code both scripts call (unit-tested here by value);
+* ``{base_dir}/bin/restobot_backup.py``: restobot/remote/backup.py, the retention and
+  restore-check code both scripts call (unit-tested by value). It reaches the host in the
+  release like every program that runs there, and is copied from ``{base_dir}/current``
+  into ``bin/`` (by then the release just deployed), so a rollback keeps the copy that works;
 * ``CRON_FILE``: runs ``bin/backup`` as the deploy user on ``backup.schedule``.
 
 Dumps live in ``{backups_dir}/scheduled`` (0700, files 0600: personal data). The
@@ -21,25 +23,29 @@ ensured on every host (a systemd VPS image may lack it).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import shlex
+from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import deploy
-from pyinfra.facts.files import File
+from pyinfra.api import OperationError, deploy
+from pyinfra.facts.files import File, Sha256File
 from pyinfra.operations import apt, files, server
 
-from restobot import backup_host
 from restobot.commands import POSTGRES_CONTAINER, HostLayout, run_script, shell_text
 from restobot.facts.provision import HostPlatform
 from restobot.operations.provision import init_service
+from restobot.remote import backup as backup_helper
 from restobot.settings import REPO_ROOT, BackupSettings, Settings
 
 TEMPLATES = REPO_ROOT / "templates" / "backup"
 CRON_FILE = "/etc/cron.d/restobot-backup"
 LOG_DIR = "/var/log/restobot"
 BACKUP_LOG = f"{LOG_DIR}/backup.log"
-HELPER_SOURCE = backup_host.__file__
+HELPER_IN_RELEASE = "restobot/remote/backup.py"
+"""The helper's path in a release (and in the checkout it is built from)."""
+HELPER_MODE = 750
 
 
 @dataclasses.dataclass(frozen=True)
@@ -63,6 +69,11 @@ class BackupPaths:
     @property
     def helper(self) -> str:
         return f"{self.bin_dir}/restobot_backup.py"
+
+    @property
+    def helper_source(self) -> str:
+        """The helper in the current release, which ``helper`` is copied from."""
+        return f"{self.layout.current}/{HELPER_IN_RELEASE}"
 
     @property
     def directory(self) -> str:
@@ -104,16 +115,36 @@ def script_values(backup: BackupSettings, user: str, paths: BackupPaths,
         "log": shlex.quote(BACKUP_LOG),
         "log_text": BACKUP_LOG,
         "helper": shlex.quote(paths.helper),
-        "scratch": shlex.quote(backup_host.SCRATCH_DATABASE),
-        "scratch_text": backup_host.SCRATCH_DATABASE,
+        "scratch": shlex.quote(backup_helper.SCRATCH_DATABASE),
+        "scratch_text": backup_helper.SCRATCH_DATABASE,
         "script_text": paths.script,
         "verify_text": paths.verify_script,
         "cron_file": CRON_FILE,
         "daily": backup.keep_daily,
         "weekly": backup.keep_weekly,
         "monthly": backup.keep_monthly,
-        "count_sql": backup_host.count_sql(),
+        "count_sql": backup_helper.count_sql(),
     }
+
+
+def helper_install(paths: BackupPaths, user: str) -> list[str]:
+    """Copy the current release's helper into ``bin/``: root's, run by ``user`` (pure)."""
+    return ["install", "-o", "root", "-g", user, "-m", str(HELPER_MODE), paths.helper_source, paths.helper]
+
+
+def helper_sha256(source: Path) -> str:
+    """The sha256 of the helper in the checkout a release was built from (the release holds the same bytes)."""
+    helper = source / HELPER_IN_RELEASE
+    if not helper.is_file():
+        raise OperationError(f"{helper} is missing: {source} is not a checkout of this code")
+    return hashlib.sha256(helper.read_bytes()).hexdigest()
+
+
+def helper_is_current(present: dict | None, sha256: str | None, wanted: str, user: str) -> bool:
+    """Whether the helper on the host (its ``File`` and ``Sha256File`` facts) is ``wanted``, root's,
+    group ``user``, mode 750: nothing to copy (pure)."""
+    return bool(present) and sha256 == wanted and (
+        present["user"], present["group"], present["mode"]) == ("root", user, HELPER_MODE)
 
 
 # --- deploy ----------------------------------------------------------------
@@ -147,8 +178,15 @@ def backups_scheduled(settings: Settings, layout: HostLayout) -> None:
                     path=LOG_DIR, user=user, group="adm", mode="750")
     files.file(name=f"Ensure {BACKUP_LOG} is {user}'s, mode 640",
                path=BACKUP_LOG, user=user, group="adm", mode="640")
-    files.put(name=f"Ensure {paths.helper} is the backups' retention and restore-check code",
-              src=HELPER_SOURCE, dest=paths.helper, user="root", group=user, mode="750")
+    # Copied on the host from `current`, which is the release just deployed by the time this
+    # runs (it moves once the release serves) but may still be the previous one while the
+    # deploy is planned: whether to copy is decided from the checkout deploy.py released
+    # (its `source` data, else this one), whose bytes that release holds.
+    wanted = helper_sha256(Path(host.data.get("source") or REPO_ROOT))
+    present = host.get_fact(File, path=paths.helper)
+    if not helper_is_current(present, present and host.get_fact(Sha256File, path=paths.helper), wanted, user):
+        server.shell(name=f"Ensure {paths.helper} is the current release's retention and restore-check code",
+                     commands=[shell_text(helper_install(paths, user))])
     files.template(name=f"Ensure {paths.script} dumps, checks and keeps the backups",
                    src=str(TEMPLATES / "backup.sh.j2"), dest=paths.script,
                    user="root", group=user, mode="750", **values)

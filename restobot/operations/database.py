@@ -33,6 +33,7 @@ from restobot.facts.deploy import (
     LedgerRow,
 )
 from restobot.release_archive import MigrationInfo
+from restobot.remote.migrate.plan import make_plan
 
 CLIENT_NAME = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,62}$")
 TOKEN_SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -40,8 +41,9 @@ SCOPE = re.compile(r"^[a-z0-9][a-z0-9_.:-]{0,62}$")
 
 
 def pending_migrations(release_migrations: Sequence[MigrationInfo], ledger: tuple[LedgerRow, ...] | None) -> list[str]:
-    applied = {row.filename for row in ledger or ()}
-    return [item.filename for item in release_migrations if item.filename not in applied]
+    """The release's migrations the ledger lacks, in order (the migration runner's own plan)."""
+    plan = make_plan(release_migrations, {row.filename: row for row in ledger or ()})
+    return [item.filename for item in plan.pending]
 
 
 def backup_metadata(identifier: str, ledger: tuple[LedgerRow, ...]) -> str:

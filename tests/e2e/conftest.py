@@ -1,40 +1,42 @@
 """Fixtures for the e2e tier: a local VPS container reached over real SSH, and
 the real ``pyinfra`` CLI run against it as a subprocess.
 
-The harness (harness/vps.py) must be there: a missing harness or image
-fails the tests with the reason, it never skips them (CI must not go green on
-a machine that ran nothing).
+The helpers live in the harness (harness/deploys.py: VPS containers, inventories,
+pyinfra runs, a deployed stack); these fixtures only turn what the harness cannot
+do into a test failure. A missing harness or image fails the tests with the
+reason, it never skips them (CI must not go green on a machine that ran nothing).
 """
 
 from __future__ import annotations
 
-import copy
-import dataclasses
-import json
+import contextlib
 import os
-import shlex
-import subprocess
-import sys
-import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 
 from restobot.secrets import ensure_secrets_file
-from restobot.settings import REPO_ROOT, secrets_file
-
-PYINFRA = Path(sys.executable).with_name("pyinfra")
+from restobot.settings import secrets_file
 
 
-def _harness():
+def _deploys():
     try:
-        from harness import vps
+        from harness import deploys
     except ImportError as error:  # pragma: no cover - the message is the point
-        pytest.fail(f"the local VPS harness is missing (harness/vps.py: {error}); "
+        pytest.fail(f"the local VPS harness is missing (harness/deploys.py: {error}); "
                     "e2e tests need it and are never skipped", pytrace=False)
-    return vps
+    return deploys
+
+
+@contextlib.contextmanager
+def harness_must_deliver(what: str) -> Iterator:
+    """Run a harness step (``with harness_must_deliver("the VPS") as deploys: ...``): its failure fails the test."""
+    deploys = _deploys()
+    try:
+        yield deploys
+    except deploys.HarnessError as error:
+        pytest.fail(f"{what}: {error}", pytrace=False)
 
 
 @pytest.fixture(scope="session")
@@ -48,233 +50,48 @@ def local_vps(local_secrets):
     """The shared local VPS (``restobot-vps-local`` on 127.0.0.1:2222), started if needed.
 
     Kept between sessions (other e2e tests deploy onto it); tests that need a
-    brand new host use :func:`start_vps` with their own name instead.
+    brand new host use :func:`own_vps` instead.
     """
-    vps = _harness()
+    _deploys()
+    from harness import vps
+
     try:
         return vps.ensure_vps_running(out=None)
     except Exception as error:  # noqa: BLE001 - report whatever stopped the harness
         pytest.fail(f"the local VPS did not start: {error}", pytrace=False)
 
 
-def start_vps(name: str, ports: tuple[int, int, int], *, fresh: bool = True):
-    """A VPS container of its own (``fresh``: a brand new host, its docker volume too)."""
-    vps = _harness()
-    try:
-        return vps.ensure_vps_running(container=name, ports=vps.VpsPorts(*ports), fresh=fresh, out=None)
-    except Exception as error:  # noqa: BLE001
-        pytest.fail(f"the VPS container {name} did not start: {error}", pytrace=False)
+@pytest.fixture(scope="module")
+def own_vps(local_secrets) -> Iterator[Callable]:
+    """``own_vps(name)``: a brand new VPS container of the module's own (free ports), removed after the module."""
+    started: list[str] = []
 
+    def start(name: str):
+        with harness_must_deliver(f"the VPS container {name}") as deploys:
+            started.append(name)
+            return deploys.start_vps(name, fresh=True)
 
-def stop_vps(name: str) -> None:
-    _harness().ensure_vps_absent(container=name, out=None)
-
-
-def vps_exec(endpoint, *command: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    """Run argv ``command`` in the VPS over SSH (as root, each word quoted), return the completed process."""
-    proc = subprocess.run(
-        endpoint.ssh_argv(shlex.join(command)), text=True, capture_output=True, timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(
-            f"`{' '.join(command)}` on the VPS exited {proc.returncode}\n"
-            f"stdout:\n{proc.stdout[-2000:]}\nstderr:\n{proc.stderr[-2000:]}"
-        )
-    return proc
-
-
-def local_settings(**sections: Mapping[str, Any]) -> dict[str, Any]:
-    """The local stage's settings tree (harness/stage.py), with ``sections`` merged in."""
-    from harness.stage import local_stage_tree
-
-    tree = copy.deepcopy(local_stage_tree())
-    for section, values in sections.items():
-        tree[section] = {**tree.get(section, {}), **values}
-    return tree
-
-
-def write_inventory(path: Path, settings: Mapping[str, Any], *, group: str = "local",
-                    name: str = "local-vps", known_hosts: Path | None = None) -> Path:
-    """Write a pyinfra inventory file holding ``settings`` (validated when pyinfra loads it)."""
-    lines = [
-        '"""Generated by tests/e2e/conftest.py."""',
-        "import json",
-        "from restobot.hosts import vps",
-        f"SETTINGS = json.loads({json.dumps(json.dumps(settings))})",
-        f"_name, _data = vps(SETTINGS, name={name!r})",
-    ]
-    if known_hosts is not None:
-        lines += [
-            f"_data['ssh_known_hosts_file'] = {str(known_hosts)!r}",
-            "_data['ssh_strict_host_key_checking'] = 'yes'",
-        ]
-    lines.append(f"{group} = [(_name, _data)]")
-    path.write_text("\n".join(lines) + "\n")
-    return path
-
-
-def endpoint_settings(endpoint, **sections: Mapping[str, Any]) -> dict[str, Any]:
-    """Local settings pointed at ``endpoint`` (its port, login key and pinned host key).
-
-    An endpoint without a recorded host key (a stand-in listener) gets none: not the
-    default local VPS's key, which another port would not present.
-    """
-    ssh = {"host": endpoint.host, "port": endpoint.ssh_port, "user": endpoint.user,
-           "key_path": str(endpoint.key_path), "host_key": getattr(endpoint, "host_key", None)}
-    return local_settings(ssh=ssh, **sections)
-
-
-@dataclasses.dataclass
-class PyinfraRun:
-    """One finished ``pyinfra`` CLI run."""
-
-    argv: list[str]
-    returncode: int
-    stdout: str
-    stderr: str
-    seconds: float
-    payload: dict[str, Any] | None
-
-    @property
-    def results(self) -> dict[str, Any]:
-        if not self.payload or not self.payload.get("results"):
-            raise AssertionError(f"pyinfra printed no results (exit {self.returncode})\n{self.output_tail()}")
-        return self.payload["results"]
-
-    @property
-    def changed(self) -> list[str]:
-        """Names of the operations that changed something (ran at least one command)."""
-        return [op["name"] for op in self.results["operations"] if op["success"]]
-
-    def output_tail(self, chars: int = 6000) -> str:
-        return f"--- stderr (tail) ---\n{self.stderr[-chars:]}\n--- stdout (tail) ---\n{self.stdout[-chars:]}"
-
-
-def parse_json_payload(stdout: str) -> dict[str, Any] | None:
-    """The JSON document pyinfra's ``--json`` prints on stdout (None if there is none)."""
-    decoder = json.JSONDecoder()
-    for index in (i for i, char in enumerate(stdout) if char == "{" and (i == 0 or stdout[i - 1] == "\n")):
-        try:
-            payload, _ = decoder.raw_decode(stdout, index)
-        except json.JSONDecodeError:
-            continue
-        if isinstance(payload, dict) and "results" in payload:
-            return payload
-    return None
-
-
-def run_pyinfra(inventory: Path, deploy: Path | str, *args: str, env: Mapping[str, str] | None = None,
-                timeout: float = 1800) -> PyinfraRun:
-    """Run ``pyinfra INVENTORY DEPLOY -y --json ARGS`` from the repo root; never raises on failure."""
-    argv = [str(PYINFRA), str(inventory), str(deploy), "-y", "--json", *args]
-    started = time.monotonic()
-    proc = subprocess.run(
-        argv, cwd=REPO_ROOT, text=True, capture_output=True, timeout=timeout,
-        env={**os.environ, **(env or {})},
-    )
-    seconds = time.monotonic() - started
-    return PyinfraRun(argv, proc.returncode, proc.stdout, proc.stderr, seconds, parse_json_payload(proc.stdout))
-
-
-def write_deploy(path: Path, body: Sequence[str]) -> Path:
-    """A deploy file: the imports pyinfra deploys need, then ``body``."""
-    path.write_text("\n".join(["from pyinfra import host", *body]) + "\n")
-    return path
-
-
-# --- a deployed stack, shared by the e2e tests that need one ----------------------
-
-# One stack per pytest session (several sessions may run at once); the pid names it.
-STACK_PREFIX = "restobot-vps-e2e-"
-STACK_VPS = f"{STACK_PREFIX}{os.getpid()}"
-STACK_ACME = f"restobot-acme-e2e-{os.getpid()}"
-STACK_META = f"restobot-meta-e2e-{os.getpid()}"
-
-
-def remove_stacks_of_dead_sessions() -> None:
-    """Leftovers of killed sessions: their containers are named after a pid that no longer runs."""
-    from harness import acme as harness_acme
-    from harness import meta_double as harness_meta
-
-    names = subprocess.run(
-        ["docker", "ps", "--all", "--format", "{{.Names}}", "--filter", f"name={STACK_PREFIX}"],
-        capture_output=True, text=True,
-    ).stdout.split()
-    for name in names:
-        pid = name.removeprefix(STACK_PREFIX)
-        if pid.isdigit() and not Path(f"/proc/{pid}").exists():
-            harness_meta.ensure_meta_double_absent(container=f"restobot-meta-e2e-{pid}", out=None)
-            harness_acme.ensure_acme_absent(container=f"restobot-acme-e2e-{pid}", out=None)
-            stop_vps(name)
-
-
-@dataclasses.dataclass
-class DeployedStack:
-    """A VPS container with the stack deployed by the real deploy.py, and how to reach it."""
-
-    endpoint: Any
-    inventory: Path
-    settings: dict[str, Any]
-    acme: Any
-    meta: Any
-    first_deploy: PyinfraRun
-    workdir: Path
-
-    def deploy(self, *args: str, source: Path | None = None, release: str | None = None) -> PyinfraRun:
-        extra = [*args]
-        if source is not None:
-            extra += ["--data", f"source={source}"]
-        if release is not None:
-            extra += ["--data", f"release={release}"]
-        return run_pyinfra(self.inventory, REPO_ROOT / "deploy.py", *extra)
-
-    def rollback(self, release: str, *args: str) -> PyinfraRun:
-        return run_pyinfra(self.inventory, REPO_ROOT / "rollback.py", "--data", f"release={release}", *args)
-
-    def ssh(self, *command: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-        return vps_exec(self.endpoint, *command, check=check, timeout=timeout)
-
-
-def _free_ports(count: int) -> list[int]:
-    """Ports free on 127.0.0.1 right now (for a VPS container's published 22/80/443)."""
-    import socket
-
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for sock in sockets:
-            sock.bind(("127.0.0.1", 0))
-        return [sock.getsockname()[1] for sock in sockets]
-    finally:
-        for sock in sockets:
-            sock.close()
+    yield start
+    deploys = _deploys()
+    for name in started:
+        deploys.stop_vps(name)
 
 
 @pytest.fixture(scope="session")
-def deployed_stack(local_secrets, tmp_path_factory) -> DeployedStack:
-    """A fresh VPS container, the local ACME server beside it, and deploy.py run once onto it.
+def deployed_stack(local_secrets, tmp_path_factory):
+    """A fresh VPS container, the local ACME server and the Meta double beside it, and deploy.py run once
+    onto it (release ``e2e-base``): harness.deploys.bring_up_stack.
 
     Every e2e module that needs a running stack shares this one (a deploy from
     scratch takes minutes). Modules that break things on purpose put them back.
+    RESTOBOT_KEEP_E2E_STACK=1 keeps it afterwards.
     """
-    from harness import acme as harness_acme
-    from harness import meta_double as harness_meta
-    from harness.stage import local_stage_tree
-
-    workdir = tmp_path_factory.mktemp("deployed-stack")
-    remove_stacks_of_dead_sessions()
-    endpoint = start_vps(STACK_VPS, tuple(_free_ports(3)), fresh=True)
-    try:
-        acme = harness_acme.ensure_acme_running(vps_container=STACK_VPS, container=STACK_ACME, out=None)
-        meta = harness_meta.ensure_meta_double_running(vps_container=STACK_VPS, container=STACK_META, out=None)
-    except Exception as error:  # noqa: BLE001
-        pytest.fail(f"the local ACME server or the Meta double did not start: {error}", pytrace=False)
-    settings = local_stage_tree(endpoint, acme=acme.settings(), meta=meta.settings())
-    inventory = write_inventory(workdir / "e2e.py", settings, group="e2e", name="e2e-vps")
-    first = run_pyinfra(inventory, REPO_ROOT / "deploy.py", "--data", "release=e2e-base")
-    if first.returncode != 0:
-        pytest.fail(f"the first deploy onto {STACK_VPS} failed\n{first.output_tail()}", pytrace=False)
-    yield DeployedStack(endpoint, inventory, settings, acme, meta, first, workdir)
-    if os.environ.get("RESTOBOT_KEEP_E2E_STACK") != "1":
-        harness_meta.ensure_meta_double_absent(container=STACK_META, out=None)
-        harness_acme.ensure_acme_absent(container=STACK_ACME, out=None)
-        stop_vps(STACK_VPS)
+    keep = os.environ.get(_deploys().KEEP_STACK_ENV) == "1"
+    with harness_must_deliver("the e2e stack did not come up") as deploys:
+        deploys.remove_stacks_of_dead_sessions("e2e")
+        names = deploys.stack_names("e2e")
+        stack = deploys.bring_up_stack(names, tmp_path_factory.mktemp("deployed-stack"), release="e2e-base",
+                                       keep_on_failure=keep)
+    yield stack
+    if not keep:
+        deploys.tear_down_stack(names)

@@ -2,32 +2,71 @@
 deploy, redeploy (nothing changes), upgrade, roll back, refuse what must be
 refused, survive a failed migration, a concurrent deploy and a killed one.
 
-The tests run in file order on one stack (the session's ``deployed_stack``):
-each starts from the state the previous one left, like an operator's day.
 Releases v1..v4 are real git checkouts made here from the repository's files,
-each tagged, so release names come from git as in production.
+each tagged, so release names come from git as in production:
+
++ v1: the repository's files as they are;
++ v2: a backward-compatible migration (a nullable column) and a changed workflow
+  (W0 answers with ``X-Release: v2``);
++ v3: v2 plus a migration that fails half-way;
++ v4: v2 plus an incompatible migration (it renames v2's column).
+
+Each step of an operator's day is a module-scoped fixture (the stack is
+expensive: each step runs once per module), built on the stage it needs:
+
+    deployed_stack                  conftest: a fresh VPS, deploy.py run once (release e2e-base)
+    └─ deployed_v1                  v1 deployed and serving
+       ├─ redeployed_v1             v1 deployed again: nothing changes
+       ├─ upgraded_v2               v2 deployed over v1
+       │  ├─ upgraded_v4            v4 deployed over v2
+       │  │  └─ incompatible_rollback_refused    rollback to v2 refused (v4's migration); v4 serves
+       │  │     └─ restored_to_v2                rollback to v2 with restore_backup: v2 serves
+       │  ├─ rolled_back            rollback to v1 done (from v2)
+       │  ├─ failed_migration       v3 deployed over v2: refused half-way; v2 serves
+       │  └─ concurrent_deploys     two deploys of v1 at once over v2: the second refused; v1 serves
+       └─ killed_deploy            a deploy of v2 over v1 killed mid-way: its lock stays
+          └─ deploy_after_kill     the next deploy refused by that lock
+             └─ unlocked_after_kill             unlock.py releases it
+                └─ converged_after_kill         the next deploy converges: v2 serves
+    unknown_rollback_refused        (any deployed stack) rollback to a release not on the host: refused
+    bad_inventory_run               (no stack) an invalid setting refused before any connection
+
+A stage that needs a release serving makes sure of it first (:func:`serving`
+deploys it only when another one is current), so any test runs alone
+(``pytest tests/e2e/test_deploy.py -k rollback``). Later stages change the live
+stack, so a stage records its pyinfra run and what it saw right after it
+(:class:`Stage`), and each test asserts one claim on that record. The file's
+order is the cheapest order of the stages (rolled_back finds v2 serving after
+restored_to_v2; concurrent_deploys finds v2 after failed_migration; killed_deploy
+finds v1 after concurrent_deploys) and the stack ends serving v2.
 """
 
 from __future__ import annotations
 
-import http.client
-import json
+import dataclasses
 import re
-import shutil
 import signal
 import socket
-import ssl
-import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from harness.deploys import (
+    PyinfraRun,
+    changed_operations,
+    local_settings,
+    make_checkout,
+    public_request,
+    run_pyinfra,
+    sql,
+    write_inventory,
+)
+from harness.poll import poll
 from restobot import meta_payloads as meta
-from restobot.operations.lock import NON_IDEMPOTENT_OPERATIONS
-from restobot.release_archive import SOURCE_GLOBS
 from restobot.settings import REPO_ROOT, read_env_file, secrets_file
-from tests.e2e.conftest import PYINFRA, run_pyinfra, write_inventory
 
 pytestmark = pytest.mark.e2e
 
@@ -44,43 +83,10 @@ INCOMPATIBLE_MIGRATION = (
     "-- v4 renames a column: releases before it cannot run on this schema.\n"
     "ALTER TABLE inbound_messages RENAME COLUMN e2e_note TO e2e_remark;\n"
 )
-
-
-# --- releases as git checkouts ---------------------------------------------------------
-
-
-def git(cwd: Path, *args: str) -> str:
-    return subprocess.run(["git", *args], cwd=cwd, check=True, capture_output=True, text=True).stdout.strip()
-
-
-def with_release_header(workflows_dir: Path, value: str) -> None:
-    """Make W0 answer with ``X-Release: value``: a workflow change visible from outside."""
-    for path in workflows_dir.glob("*.json"):
-        data = json.loads(path.read_text())
-        if data["name"] != "W0_META_VERIFY_UNIFIED":
-            continue
-        for node in data["nodes"]:
-            if node["name"] == "Answer Meta":
-                node["parameters"]["options"]["responseHeaders"]["entries"].append({"name": "X-Release", "value": value})
-        path.write_text(json.dumps(data, indent=2))
-
-
-def make_checkout(root: Path, tag: str, migrations: dict[str, str], header: str | None) -> Path:
-    checkout = root / tag
-    for pattern in SOURCE_GLOBS:
-        for path in REPO_ROOT.glob(pattern):
-            target = checkout / path.relative_to(REPO_ROOT)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(path, target)
-    for name, text in migrations.items():
-        (checkout / "migrations" / name).write_text(text)
-    if header:
-        with_release_header(checkout / "workflows", header)
-    git(checkout, "init", "-q")
-    git(checkout, "add", "-A")
-    git(checkout, "-c", "user.email=e2e@localhost", "-c", "user.name=e2e", "commit", "-qm", tag)
-    git(checkout, "tag", tag)
-    return checkout
+N8N_CONTAINERS = ("resto-n8n-main-1", "resto-n8n-worker-1")
+LOCK = "/opt/resto/deploy.lock"
+# A process on the VPS bringing v2 up: its compose up, its workflow import or its smoke checks.
+BRINGING_UP_V2 = r"releases/v2-[^ /]*/(compose\.yml up|restobot/[^ ]*workflows\.py import|bin/smoke)"
 
 
 @pytest.fixture(scope="module")
@@ -98,45 +104,31 @@ def checkouts(tmp_path_factory) -> dict[str, Path]:
 # --- talking to the stack ------------------------------------------------------------------
 
 
-def public_request(stack, method: str, path: str, body: bytes | None = None, headers: dict | None = None):
-    """A request to api.<domain> through the VPS's published :443 (Traefik), SNI and all."""
-    api_host = f"api.{stack.settings['domains']['domain']}"
-    context = ssl.create_default_context()
-    context.check_hostname = False
-    context.verify_mode = ssl.CERT_NONE  # the go-live checks verify the chain; here we test routing
-    raw = socket.create_connection(("127.0.0.1", stack.endpoint.https_port), timeout=10)
-    connection = http.client.HTTPConnection(api_host, timeout=20)
-    connection.sock = context.wrap_socket(raw, server_hostname=api_host)
-    connection.request(method, path, body=body, headers={"Host": api_host, **(headers or {})})
-    response = connection.getresponse()
-    payload = response.read()
-    connection.close()
-    return response, payload
-
-
-def local_secrets() -> dict[str, str]:
-    return read_env_file(secrets_file("local"))
+def secret(name: str) -> str:
+    return read_env_file(secrets_file("local"))[name]
 
 
 def verify(stack, challenge: str) -> tuple[int, str, str | None]:
-    token = local_secrets()["META_VERIFY_TOKEN"]
+    """The verify handshake through the edge: (status, body, X-Release header)."""
     response, body = public_request(
-        stack, "GET", f"/v1/inbound/whatsapp?hub.mode=subscribe&hub.verify_token={token}&hub.challenge={challenge}"
+        stack, "GET",
+        f"/v1/inbound/whatsapp?hub.mode=subscribe&hub.verify_token={secret('META_VERIFY_TOKEN')}"
+        f"&hub.challenge={challenge}",
     )
     return response.status, body.decode(), response.getheader("X-Release")
 
 
 def send_whatsapp(stack, text: str) -> int:
     body = meta.encode(meta.whatsapp_text(text))
-    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": meta.sign(body, local_secrets()["META_APP_SECRET"])}
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": meta.sign(body, secret("META_APP_SECRET"))}
     response, _ = public_request(stack, "POST", "/v1/inbound/whatsapp", body, headers)
     return response.status
 
 
-def sql(stack, query: str) -> str:
-    return stack.ssh(
-        "docker", "exec", "resto-postgres-1", "psql", "-X", "-At", "-U", "n8n", "-d", "n8n", "-c", query
-    ).stdout.strip()
+def stored(stack, text: str) -> str:
+    """How many inbound_messages rows hold ``text``, once the one sent is there (bounded wait)."""
+    return poll(lambda: sql(stack, f"SELECT count(*) FROM inbound_messages WHERE text = '{text}'"),
+                until=lambda count: count != "0", timeout=60, what=f"the message {text!r} in inbound_messages")
 
 
 def current_release(stack) -> str:
@@ -151,182 +143,549 @@ def audit_lines(stack) -> list[str]:
     return stack.ssh("cat", "/opt/resto/audit.log").stdout.splitlines()
 
 
-def changed_operations(run) -> list[str]:
-    return [name for name in run.changed if name not in NON_IDEMPOTENT_OPERATIONS]
+def lock_held(stack) -> bool:
+    return stack.ssh("test", "-d", LOCK, check=False).returncode == 0
 
 
-def wait_for(predicate, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"{what}: not seen within {seconds:.0f} s")
+def ledger(stack) -> str:
+    return sql(stack, "SELECT filename FROM schema_migrations")
 
 
-# --- the operator's day ----------------------------------------------------------------------
-
-
-def test_bad_inventory_fails_before_any_connection(deployed_stack, tmp_path):
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(5)
-    listener.settimeout(0.2)
-    tree = {**deployed_stack.settings, "ssh": {**deployed_stack.settings["ssh"], "port": listener.getsockname()[1]}}
-    tree["domains"] = {"domain": "not a domain"}
-    inventory = write_inventory(tmp_path / "bad.py", tree, group="bad", name="bad-vps")
+def attempt(probe: Callable[[], Any]) -> Any:
+    """``probe()``, or the error it raised as text: a broken stack fails the test that looks, with the reason."""
     try:
+        return probe()
+    except Exception as error:  # noqa: BLE001 - recorded for the assertion that reads it
+        return f"{type(error).__name__}: {error}"
+
+
+# --- stages --------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Stage:
+    """One step on the stack: its pyinfra run and what was seen right after it (``seen``)."""
+
+    run: PyinfraRun
+    seen: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def require(self, step: str) -> Stage:
+        """A stage built on this one needs it to have succeeded; else it fails, naming the step."""
+        if self.run.returncode != 0:
+            pytest.fail(f"this stage builds on {step}, which failed (exit {self.run.returncode})\n"
+                        f"{self.run.output_tail(3000)}", pytrace=False)
+        return self
+
+
+def serving(stack, checkouts: dict[str, Path], name: str) -> None:
+    """Make release ``name`` the current one (deployed only when another is): a stage's precondition."""
+    if current_release(stack).startswith(f"{name}-"):
+        return
+    run = stack.deploy(source=checkouts[name])
+    if run.returncode != 0:
+        pytest.fail(f"precondition: deploying {name} (to build on it) failed\n{run.output_tail(3000)}",
+                    pytrace=False)
+
+
+def finished(process, output: str, started: float) -> PyinfraRun:
+    """A background pyinfra run (``DeployedStack.start_deploy``) as a PyinfraRun, once it ended."""
+    return PyinfraRun(list(process.args), process.returncode, output, "", time.monotonic() - started, None)
+
+
+# --- an invalid setting is refused before any connection ----------------------------------------
+
+
+@pytest.fixture(scope="module")
+def bad_inventory_run(tmp_path_factory) -> tuple[PyinfraRun, int]:
+    """deploy.py with an invalid domain, the SSH port a listener of ours: the run, and the connections it opened.
+
+    The absence of a connection is proven with a sentinel: once the run ended, one connection
+    of our own; the listener's queue is first come, first served, so every connection
+    accepted before ours was the run's.
+    """
+    directory = tmp_path_factory.mktemp("bad-inventory")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(16)
+        listener.settimeout(10)
+        port = listener.getsockname()[1]
+        tree = local_settings(ssh={"port": port}, domains={"domain": "not a domain"})
+        inventory = write_inventory(directory / "bad.py", tree, group="bad", name="bad-vps")
         run = run_pyinfra(inventory, REPO_ROOT / "deploy.py")
-        accepted = 0
-        while True:
-            try:
-                listener.accept()[0].close()
-                accepted += 1
-            except OSError:
-                break
-    finally:
-        listener.close()
-    assert run.returncode != 0
-    assert "domains.domain: must be a lower-case DNS name such as resto.example.com" in run.stderr + run.stdout
-    assert accepted == 0, "pyinfra connected before refusing the settings"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sentinel:
+            ours, before = sentinel.getsockname(), 0
+            while True:
+                connection, peer = listener.accept()
+                connection.close()
+                if peer == ours:
+                    break
+                before += 1
+    return run, before
 
 
-def test_v1_deploys_and_passes_its_smoke_checks(deployed_stack, checkouts):
+def test_bad_inventory_is_refused(bad_inventory_run):
+    run, _ = bad_inventory_run
+    assert run.returncode != 0, run.output_tail()
+
+
+def test_bad_inventory_names_the_wrong_setting(bad_inventory_run):
+    run, _ = bad_inventory_run
+    assert "domains.domain: must be a lower-case DNS name such as resto.example.com" in run.output, run.output_tail()
+
+
+def test_bad_inventory_fails_before_any_connection(bad_inventory_run):
+    _, connections = bad_inventory_run
+    assert connections == 0, "pyinfra connected before refusing the settings"
+
+
+# --- v1 -------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def deployed_v1(deployed_stack, checkouts) -> Stage:
+    """v1 deployed over the first deploy (e2e-base); leaves v1 serving."""
     run = deployed_stack.deploy(source=checkouts["v1"])
-    assert run.returncode == 0, run.output_tail()
-    assert current_release(deployed_stack).startswith("v1-")
-    assert verify(deployed_stack, "hello-v1") == (200, "hello-v1", None)
-    assert "smoke PASS verify-instagram" in run.stderr + run.stdout
+    return Stage(run, {"current": current_release(deployed_stack),
+                       "verify": attempt(lambda: verify(deployed_stack, "hello-v1"))})
 
 
-def test_second_deploy_with_nothing_changed_changes_nothing(deployed_stack, checkouts):
-    run = deployed_stack.deploy(source=checkouts["v1"])
-    assert run.returncode == 0, run.output_tail()
-    assert changed_operations(run) == []
-    assert run.results["totals"]["error"] == 0
+def test_v1_deploy_succeeds(deployed_v1):
+    assert deployed_v1.run.returncode == 0, deployed_v1.run.output_tail()
 
 
-def test_v2_brings_its_migration_and_its_workflow(deployed_stack, checkouts):
-    assert send_whatsapp(deployed_stack, "before v2") == 200
+def test_v1_is_current_after_its_deploy(deployed_v1):
+    assert deployed_v1.seen["current"].startswith("v1-")
+
+
+def test_v1_serves_its_workflows(deployed_v1):
+    assert deployed_v1.seen["verify"] == (200, "hello-v1", None)
+
+
+def test_v1_deploy_passes_its_smoke_checks(deployed_v1):
+    assert "smoke PASS verify-instagram" in deployed_v1.run.output, deployed_v1.run.output_tail()
+
+
+@pytest.fixture(scope="module")
+def redeployed_v1(deployed_stack, deployed_v1, checkouts) -> Stage:
+    """v1 deployed again with v1 serving and nothing changed; leaves v1 serving."""
+    deployed_v1.require("the v1 deploy")
+    serving(deployed_stack, checkouts, "v1")
+    return Stage(deployed_stack.deploy(source=checkouts["v1"]))
+
+
+def test_redeploy_with_nothing_changed_succeeds(redeployed_v1):
+    assert redeployed_v1.run.returncode == 0, redeployed_v1.run.output_tail()
+
+
+def test_redeploy_with_nothing_changed_reports_no_error(redeployed_v1):
+    assert redeployed_v1.run.results["totals"]["error"] == 0
+
+
+def test_redeploy_with_nothing_changed_changes_nothing(redeployed_v1):
+    assert changed_operations(redeployed_v1.run) == []
+
+
+# --- v2: a migration and a workflow ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upgraded_v2(deployed_stack, deployed_v1, checkouts) -> Stage:
+    """v2 deployed with v1 serving (a signed message sent through v1 first); leaves v2 serving."""
+    deployed_v1.require("the v1 deploy")
+    serving(deployed_stack, checkouts, "v1")
+    message = send_whatsapp(deployed_stack, "before v2")
     run = deployed_stack.deploy(source=checkouts["v2"])
-    assert run.returncode == 0, run.output_tail()
-    assert current_release(deployed_stack).startswith("v2-")
-    assert sql(deployed_stack, "SELECT count(*) FROM information_schema.columns "
-                               "WHERE table_name = 'inbound_messages' AND column_name = 'e2e_note'") == "1"
-    assert verify(deployed_stack, "hello-v2") == (200, "hello-v2", "v2")
-    backups = deployed_stack.ssh("ls", "/opt/resto/backups").stdout.split()
+    return Stage(run, {
+        "message_through_v1": message,
+        "current": current_release(deployed_stack),
+        "note_column": sql(deployed_stack, "SELECT count(*) FROM information_schema.columns "
+                                           "WHERE table_name = 'inbound_messages' AND column_name = 'e2e_note'"),
+        "verify": attempt(lambda: verify(deployed_stack, "hello-v2")),
+        "backups": deployed_stack.ssh("ls", "/opt/resto/backups").stdout.split(),
+    })
+
+
+def test_v1_accepts_a_signed_message(upgraded_v2):
+    assert upgraded_v2.seen["message_through_v1"] == 200
+
+
+def test_v2_deploy_succeeds(upgraded_v2):
+    assert upgraded_v2.run.returncode == 0, upgraded_v2.run.output_tail()
+
+
+def test_v2_is_current_after_its_deploy(upgraded_v2):
+    assert upgraded_v2.seen["current"].startswith("v2-")
+
+
+def test_v2_deploy_applies_its_migration(upgraded_v2):
+    assert upgraded_v2.seen["note_column"] == "1"
+
+
+def test_v2_serves_its_changed_workflow(upgraded_v2):
+    assert upgraded_v2.seen["verify"] == (200, "hello-v2", "v2")
+
+
+def test_v2_deploy_keeps_a_backup_taken_before_it(upgraded_v2):
+    backups = upgraded_v2.seen["backups"]
     assert any(re.fullmatch(r"before-v2-[0-9a-f]{8}\.dump", name) for name in backups), backups
 
 
-def test_rollback_to_v1_serves_v1_workflows_and_keeps_every_row(deployed_stack):
-    assert send_whatsapp(deployed_stack, "during v2") == 200
-    rows = wait_for(lambda: sql(deployed_stack, "SELECT count(*) FROM inbound_messages"), 30, "inbound rows")
+# --- v4: an incompatible migration; rolling back over it ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def upgraded_v4(deployed_stack, upgraded_v2, checkouts) -> Stage:
+    """v4 deployed with v2 serving, after a message stored through v2; leaves v4 serving."""
+    upgraded_v2.require("the v2 deploy")
+    serving(deployed_stack, checkouts, "v2")
+    message = send_whatsapp(deployed_stack, "before v4")
+    rows = stored(deployed_stack, "before v4")
+    run = deployed_stack.deploy(source=checkouts["v4"])
+    return Stage(run, {"message_through_v2": message, "rows_before_v4": rows,
+                       "current": current_release(deployed_stack)})
+
+
+def test_v2_accepts_a_signed_message(upgraded_v4):
+    assert upgraded_v4.seen["message_through_v2"] == 200
+
+
+def test_v4_deploy_succeeds(upgraded_v4):
+    assert upgraded_v4.run.returncode == 0, upgraded_v4.run.output_tail()
+
+
+def test_v4_is_current_after_its_deploy(upgraded_v4):
+    assert upgraded_v4.seen["current"].startswith("v4-")
+
+
+@pytest.fixture(scope="module")
+def incompatible_rollback_refused(deployed_stack, upgraded_v4) -> Stage:
+    """Rollback to v2 with v4 serving, without restore_backup: refused; leaves v4 serving."""
+    upgraded_v4.require("the v4 deploy")
+    run = deployed_stack.rollback("v2")
+    return Stage(run, {"current": current_release(deployed_stack)})
+
+
+def test_rollback_over_an_incompatible_migration_is_refused(incompatible_rollback_refused):
+    assert incompatible_rollback_refused.run.returncode != 0, incompatible_rollback_refused.run.output_tail()
+
+
+def test_rollback_over_an_incompatible_migration_names_it(incompatible_rollback_refused):
+    run = incompatible_rollback_refused.run
+    assert "not marked backward-compatible: 0092_e2e_rename.sql" in run.output, run.output_tail()
+
+
+def test_rollback_over_an_incompatible_migration_offers_the_backup(incompatible_rollback_refused):
+    run = incompatible_rollback_refused.run
+    assert "restore_backup=true" in run.output, run.output_tail()
+
+
+def test_refused_rollback_over_an_incompatible_migration_keeps_v4_current(incompatible_rollback_refused):
+    assert incompatible_rollback_refused.seen["current"].startswith("v4-")
+
+
+@pytest.fixture(scope="module")
+def restored_to_v2(deployed_stack, upgraded_v4, incompatible_rollback_refused) -> Stage:
+    """Then rollback to v2 with restore_backup=true (the backup taken before v4); leaves v2 serving."""
+    upgraded_v4.require("the v4 deploy")
+    if not incompatible_rollback_refused.seen["current"].startswith("v4-"):
+        pytest.fail("precondition: v4 serving after the refused rollback", pytrace=False)
+    run = deployed_stack.rollback("v2", "--data", "restore_backup=true")
+    return Stage(run, {
+        "current": current_release(deployed_stack),
+        "ledger": ledger(deployed_stack),
+        "rows_before_v4": sql(deployed_stack, "SELECT count(*) FROM inbound_messages WHERE text = 'before v4'"),
+        "verify": attempt(lambda: verify(deployed_stack, "restored")),
+    })
+
+
+def test_rollback_with_restore_backup_succeeds(restored_to_v2):
+    assert restored_to_v2.run.returncode == 0, restored_to_v2.run.output_tail()
+
+
+def test_rollback_with_restore_backup_makes_v2_current(restored_to_v2):
+    assert restored_to_v2.seen["current"].startswith("v2-")
+
+
+def test_rollback_with_restore_backup_takes_the_incompatible_migration_out_of_the_ledger(restored_to_v2):
+    assert "0092_e2e_rename.sql" not in restored_to_v2.seen["ledger"]
+
+
+def test_rollback_with_restore_backup_keeps_the_older_migration_in_the_ledger(restored_to_v2):
+    assert "0090_e2e_note.sql" in restored_to_v2.seen["ledger"]
+
+
+def test_rollback_with_restore_backup_keeps_the_rows_written_before_it(upgraded_v4, restored_to_v2):
+    assert (upgraded_v4.seen["rows_before_v4"], restored_to_v2.seen["rows_before_v4"]) == ("1", "1")
+
+
+def test_rollback_with_restore_backup_serves_v2(restored_to_v2):
+    assert restored_to_v2.seen["verify"] == (200, "restored", "v2")
+
+
+# --- rolling back over a backward-compatible migration --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def rolled_back(deployed_stack, upgraded_v2, checkouts) -> Stage:
+    """Rollback to v1 with v2 serving (a message stored through v2 first); leaves v1 serving, v2's column kept."""
+    upgraded_v2.require("the v2 deploy")
+    serving(deployed_stack, checkouts, "v2")
+    message = send_whatsapp(deployed_stack, "during v2")
+    stored(deployed_stack, "during v2")
+    rows = sql(deployed_stack, "SELECT count(*) FROM inbound_messages")
     run = deployed_stack.rollback("v1")
-    assert run.returncode == 0, run.output_tail()
-    assert current_release(deployed_stack).startswith("v1-")
-    assert verify(deployed_stack, "back-to-v1") == (200, "back-to-v1", None)
-    assert sql(deployed_stack, "SELECT count(*) FROM inbound_messages") == rows
-    assert "0090_e2e_note.sql" in sql(deployed_stack, "SELECT filename FROM schema_migrations")
-    assert any(" rollback release=v1-" in line and "result=success" in line for line in audit_lines(deployed_stack))
+    return Stage(run, {
+        "message_through_v2": message,
+        "rows_before": rows,
+        "rows_after": sql(deployed_stack, "SELECT count(*) FROM inbound_messages"),
+        "current": current_release(deployed_stack),
+        "verify": attempt(lambda: verify(deployed_stack, "back-to-v1")),
+        "ledger": ledger(deployed_stack),
+        "audit": audit_lines(deployed_stack),
+    })
 
 
-def test_rollback_to_a_release_not_on_the_host_changes_nothing(deployed_stack):
+def test_v2_accepts_a_signed_message_before_the_rollback(rolled_back):
+    assert rolled_back.seen["message_through_v2"] == 200
+
+
+def test_rollback_to_v1_succeeds(rolled_back):
+    assert rolled_back.run.returncode == 0, rolled_back.run.output_tail()
+
+
+def test_rollback_to_v1_makes_v1_current(rolled_back):
+    assert rolled_back.seen["current"].startswith("v1-")
+
+
+def test_rollback_to_v1_serves_v1_workflows(rolled_back):
+    assert rolled_back.seen["verify"] == (200, "back-to-v1", None)
+
+
+def test_rollback_to_v1_keeps_every_row(rolled_back):
+    assert rolled_back.seen["rows_after"] == rolled_back.seen["rows_before"]
+
+
+def test_rollback_to_v1_keeps_the_backward_compatible_migration(rolled_back):
+    assert "0090_e2e_note.sql" in rolled_back.seen["ledger"]
+
+
+def test_rollback_to_v1_is_audited(rolled_back):
+    audit = rolled_back.seen["audit"]
+    assert any(" rollback release=v1-" in line and "result=success" in line for line in audit), audit[-5:]
+
+
+@pytest.fixture(scope="module")
+def unknown_rollback_refused(deployed_stack) -> Stage:
+    """Rollback to v9, never deployed, on whatever the stack serves; changes nothing."""
     before = (current_release(deployed_stack), audit_lines(deployed_stack))
     run = deployed_stack.rollback("v9")
-    assert run.returncode != 0
-    assert "release v9 is not on the host" in run.stderr + run.stdout
-    assert (current_release(deployed_stack), audit_lines(deployed_stack)) == before
+    return Stage(run, {"before": before, "after": (current_release(deployed_stack), audit_lines(deployed_stack))})
 
 
-def test_failed_migration_stops_the_deploy_and_v2_keeps_serving(deployed_stack, checkouts):
-    assert deployed_stack.deploy(source=checkouts["v2"]).returncode == 0
-    main_started = started_at(deployed_stack, "resto-n8n-main-1")
-    worker_started = started_at(deployed_stack, "resto-n8n-worker-1")
+def test_rollback_to_a_release_not_on_the_host_is_refused(unknown_rollback_refused):
+    assert unknown_rollback_refused.run.returncode != 0, unknown_rollback_refused.run.output_tail()
+
+
+def test_rollback_to_a_release_not_on_the_host_says_so(unknown_rollback_refused):
+    run = unknown_rollback_refused.run
+    assert "release v9 is not on the host" in run.output, run.output_tail()
+
+
+def test_rollback_to_a_release_not_on_the_host_changes_nothing(unknown_rollback_refused):
+    assert unknown_rollback_refused.seen["after"] == unknown_rollback_refused.seen["before"]
+
+
+# --- a migration that fails half-way -----------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def failed_migration(deployed_stack, upgraded_v2, checkouts) -> Stage:
+    """v3 (its migration fails half-way) deployed with v2 serving: refused; leaves v2 serving."""
+    upgraded_v2.require("the v2 deploy")
+    serving(deployed_stack, checkouts, "v2")
+    started_before = {name: started_at(deployed_stack, name) for name in N8N_CONTAINERS}
     run = deployed_stack.deploy(source=checkouts["v3"])
-    output = run.stderr + run.stdout
-    assert run.returncode != 0
-    assert "0091_e2e_broken.sql" in output and 'relation "no_such_table" does not exist' in output
-    assert current_release(deployed_stack).startswith("v2-")
-    assert verify(deployed_stack, "still-v2") == (200, "still-v2", "v2")
-    assert sql(deployed_stack, "SELECT to_regclass('e2e_half_applied') IS NULL") == "t"
-    assert "0091_e2e_broken.sql" not in sql(deployed_stack, "SELECT filename FROM schema_migrations")
-    # n8n was never restarted, so it never ran on the half-migrated schema.
-    assert started_at(deployed_stack, "resto-n8n-main-1") == main_started
-    assert started_at(deployed_stack, "resto-n8n-worker-1") == worker_started
-    assert deployed_stack.ssh("test", "!", "-e", "/opt/resto/deploy.lock", check=False).returncode == 0
-    assert any("result=failed at 'Ensure every migration is applied'" in line for line in audit_lines(deployed_stack))
+    return Stage(run, {
+        "current": current_release(deployed_stack),
+        "verify": attempt(lambda: verify(deployed_stack, "still-v2")),
+        "half_applied_absent": sql(deployed_stack, "SELECT to_regclass('e2e_half_applied') IS NULL"),
+        "ledger": ledger(deployed_stack),
+        "started_before": started_before,
+        "started_after": {name: started_at(deployed_stack, name) for name in N8N_CONTAINERS},
+        "lock_held": lock_held(deployed_stack),
+        "audit": audit_lines(deployed_stack),
+    })
 
 
-def start_deploy(stack, source: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [str(PYINFRA), str(stack.inventory), str(REPO_ROOT / "deploy.py"), "-y", "--data", f"source={source}"],
-        cwd=REPO_ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-    )
+def test_failed_migration_fails_the_deploy(failed_migration):
+    assert failed_migration.run.returncode != 0, failed_migration.run.output_tail()
 
 
-def lock_held(stack) -> bool:
-    return stack.ssh("test", "-d", "/opt/resto/deploy.lock", check=False).returncode == 0
+def test_failed_migration_is_named_with_its_error(failed_migration):
+    output = failed_migration.run.output
+    assert "0091_e2e_broken.sql" in output and 'relation "no_such_table" does not exist' in output, (
+        failed_migration.run.output_tail())
 
 
-def test_second_deploy_at_the_same_time_refuses_naming_the_holder(deployed_stack, checkouts):
-    first = start_deploy(deployed_stack, checkouts["v1"])
+def test_failed_migration_leaves_v2_current(failed_migration):
+    assert failed_migration.seen["current"].startswith("v2-")
+
+
+def test_failed_migration_leaves_v2_serving(failed_migration):
+    assert failed_migration.seen["verify"] == (200, "still-v2", "v2")
+
+
+def test_failed_migration_leaves_nothing_half_applied(failed_migration):
+    assert failed_migration.seen["half_applied_absent"] == "t"
+
+
+def test_failed_migration_is_not_recorded_as_applied(failed_migration):
+    assert "0091_e2e_broken.sql" not in failed_migration.seen["ledger"]
+
+
+@pytest.mark.parametrize("container", N8N_CONTAINERS)
+def test_failed_migration_never_restarts_n8n(failed_migration, container):
+    """n8n was never restarted, so it never ran on the half-migrated schema."""
+    assert failed_migration.seen["started_after"][container] == failed_migration.seen["started_before"][container]
+
+
+def test_failed_migration_releases_the_deploy_lock(failed_migration):
+    assert not failed_migration.seen["lock_held"]
+
+
+def test_failed_migration_is_audited_as_failed(failed_migration):
+    audit = failed_migration.seen["audit"]
+    assert any("result=failed at 'Ensure every migration is applied'" in line for line in audit), audit[-5:]
+
+
+# --- two deploys at once -------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def concurrent_deploys(deployed_stack, upgraded_v2, checkouts) -> Stage:
+    """Two deploys of v1 with v2 serving: the second starts once the first holds the lock
+    (switching back to v1 keeps it a while). ``run`` is the second; ``seen["first"]`` the first. Leaves v1 serving."""
+    upgraded_v2.require("the v2 deploy")
+    serving(deployed_stack, checkouts, "v2")
+    started = time.monotonic()
+    first = deployed_stack.start_deploy(checkouts["v1"])
     try:
-        wait_for(lambda: lock_held(deployed_stack), 60, "the first deploy's lock")
-        second = deployed_stack.deploy(source=checkouts["v1"])
+        state = poll(lambda: "held" if lock_held(deployed_stack) else "ended" if first.poll() is not None else "",
+                     timeout=600, interval=0.25, what="the first deploy's lock on the host")
+        second = deployed_stack.deploy(source=checkouts["v1"]) if state == "held" else None
     finally:
-        first_output, _ = first.communicate(timeout=900)
-    assert second.returncode != 0
-    assert re.search(r"Deploy lock found \(holder=\S+ action=deploy release=v1-", second.stderr + second.stdout)
-    assert first.returncode == 0, first_output[-4000:]
-    assert current_release(deployed_stack).startswith("v1-")
+        output, _ = first.communicate(timeout=900)
+    first_run = finished(first, output, started)
+    if second is None:
+        pytest.fail(f"the first deploy ended before its lock was seen\n{first_run.output_tail(3000)}", pytrace=False)
+    return Stage(second, {"first": first_run, "current": current_release(deployed_stack)})
 
 
-def test_killed_deploy_leaves_its_lock_and_the_next_run_converges(deployed_stack, checkouts):
-    deploy = start_deploy(deployed_stack, checkouts["v2"])
-    seen = []
-    for line in deploy.stdout:
-        seen.append(line)
-        if "Starting operation: Ensure v2-" in line and "serves" in line:
-            time.sleep(3)  # in the middle of compose up / the workflow import
-            deploy.send_signal(signal.SIGKILL)
-            break
-    deploy.wait(timeout=60)
-    assert any("serves" in line for line in seen), "".join(seen)[-3000:]
-    assert lock_held(deployed_stack)
-
-    refused = deployed_stack.deploy(source=checkouts["v2"])
-    assert refused.returncode != 0 and "Deploy lock found" in refused.stderr + refused.stdout
-
-    unlocked = run_pyinfra(deployed_stack.inventory, REPO_ROOT / "unlock.py")
-    assert unlocked.returncode == 0, unlocked.output_tail()
-    assert not lock_held(deployed_stack)
-    assert any(" unlock release=- " in line for line in audit_lines(deployed_stack))
-
-    converged = deployed_stack.deploy(source=checkouts["v2"])
-    assert converged.returncode == 0, converged.output_tail()
-    assert current_release(deployed_stack).startswith("v2-")
-    assert verify(deployed_stack, "converged") == (200, "converged", "v2")
+def test_concurrent_deploy_is_refused(concurrent_deploys):
+    assert concurrent_deploys.run.returncode != 0, concurrent_deploys.run.output_tail()
 
 
-def test_rollback_over_an_incompatible_migration_is_refused_then_restores_on_request(deployed_stack, checkouts):
-    assert send_whatsapp(deployed_stack, "before v4") == 200
-    wait_for(lambda: sql(deployed_stack, "SELECT count(*) FROM inbound_messages WHERE text = 'before v4'") == "1",
-             30, "the message sent before v4")
-    assert deployed_stack.deploy(source=checkouts["v4"]).returncode == 0
-    assert current_release(deployed_stack).startswith("v4-")
+def test_concurrent_deploy_is_refused_naming_the_holder(concurrent_deploys):
+    run = concurrent_deploys.run
+    assert re.search(r"Deploy lock found \(holder=\S+ action=deploy release=v1-", run.output), run.output_tail()
 
-    refused = deployed_stack.rollback("v2")
-    output = refused.stderr + refused.stdout
-    assert refused.returncode != 0
-    assert "not marked backward-compatible: 0092_e2e_rename.sql" in output
-    assert "restore_backup=true" in output
-    assert current_release(deployed_stack).startswith("v4-")
 
-    restored = deployed_stack.rollback("v2", "--data", "restore_backup=true")
-    assert restored.returncode == 0, restored.output_tail()
-    assert current_release(deployed_stack).startswith("v2-")
-    ledger = sql(deployed_stack, "SELECT filename FROM schema_migrations")
-    assert "0092_e2e_rename.sql" not in ledger and "0090_e2e_note.sql" in ledger
-    assert sql(deployed_stack, "SELECT count(*) FROM inbound_messages WHERE text = 'before v4'") == "1"
-    assert verify(deployed_stack, "restored") == (200, "restored", "v2")
+def test_concurrent_deploy_lets_the_first_one_finish(concurrent_deploys):
+    first = concurrent_deploys.seen["first"]
+    assert first.returncode == 0, first.output_tail()
+
+
+def test_concurrent_deploy_leaves_the_first_ones_release_current(concurrent_deploys):
+    assert concurrent_deploys.seen["current"].startswith("v1-")
+
+
+# --- a deploy killed half-way ------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def killed_deploy(deployed_stack, deployed_v1, checkouts) -> Stage:
+    """A deploy of v2 with v1 serving, SIGKILLed once a process on the VPS is bringing v2 up
+    (``seen["bringing_up"]``: that process); leaves its lock on the host."""
+    deployed_v1.require("the v1 deploy")
+    serving(deployed_stack, checkouts, "v1")
+    started = time.monotonic()
+    deploy = deployed_stack.start_deploy(checkouts["v2"])
+    seen, bringing_up = [], ""
+    try:
+        for line in deploy.stdout:
+            seen.append(line)
+            if "Starting operation: Ensure v2-" in line and "serves" in line:
+                bringing_up = poll(
+                    lambda: deployed_stack.ssh("pgrep", "-af", BRINGING_UP_V2, check=False).stdout.strip(),
+                    timeout=300, interval=0.25, what="a process on the VPS bringing v2 up")
+                break
+    finally:
+        deploy.send_signal(signal.SIGKILL)
+        deploy.wait(timeout=60)
+    return Stage(finished(deploy, "".join(seen), started),
+                 {"bringing_up": bringing_up, "lock_held": lock_held(deployed_stack)})
+
+
+def test_killed_deploy_was_killed_while_bringing_its_release_up(killed_deploy):
+    assert killed_deploy.seen["bringing_up"], killed_deploy.run.output_tail()
+
+
+def test_killed_deploy_leaves_its_lock(killed_deploy):
+    assert killed_deploy.seen["lock_held"]
+
+
+@pytest.fixture(scope="module")
+def deploy_after_kill(deployed_stack, killed_deploy, checkouts) -> Stage:
+    """The next deploy of v2, the killed one's lock still there: refused; leaves the lock."""
+    if not killed_deploy.seen["lock_held"]:
+        pytest.fail("precondition: the killed deploy's lock on the host", pytrace=False)
+    return Stage(deployed_stack.deploy(source=checkouts["v2"]))
+
+
+def test_deploy_after_a_killed_one_is_refused(deploy_after_kill):
+    assert deploy_after_kill.run.returncode != 0, deploy_after_kill.run.output_tail()
+
+
+def test_deploy_after_a_killed_one_names_the_lock(deploy_after_kill):
+    assert "Deploy lock found" in deploy_after_kill.run.output, deploy_after_kill.run.output_tail()
+
+
+@pytest.fixture(scope="module")
+def unlocked_after_kill(deployed_stack, deploy_after_kill) -> Stage:
+    """unlock.py after the refused deploy; leaves no lock."""
+    run = deployed_stack.unlock()
+    return Stage(run, {"lock_held": lock_held(deployed_stack), "audit": audit_lines(deployed_stack)})
+
+
+def test_unlock_succeeds(unlocked_after_kill):
+    assert unlocked_after_kill.run.returncode == 0, unlocked_after_kill.run.output_tail()
+
+
+def test_unlock_removes_the_lock(unlocked_after_kill):
+    assert not unlocked_after_kill.seen["lock_held"]
+
+
+def test_unlock_is_audited(unlocked_after_kill):
+    audit = unlocked_after_kill.seen["audit"]
+    assert any(" unlock release=- " in line for line in audit), audit[-5:]
+
+
+@pytest.fixture(scope="module")
+def converged_after_kill(deployed_stack, unlocked_after_kill, checkouts) -> Stage:
+    """The deploy of v2 once unlocked: it converges; leaves v2 serving."""
+    unlocked_after_kill.require("unlock.py")
+    run = deployed_stack.deploy(source=checkouts["v2"])
+    return Stage(run, {"current": current_release(deployed_stack),
+                       "verify": attempt(lambda: verify(deployed_stack, "converged"))})
+
+
+def test_deploy_after_unlock_succeeds(converged_after_kill):
+    assert converged_after_kill.run.returncode == 0, converged_after_kill.run.output_tail()
+
+
+def test_deploy_after_unlock_makes_v2_current(converged_after_kill):
+    assert converged_after_kill.seen["current"].startswith("v2-")
+
+
+def test_deploy_after_unlock_serves_v2(converged_after_kill):
+    assert converged_after_kill.seen["verify"] == (200, "converged", "v2")

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.deploys import write_inventory
 from restobot.settings import REPO_ROOT, secrets_file
-from tests.e2e.conftest import write_inventory
 
 pytestmark = pytest.mark.e2e
 

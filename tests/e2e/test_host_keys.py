@@ -19,19 +19,16 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from restobot import golive
-from restobot.hosts import changed_key_message
-from restobot.settings import REPO_ROOT, SshTarget
-from tests.e2e.conftest import (
-    _free_ports,
+from harness.deploys import (
     endpoint_settings,
     run_pyinfra,
-    start_vps,
-    stop_vps,
     vps_exec,
     write_deploy,
     write_inventory,
 )
+from restobot import golive
+from restobot.hosts import changed_key_message
+from restobot.settings import REPO_ROOT, SshTarget
 
 pytestmark = pytest.mark.e2e
 
@@ -46,11 +43,9 @@ def new_host_key() -> str:
 
 
 @pytest.fixture(scope="module")
-def hostkey_vps(local_secrets):
+def hostkey_vps(own_vps):
     """A brand new VPS container (removed afterwards); its host key recorded by the harness."""
-    endpoint = start_vps(VPS_NAME, tuple(_free_ports(3)), fresh=True)
-    yield endpoint
-    stop_vps(VPS_NAME)
+    return own_vps(VPS_NAME)
 
 
 def marker_deploy(directory: Path, marker: str) -> Path:

@@ -41,17 +41,17 @@ from __future__ import annotations
 
 import dataclasses
 import secrets
-import time
 import urllib.parse
 import uuid
 from collections.abc import Callable, Sequence
 
 import pytest
 
+from harness.poll import poll
+from harness.rawhttp import Answer, Edge, exchange, fetch_root
 from restobot import meta_payloads
 from restobot.commands import container_exec, psql
 from restobot.settings import Settings, load_settings
-from harness.rawhttp import Answer, Edge, exchange, fetch_root
 
 pytestmark = pytest.mark.e2e
 
@@ -63,6 +63,7 @@ NOT_FOUND = '{"error":"not_found"}'
 FORBIDDEN = '{"error":"forbidden"}'
 KIB = 1024
 SENTINEL_TIMEOUT = 30.0
+POLL_INTERVAL = 0.3
 # Execution modes no client request can start: the scheduler's and sub-workflows'.
 BACKGROUND_MODES = ("trigger", "integrated")
 
@@ -385,23 +386,12 @@ class N8nSide:
 
     def wait_for(self, marker: str | None, done: Callable[[Sentinels], bool], what: str,
                  timeout: float = SENTINEL_TIMEOUT) -> Sentinels:
-        return poll(lambda: self.read(marker), done, what, timeout)
+        return poll(lambda: self.read(marker), until=done, timeout=timeout, interval=POLL_INTERVAL, what=what)
 
     def sql_until(self, query: str, done: Callable[[str], bool], what: str,
                   timeout: float = SENTINEL_TIMEOUT, variables: dict[str, str] | None = None) -> str:
-        return poll(lambda: self.sql(query, variables), done, what, timeout)
-
-
-def poll(read, done, what: str, timeout: float, interval: float = 0.3):
-    """``read()`` until ``done(value)``; AssertionError naming ``what`` after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = read()
-        if done(value):
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"{what}: not seen within {timeout:.0f} s (last reading {value!r})")
-        time.sleep(interval)
+        return poll(lambda: self.sql(query, variables), until=done, timeout=timeout, interval=POLL_INTERVAL,
+                    what=what)
 
 
 # --- fixtures ----------------------------------------------------------------------------

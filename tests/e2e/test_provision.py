@@ -12,45 +12,38 @@ from __future__ import annotations
 import socket
 import subprocess
 import threading
-import time
 from pathlib import Path
 
 import pytest
 
+from harness.deploys import (
+    PROVISION_DEPLOY_BODY as DEPLOY_BODY,
+)
+from harness.deploys import (
+    endpoint_settings,
+    run_pyinfra,
+    vps_exec,
+    write_deploy,
+    write_inventory,
+)
+from harness.poll import poll
 from restobot.operations.provision import (
     COMPOSE_PLUGIN_PATH,
     release_directories,
     sshd_effective_values,
 )
 from restobot.settings import COMPOSE_SHA256, HostSettings
-from tests.e2e.conftest import (
-    _free_ports,
-    endpoint_settings,
-    run_pyinfra,
-    start_vps,
-    stop_vps,
-    vps_exec,
-    write_deploy,
-    write_inventory,
-)
 
 pytestmark = pytest.mark.e2e
 
 VPS_NAME = "restobot-vps-provision-test"
 HOST = HostSettings()
-DEPLOY_BODY = [
-    "from restobot.operations.provision import host_provisioned",
-    "from restobot.settings import settings_for",
-    "host_provisioned(settings_for(host))",
-]
 
 
 @pytest.fixture(scope="module")
-def fresh_vps(local_secrets):
+def fresh_vps(own_vps):
     """A brand new VPS container of this module's own (removed afterwards)."""
-    endpoint = start_vps(VPS_NAME, tuple(_free_ports(3)), fresh=True)
-    yield endpoint
-    stop_vps(VPS_NAME)
+    return own_vps(VPS_NAME)
 
 
 @pytest.fixture(scope="module")
@@ -222,16 +215,16 @@ def test_firewall_drops_a_listening_port_that_is_not_open(provisioned):
     # container's own address (the test created that container).
     vps_exec(provisioned, "sh", "-c",
              "nohup timeout 30 python3 -m http.server --bind 0.0.0.0 8081 >/dev/null 2>&1 &")
-    time.sleep(1)
     probe = "import socket; socket.create_connection(('127.0.0.1', 8081), 2)"
-    assert vps_exec(provisioned, "python3", "-c", probe, check=False).returncode == 0, "no listener on 8081"
+    poll(lambda: vps_exec(provisioned, "python3", "-c", probe, check=False).returncode, until=lambda code: code == 0,
+         timeout=20, what="the listener on 8081 inside the VPS")
     address = container_ip(VPS_NAME)
     assert connects(address, 22), "SSH (allowed) does not answer on the container's address"
     assert not connects(address, 8081), "port 8081 answered although the firewall should drop it"
 
 
 class ConnectionCounter:
-    """A TCP listener on 127.0.0.1 counting the connections it accepts."""
+    """A TCP listener on 127.0.0.1 recording the peer of every connection it accepts, in order."""
 
     def __init__(self):
         self.sock = socket.socket()
@@ -239,7 +232,7 @@ class ConnectionCounter:
         self.sock.listen(8)
         self.sock.settimeout(0.2)
         self.port = self.sock.getsockname()[1]
-        self.accepted = 0
+        self.peers: list[tuple[str, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
@@ -247,11 +240,19 @@ class ConnectionCounter:
     def _serve(self):
         while not self._stop.is_set():
             try:
-                connection, _ = self.sock.accept()
+                connection, peer = self.sock.accept()
             except OSError:
                 continue
-            self.accepted += 1
+            self.peers.append(peer)
             connection.close()
+
+    def connections_before_a_sentinel(self) -> int:
+        """Connect once ourselves and wait until that connection is accepted: the connections accepted
+        before it (the queue is first come, first served, so any earlier one is already counted)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=5) as sentinel:
+            ours = sentinel.getsockname()
+            poll(lambda: ours in self.peers, timeout=10, interval=0.05, what="the sentinel connection")
+        return self.peers.index(ours)
 
     def close(self):
         self._stop.set()
@@ -271,7 +272,7 @@ def test_wrong_setting_fails_before_any_connection(local_secrets, tmp_path):
         )
         inventory = write_inventory(tmp_path / "inventory.py", settings)
         run = run_pyinfra(inventory, write_deploy(tmp_path / "deploy.py", DEPLOY_BODY))
-        time.sleep(0.5)
+        connections = counter.connections_before_a_sentinel()
     finally:
         counter.close()
     output = run.stdout + run.stderr
@@ -279,7 +280,7 @@ def test_wrong_setting_fails_before_any_connection(local_secrets, tmp_path):
     assert "invalid settings for stage 'local'" in output, run.output_tail()
     assert "host.permit_root_login: must be 'prohibit-password' (root by key only) or 'no'" in output
     assert "Connecting to hosts" not in output
-    assert counter.accepted == 0
+    assert connections == 0
 
 
 # --- drift: hand edits on the host are put back by the next run ------------

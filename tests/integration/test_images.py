@@ -18,16 +18,16 @@ from pathlib import Path
 import pytest
 
 from harness import images
+from harness.poll import PollTimeout, poll
 
 pytestmark = pytest.mark.integration
 
-N8N_REF = f"restobot-local/n8n:{images.N8N_VERSION}"
-POSTGRES_REF = "restobot-local/postgres:17"
-REDIS_REF = "restobot-local/redis:8"
-NGINX_REF = "restobot-local/nginx:1.26"
-TRAEFIK_REF = "restobot-local/traefik:3.7.15"
-PYTHON_REF = "restobot-local/python:3-trixie"
-VPS_REF = "restobot-local/vps:bookworm"
+# The stand-ins' references and versions come from harness.images.LOCAL_IMAGES (and
+# restobot.versions through it): a version bump there needs no edit here.
+N8N, POSTGRES, REDIS, NGINX, TRAEFIK, PYTHON, VPS = (
+    images.local_image(name) for name in ("n8n", "postgres", "redis", "nginx", "traefik", "python", "vps"))
+N8N_REF, POSTGRES_REF, REDIS_REF, NGINX_REF, TRAEFIK_REF, PYTHON_REF, VPS_REF = (
+    images.image_ref(image) for image in (N8N, POSTGRES, REDIS, NGINX, TRAEFIK, PYTHON, VPS))
 
 
 def _docker(*args: str, check: bool = True, timeout: float = 120) -> subprocess.CompletedProcess[str]:
@@ -47,13 +47,13 @@ def _logs(container: str) -> str:
 def _wait_for(container: str, argv: list[str], *, seconds: float) -> float:
     """Run argv in the container until it exits 0 (bounded); return the seconds it took."""
     started = time.monotonic()
-    deadline = started + seconds
-    while time.monotonic() < deadline:
-        if _docker("exec", container, *argv, check=False, timeout=30).returncode == 0:
-            return time.monotonic() - started
-        time.sleep(0.5)
-    pytest.fail(f"{' '.join(argv)} did not succeed in {container} within {seconds} s\n"
-                + _logs(container))
+    try:
+        poll(lambda: _docker("exec", container, *argv, check=False, timeout=30),
+             until=lambda proc: proc.returncode == 0, timeout=seconds,
+             what=f"{' '.join(argv)} succeeding in {container}")
+    except PollTimeout as error:
+        pytest.fail(f"{error}\n{_logs(container)}")
+    return time.monotonic() - started
 
 
 @pytest.fixture(scope="module")
@@ -122,7 +122,7 @@ def test_migrate_image_is_built_from_the_local_python_image(
     result = next(r for r in build_report if r.name == "migrate")
     assert result.status != "skipped", result.reason
     proc = _docker("run", "--rm", "--entrypoint", "python3", result.ref, "-c",
-                   "import restobot.migrate, psycopg; print(psycopg.__version__)")
+                   "import restobot.remote.migrate.runner, psycopg; print(psycopg.__version__)")
     assert proc.stdout.strip().startswith("3.")
 
 
@@ -136,18 +136,18 @@ def test_bundle_is_written_once_per_image_id(tmp_path: Path,
     manifest = json.loads((tmp_path / images.BUNDLE_MANIFEST).read_text())
     assert [r.status for r in first] == ["written"]
     assert [r.status for r in second] == ["up to date"]
-    assert manifest[REDIS_REF]["file"] == "restobot-local_redis_8.tar"
+    assert manifest[REDIS_REF]["file"] == images.bundle_file_name(REDIS_REF)
     assert manifest[REDIS_REF]["id"] == images.inspect_image(REDIS_REF)["Id"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
-        "manifest.json", "restobot-local_redis_8.tar"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([
+        "manifest.json", images.bundle_file_name(REDIS_REF)])
 
 
 # --- contracts ------------------------------------------------------------------------
 
 
-def test_nginx_is_version_1_26(build_report: list[images.BuildResult]) -> None:
+def test_nginx_carries_its_stand_in_version(build_report: list[images.BuildResult]) -> None:
     proc = _docker("run", "--rm", NGINX_REF, "nginx", "-v")
-    assert "nginx/1.26" in proc.stderr
+    assert f"nginx/{NGINX.version}." in proc.stderr
 
 
 NGINX_CONF = """\
@@ -261,8 +261,8 @@ def test_postgres_tool_on_path(tool: str, build_report: list[images.BuildResult]
     _docker("run", "--rm", "--entrypoint", tool, POSTGRES_REF, "--version")
 
 
-def test_redis_is_version_8(build_report: list[images.BuildResult]) -> None:
-    assert "v=8." in _docker("run", "--rm", REDIS_REF, "redis-server", "--version").stdout
+def test_redis_carries_its_stand_in_version(build_report: list[images.BuildResult]) -> None:
+    assert f"v={REDIS.version}." in _docker("run", "--rm", REDIS_REF, "redis-server", "--version").stdout
 
 
 @pytest.mark.parametrize("command", [[], ["redis-server", "--appendonly", "yes"]],
@@ -304,7 +304,7 @@ def test_traefik_runs_with_config_file_and_passes_its_healthcheck(
 
 
 def test_traefik_version_subcommand(build_report: list[images.BuildResult]) -> None:
-    assert "3.7.15" in _docker("run", "--rm", TRAEFIK_REF, "version").stdout
+    assert TRAEFIK.version in _docker("run", "--rm", TRAEFIK_REF, "version").stdout
 
 
 def test_python_base_has_psycopg_and_pip(build_report: list[images.BuildResult]) -> None:
@@ -328,7 +328,7 @@ def test_n8n_runs_as_node_with_its_data_dir(build_report: list[images.BuildResul
                    "command -v wget")
     uid, user, home, owner, node, wget = proc.stdout.split()
     assert (uid, user, home, owner) == ("1000", "node", "/home/node", "node")
-    assert node.startswith("v24.")
+    assert node == f"v{images.NODE_VERSION}"
     assert wget == "/usr/bin/wget"
 
 
@@ -341,7 +341,7 @@ def test_vps_image_refuses_passwords_and_has_no_docker(build_report: list[images
     assert proc.stdout.strip().endswith("no-docker")
 
 
-# --- n8n for real: queue mode on PostgreSQL 17 and Redis 8 ---------------------------
+# --- n8n for real: queue mode on the PostgreSQL and Redis stand-ins ----------------------
 
 
 def test_n8n_main_and_worker_run_in_queue_mode(network: str, containers: list[str],

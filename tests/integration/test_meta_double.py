@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import shutil
 import socket
 import subprocess
 import urllib.error
@@ -19,24 +18,20 @@ from pathlib import Path
 
 import pytest
 
-from harness import images, meta_double
+from harness import images, meta_double, sidecar
 from harness.sidecar import network_layout
 from harness.meta_double_server import graph_route
 from harness.stage import local_stage_tree
 
-pytestmark = [
-    pytest.mark.integration,
-    pytest.mark.skipif(shutil.which("docker") is None, reason="needs docker"),
-]
+pytestmark = pytest.mark.integration
 
 TOKEN = "EAAG-local-test-token"
 
 
-def docker_answers() -> bool:
-    try:
-        return subprocess.run(["docker", "info"], check=False, capture_output=True, timeout=20).returncode == 0
-    except (OSError, subprocess.TimeoutExpired):
-        return False
+def require_docker() -> None:
+    """Fail (never skip) when docker cannot be used, naming the command that fixes it."""
+    if (problem := sidecar.docker_unavailable()) is not None:
+        pytest.fail(problem, pytrace=False)
 
 
 def post(url: str, body: dict) -> tuple[int, dict]:
@@ -116,8 +111,7 @@ def test_stage_tree_without_a_double_is_unchanged():
 
 @pytest.fixture(scope="module")
 def standalone():
-    if not docker_answers():
-        pytest.skip("the docker daemon does not answer (scripts/setup-host starts it)")
+    require_docker()
     name = f"restobot-meta-test-{uuid.uuid4().hex[:8]}"
     try:
         yield meta_double.ensure_meta_double_running(vps_container=None, container=name, out=None)
@@ -209,9 +203,11 @@ def test_graph_port_does_not_serve_the_control_api(double):
 
 def test_unknown_graph_path_is_refused_and_not_recorded(double):
     status, _ = post(f"{double.graph_api_base_url}/v21.0/100000000000099", {"x": 1})
+    # Sentinel: a later request through the same listener is recorded, and alone.
+    post(double.alert_webhook_url, {"text": "after the refused one"})
 
     assert status == 400
-    assert double.requests() == []
+    assert [r["path"] for r in double.requests()] == ["/alerts"]
 
 
 def test_reset_forgets_requests(double):
@@ -263,12 +259,11 @@ def free_port() -> int:
 @pytest.fixture(scope="module")
 def vps_with_double(tmp_path_factory):
     """A throwaway VPS container and a Meta double for it (unique names), removed afterwards."""
-    if not docker_answers():
-        pytest.skip("the docker daemon does not answer (scripts/setup-host starts it)")
+    require_docker()
     from harness import vps
 
-    if images.inspect_image(images.current_ref(vps.VPS_IMAGE)) is None:
-        pytest.skip("restobot-local/vps:bookworm is not built yet: python -m harness.images build vps")
+    if images.inspect_image(vps_ref := images.current_ref(vps.VPS_IMAGE)) is None:
+        pytest.fail(f"{vps_ref} is not built: run 'python -m harness.images build {vps.VPS_IMAGE}'", pytrace=False)
     suffix = uuid.uuid4().hex[:8]
     vps_name, meta_name = f"restobot-vps-metatest-{suffix}", f"restobot-meta-metatest-{suffix}"
     ports = vps.VpsPorts(ssh=free_port(), http=free_port(), https=free_port())

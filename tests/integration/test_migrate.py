@@ -1,7 +1,7 @@
 """The migration runner and the bot's schema, proven on a real PostgreSQL.
 
 Most tests run the runner in-process with an injected stream; the CLI tests run
-``python -m restobot.migrate`` as a real subprocess for exit codes and stderr.
+``python -m restobot.remote.migrate`` as a real subprocess for exit codes and stderr.
 Each test gets a fresh database from ``empty_database`` (conftest.py).
 """
 
@@ -14,20 +14,21 @@ import shutil
 import subprocess
 import sys
 import threading
+from datetime import timezone
 from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import errors
 
-from restobot import migrate
-from restobot.migrate import (
-    DEFAULT_DIR,
+from restobot.remote.migrate.lexer import DEFAULT_DIR, RefusedError
+from restobot.remote.migrate.runner import (
+    EXIT_PENDING,
     LOCK_KEY,
+    ApplyResult,
     LedgerError,
     LockTimeout,
     MigrationFailed,
-    RefusedError,
     apply,
     main,
     status,
@@ -95,7 +96,7 @@ def catalog(url: str) -> dict[str, list[tuple]]:
 def run_cli(*args: str, env_extra: dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "MIGRATIONS_DIR")}
     env.update(env_extra or {})
-    return subprocess.run([sys.executable, "-m", "restobot.migrate", *args], cwd=REPO, env=env,
+    return subprocess.run([sys.executable, "-m", "restobot.remote.migrate", *args], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=timeout)
 
 
@@ -323,7 +324,7 @@ def test_two_runners_started_together_apply_every_file_exactly_once(empty_databa
         t.start()
     for t in threads:
         t.join(60)
-    assert all(isinstance(r, migrate.ApplyResult) for r in results), results
+    assert all(isinstance(r, ApplyResult) for r in results), results
     assert sorted(len(r.applied) for r in results) == [0, 3]
     assert any("Waiting for the migration lock held by pid" in o.getvalue() for o in outputs), \
         "the runners did not overlap, so this test proved nothing"
@@ -336,7 +337,7 @@ def test_two_cli_processes_started_together_apply_every_file_exactly_once(empty_
     directory = make_dir(tmp_path / "m", LOCK_RACE)
     env = {k: v for k, v in os.environ.items()}
     env.update(DATABASE_URL=empty_database, MIGRATIONS_DIR=str(directory))
-    procs = [subprocess.Popen([sys.executable, "-m", "restobot.migrate", "apply", "--lock-timeout", "30"],
+    procs = [subprocess.Popen([sys.executable, "-m", "restobot.remote.migrate", "apply", "--lock-timeout", "30"],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
              for _ in range(2)]
     outs = [p.communicate(timeout=60) for p in procs]
@@ -414,7 +415,7 @@ def test_status_lists_applied_with_dates_and_pending(empty_database, tmp_path):
     lines = out.getvalue().splitlines()
     applied_at = {r[0]: r[2] for r in ledger(empty_database)}
     for name in SCHEMA_FILES[:2]:
-        when = applied_at[name].astimezone(migrate.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+        when = applied_at[name].astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
         assert any(line.startswith("applied") and when in line and line.endswith(name) for line in lines), lines
     for name in SCHEMA_FILES[2:]:
         assert any(line.startswith("pending") and line.endswith(name) for line in lines), lines
@@ -437,7 +438,7 @@ def test_cli_failure_exits_nonzero_with_a_clear_message_not_a_traceback(postgres
 
 def test_cli_apply_then_status_exit_codes(empty_database):
     env = {"DATABASE_URL": empty_database}
-    assert run_cli("status", "--exit-code", env_extra=env).returncode == migrate.EXIT_PENDING
+    assert run_cli("status", "--exit-code", env_extra=env).returncode == EXIT_PENDING
     applied = run_cli("apply", env_extra=env)
     assert applied.returncode == 0, applied.stderr
     assert applied.stderr == ""

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from restobot import meta_payloads as meta
-from restobot import workflows
+from restobot.remote import workflows
 from harness.workflows_stack import Stack, http, missing_images
 
 pytestmark = pytest.mark.integration

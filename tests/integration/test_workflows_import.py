@@ -9,8 +9,11 @@ import subprocess
 
 import pytest
 
-from restobot import workflows
 from harness.workflows_stack import Stack, http, missing_images
+from restobot.commands import workflow_import
+from restobot.release_archive import REMOTE_GLOBS, source_files
+from restobot.remote import workflows
+from restobot.settings import REPO_ROOT
 
 pytestmark = pytest.mark.integration
 N_WORKFLOWS = len(list(workflows.WORKFLOWS_DIR.glob("*.json")))
@@ -81,13 +84,17 @@ def test_changed_workflow_is_updated_in_place(stack, tmp_path):
 
 
 def test_release_copy_of_the_importer_runs_standalone_with_the_system_python(stack, tmp_path):
-    # As on the VPS: `python3 RELEASE/restobot/workflows.py ...`, the module alone, stdlib only.
+    # As on the VPS: `python3 RELEASE/restobot/remote/workflows.py ...` (commands.workflow_import),
+    # the release's copy of restobot/remote/ beside it, stdlib only.
     release = tmp_path / "release"
-    (release / "restobot").mkdir(parents=True)
-    shutil.copy(workflows.__file__, release / "restobot/workflows.py")
+    for path, content in source_files(REPO_ROOT, REMOTE_GLOBS).items():
+        (release / path).parent.mkdir(parents=True, exist_ok=True)
+        (release / path).write_bytes(content)
     shutil.copytree(workflows.WORKFLOWS_DIR, release / "workflows")
+    importer = workflow_import(str(release))[1]
+    assert importer == str(release / "restobot/remote/workflows.py")
     result = subprocess.run(
-        ["/usr/bin/python3", "-I", str(release / "restobot/workflows.py"), "status", "--exit-code",
+        ["/usr/bin/python3", "-I", importer, "status", "--exit-code",
          "--dir", str(release / "workflows"), "--container", f"n8n-main={stack.name('main')}"],
         capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr

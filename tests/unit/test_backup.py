@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
 import subprocess
 from pathlib import Path
 
 import jinja2
 import pytest
+from pyinfra.api import OperationError
 
-from restobot import backup_host
 from restobot.commands import HostLayout
 from restobot.operations.backup import (
     BACKUP_LOG,
+    HELPER_IN_RELEASE,
     TEMPLATES,
     BackupPaths,
     cron_file,
     cron_line,
+    helper_install,
+    helper_is_current,
+    helper_sha256,
     script_values,
 )
-from restobot.settings import BackupSettings
+from restobot.release_archive import SOURCE_GLOBS, source_files
+from restobot.remote import backup as backup_helper
+from restobot.settings import REPO_ROOT, BackupSettings
 
 PATHS = BackupPaths(HostLayout("/opt/resto"))
 UTC = datetime.UTC
@@ -37,6 +44,37 @@ def test_paths_live_under_the_base_and_backups_dirs():
         "/opt/resto/bin/backup", "/opt/resto/bin/backup-verify", "/opt/resto/bin/restobot_backup.py",
         "/opt/resto/backups/scheduled", "/opt/resto/backups/scheduled/last-success",
     )
+
+
+def test_the_helper_is_copied_from_the_current_release_into_bin():
+    assert PATHS.helper_source == "/opt/resto/current/restobot/remote/backup.py"
+    assert helper_install(PATHS, "deploy") == [
+        "install", "-o", "root", "-g", "deploy", "-m", "750",
+        "/opt/resto/current/restobot/remote/backup.py", "/opt/resto/bin/restobot_backup.py",
+    ]
+
+
+def test_the_release_ships_the_helper_the_operator_tests():
+    shipped = source_files(REPO_ROOT, SOURCE_GLOBS)[HELPER_IN_RELEASE]
+    assert Path(backup_helper.__file__).resolve() == (REPO_ROOT / HELPER_IN_RELEASE).resolve()
+    assert helper_sha256(REPO_ROOT) == hashlib.sha256(shipped).hexdigest()
+
+
+def test_a_source_without_the_helper_is_refused_naming_it(tmp_path):
+    with pytest.raises(OperationError, match=f"{tmp_path}/restobot/remote/backup.py is missing"):
+        helper_sha256(tmp_path)
+
+
+@pytest.mark.parametrize("present, sha256, current", [
+    ({"user": "root", "group": "deploy", "mode": 750}, "a" * 64, True),
+    (None, None, False),
+    ({"user": "root", "group": "deploy", "mode": 750}, "b" * 64, False),
+    ({"user": "deploy", "group": "deploy", "mode": 750}, "a" * 64, False),
+    ({"user": "root", "group": "root", "mode": 750}, "a" * 64, False),
+    ({"user": "root", "group": "deploy", "mode": 755}, "a" * 64, False),
+])
+def test_the_helper_is_copied_unless_it_is_the_releases_with_its_owner_and_mode(present, sha256, current):
+    assert helper_is_current(present, sha256, "a" * 64, "deploy") is current
 
 
 def test_cron_line_runs_the_script_as_the_deploy_user_on_the_schedule():
@@ -93,7 +131,7 @@ def test_rendered_scripts_are_valid_posix_sh(template, tmp_path):
 
 
 def test_count_sql_counts_the_existing_key_tables_in_one_query():
-    assert backup_host.count_sql(("inbound_messages", "api_clients")) == (
+    assert backup_helper.count_sql(("inbound_messages", "api_clients")) == (
         "SELECT coalesce(json_object_agg(t, (xpath('/row/c/text()', query_to_xml("
         "format('SELECT count(*) AS c FROM %I', t), false, true, '')))[1]::text::bigint), '{}')::text AS counts "
         "FROM unnest(ARRAY['inbound_messages', 'api_clients']::text[]) AS t WHERE to_regclass(t) IS NOT NULL"
@@ -102,11 +140,11 @@ def test_count_sql_counts_the_existing_key_tables_in_one_query():
 
 def test_count_sql_refuses_a_table_name_that_is_not_an_identifier():
     with pytest.raises(ValueError, match="not a plain lower-case identifier"):
-        backup_host.count_sql(("x'; drop table y; --",))
+        backup_helper.count_sql(("x'; drop table y; --",))
 
 
 def test_key_tables_are_the_runbook_ones():
-    assert backup_host.KEY_TABLES == (
+    assert backup_helper.KEY_TABLES == (
         "inbound_messages", "outbound_messages", "security_events", "api_clients", "schema_migrations")
 
 
@@ -116,14 +154,14 @@ def test_key_tables_are_the_runbook_ones():
 def test_dump_name_and_stamp_round_trip():
     when = at("2026-11-28T03:17:02")
 
-    assert backup_host.dump_name(when) == "resto-20261128T031702Z.dump"
-    assert backup_host.dump_stamp("resto-20261128T031702Z.dump") == when
+    assert backup_helper.dump_name(when) == "resto-20261128T031702Z.dump"
+    assert backup_helper.dump_stamp("resto-20261128T031702Z.dump") == when
 
 
 @pytest.mark.parametrize("name", ["resto-20261128T031702Z.dump.partial", "before-v1.dump", "resto-x.dump",
                                   "resto-20261128T031702Z.json"])
 def test_other_files_are_not_dumps(name):
-    assert backup_host.dump_stamp(name) is None
+    assert backup_helper.dump_stamp(name) is None
 
 
 def nightly(first: str, days: int) -> list[datetime.datetime]:
@@ -134,7 +172,7 @@ def nightly(first: str, days: int) -> list[datetime.datetime]:
 def test_retention_of_a_year_of_nightly_backups_keeps_7_days_4_weeks_6_months():
     stamps = nightly("2026-01-01T03:17:00", 365)  # through 2026-12-31 (a Thursday)
 
-    kept = backup_host.kept_stamps(stamps, daily=7, weekly=4, monthly=6)
+    kept = backup_helper.kept_stamps(stamps, daily=7, weekly=4, monthly=6)
 
     assert [stamp.date().isoformat() for stamp in kept] == [
         # daily: the last 7 days
@@ -149,18 +187,18 @@ def test_retention_of_a_year_of_nightly_backups_keeps_7_days_4_weeks_6_months():
 def test_retention_keeps_the_newest_of_each_day_when_several_run_the_same_day():
     stamps = [at("2026-11-28T03:17:00"), at("2026-11-28T12:00:00"), at("2026-11-27T03:17:00")]
 
-    assert backup_host.kept_stamps(stamps, daily=7, weekly=0, monthly=0) == [
+    assert backup_helper.kept_stamps(stamps, daily=7, weekly=0, monthly=0) == [
         at("2026-11-28T12:00:00"), at("2026-11-27T03:17:00")]
 
 
 def test_retention_always_keeps_the_newest():
-    assert backup_host.kept_stamps([at("2026-11-28T03:17:00")], daily=1, weekly=0, monthly=0) == [
+    assert backup_helper.kept_stamps([at("2026-11-28T03:17:00")], daily=1, weekly=0, monthly=0) == [
         at("2026-11-28T03:17:00")]
 
 
 def write_backup(directory: Path, when: str, complete: bool = True) -> Path:
     stamp = at(when)
-    dump = directory / backup_host.dump_name(stamp)
+    dump = directory / backup_helper.dump_name(stamp)
     dump.write_bytes(b"PGDMP")
     (directory / dump.name.replace(".dump", ".globals.sql")).write_text("CREATE ROLE x;\n")
     if complete:
@@ -173,7 +211,7 @@ def test_prune_removes_the_three_files_of_each_backup_it_does_not_keep(tmp_path)
         write_backup(tmp_path, f"2026-11-{day:02d}T03:17:00")
     (tmp_path / "last-success").write_text("x\n")
 
-    backup_host.prune(tmp_path, daily=3, weekly=0, monthly=0, out=None)
+    backup_helper.prune(tmp_path, daily=3, weekly=0, monthly=0, out=None)
 
     assert sorted(path.name for path in tmp_path.iterdir()) == [
         "last-success",
@@ -187,7 +225,7 @@ def test_prune_leaves_incomplete_backups_alone(tmp_path):
     write_backup(tmp_path, "2026-11-01T03:17:00", complete=False)
     write_backup(tmp_path, "2026-11-02T03:17:00")
 
-    backup_host.prune(tmp_path, daily=1, weekly=0, monthly=0, out=None)
+    backup_helper.prune(tmp_path, daily=1, weekly=0, monthly=0, out=None)
 
     assert (tmp_path / "resto-20261101T031700Z.dump").exists()
 
@@ -196,20 +234,20 @@ def test_prune_leaves_incomplete_backups_alone(tmp_path):
 
 
 def test_verify_report_is_ok_when_every_count_matches():
-    counts = dict.fromkeys(backup_host.KEY_TABLES, 2)
+    counts = dict.fromkeys(backup_helper.KEY_TABLES, 2)
 
-    assert backup_host.verify_report("/d/resto-x.dump", 61.4, 1.23456, counts, counts) == {
+    assert backup_helper.verify_report("/d/resto-x.dump", 61.4, 1.23456, counts, counts) == {
         "ok": True, "dump": "/d/resto-x.dump", "age_seconds": 61, "restore_seconds": 1.235,
-        "tables": {table: [2, 2] for table in backup_host.KEY_TABLES},
+        "tables": {table: [2, 2] for table in backup_helper.KEY_TABLES},
     }
 
 
 def test_verify_report_fails_on_a_differing_or_missing_count():
-    expected = dict.fromkeys(backup_host.KEY_TABLES, 2)
+    expected = dict.fromkeys(backup_helper.KEY_TABLES, 2)
     restored = {**expected, "inbound_messages": 1}
     del restored["api_clients"]
 
-    report = backup_host.verify_report("d", 0, 0, expected, restored)
+    report = backup_helper.verify_report("d", 0, 0, expected, restored)
 
     assert report["ok"] is False
     assert report["tables"]["inbound_messages"] == [2, 1]
@@ -217,24 +255,24 @@ def test_verify_report_fails_on_a_differing_or_missing_count():
 
 
 def test_verify_report_carries_the_error():
-    report = backup_host.verify_report("d", 0, 0, {}, {}, ("t",), error="pg_restore failed")
+    report = backup_helper.verify_report("d", 0, 0, {}, {}, ("t",), error="pg_restore failed")
 
     assert (report["ok"], report["error"], report["tables"]) == (False, "pg_restore failed", {"t": [None, None]})
 
 
 def test_verify_without_backups_names_the_way_out(tmp_path):
-    report = backup_host.verify(tmp_path, "resto-postgres-1")
+    report = backup_helper.verify(tmp_path, "resto-postgres-1")
 
     assert report["ok"] is False
     assert report["error"] == f"no complete backup in {tmp_path}: run bin/backup first"
 
 
 def test_restore_argvs_use_no_tty_and_stop_at_the_first_error():
-    assert backup_host.pg_restore_argv("pg", "restore_check") == [
+    assert backup_helper.pg_restore_argv("pg", "restore_check") == [
         "docker", "exec", "-i", "pg", "sh", "-c",
         'exec pg_restore --exit-on-error --no-owner --no-privileges -U "$POSTGRES_USER" -d "$0"', "restore_check",
     ]
-    assert backup_host.scratch_argvs("pg", "n8n", "restore_check") == (
-        ["docker", "exec", "pg", "sh", "-c", backup_host.PSQL, "n8n", 'DROP DATABASE IF EXISTS "restore_check" WITH (FORCE)'],
-        ["docker", "exec", "pg", "sh", "-c", backup_host.PSQL, "n8n", 'CREATE DATABASE "restore_check"'],
+    assert backup_helper.scratch_argvs("pg", "n8n", "restore_check") == (
+        ["docker", "exec", "pg", "sh", "-c", backup_helper.PSQL, "n8n", 'DROP DATABASE IF EXISTS "restore_check" WITH (FORCE)'],
+        ["docker", "exec", "pg", "sh", "-c", backup_helper.PSQL, "n8n", 'CREATE DATABASE "restore_check"'],
     )

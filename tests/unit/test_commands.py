@@ -133,7 +133,7 @@ def test_current_moves_with_one_rename():
 
 def test_workflow_import_runs_the_release_s_own_importer():
     assert workflow_import(R) == [
-        "python3", f"{R}/restobot/workflows.py", "import", "--dir", f"{R}/workflows",
+        "python3", f"{R}/restobot/remote/workflows.py", "import", "--dir", f"{R}/workflows",
         "--compose-dir", R, "--compose-file", f"{R}/compose.yml",
     ]
 

@@ -4,7 +4,7 @@ import io
 
 import pytest
 
-from restobot.migrate import EXIT_USAGE, _parser, main, redact_url
+from restobot.remote.migrate.runner import EXIT_USAGE, _parser, main, redact_url
 
 
 @pytest.mark.parametrize(

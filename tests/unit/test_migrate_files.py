@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from restobot.migrate import DEFAULT_DIR, RefusedError, load_migrations
+from restobot.remote.migrate.lexer import DEFAULT_DIR, RefusedError, load_migrations
 
 
 def write(directory: Path, name: str, text: str) -> Path:

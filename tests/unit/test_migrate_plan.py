@@ -3,7 +3,8 @@
 from datetime import datetime, timezone
 from pathlib import Path
 
-from restobot.migrate import Applied, Migration, make_plan
+from restobot.remote.migrate.lexer import Migration
+from restobot.remote.migrate.plan import Applied, make_plan
 
 WHEN = datetime(2026, 11, 1, 12, 0, tzinfo=timezone.utc)
 

@@ -4,7 +4,7 @@ import re
 
 import pytest
 
-from restobot.migrate import split_statements
+from restobot.remote.migrate.lexer import split_statements
 
 
 def texts(sql):

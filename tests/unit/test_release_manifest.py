@@ -9,6 +9,8 @@ import pytest
 
 from restobot.facts.deploy import PreDeployDump, LedgerRow, ReleaseManifestOnHost
 from restobot.release_archive import MANIFEST, MigrationInfo, ReleaseError, ReleaseManifest, build_release
+from restobot.operations.database import pending_migrations
+from restobot.remote.migrate.plan import make_plan
 from restobot.rollback_plan import RollbackRefused, plan_rollback
 from tests.conftest import settings_for_stage
 
@@ -117,6 +119,18 @@ def test_the_host_fact_reads_the_manifest_or_none():
 
 
 # --- the rollback's decision, from the manifest ---------------------------------------------
+
+
+def test_the_manifest_and_the_ledger_feed_the_migration_runners_own_plan():
+    ledger = (LedgerRow("0001_inbound_messages.sql", "84" * 32), LedgerRow("0009_new.sql", "z", True),
+              LedgerRow("0010_rename.sql", "w"))
+    plan = make_plan(EARLIER.migrations, {row.filename: row for row in ledger})
+    assert [item.filename for item in plan.pending] == ["0002_outbound_messages.sql"]
+    assert plan.changed == ()
+    assert ([row.filename for row in plan.unknown], [row.filename for row in plan.tolerated]) == (
+        ["0010_rename.sql"], ["0009_new.sql"])
+    assert pending_migrations(EARLIER.migrations, ledger) == ["0002_outbound_messages.sql"]
+    assert pending_migrations(EARLIER.migrations, None) == ["0001_inbound_messages.sql", "0002_outbound_messages.sql"]
 
 
 def test_rollback_without_a_manifest_on_the_host_is_refused():

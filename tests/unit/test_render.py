@@ -58,7 +58,7 @@ def test_env_quote_refuses_line_breaks():
 
 
 def test_n8n_env_defines_every_variable_the_workflows_read(settings):
-    from restobot.workflows import WORKFLOW_ENV_VARS
+    from restobot.remote.workflows import WORKFLOW_ENV_VARS
 
     text = render_release(settings)["env/n8n.env"].text
     defined = {line.split("=", 1)[0] for line in text.splitlines() if "=" in line and not line.startswith("#")}

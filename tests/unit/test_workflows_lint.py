@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from restobot import workflows
+from restobot.remote import workflows
 from restobot.versions import N8N_VERSION
 
 REPO = Path(__file__).resolve().parents[2]

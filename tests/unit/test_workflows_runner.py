@@ -2,7 +2,7 @@
 
 import pytest
 
-from restobot.workflows import ComposeTarget, WorkflowError, run_local
+from restobot.remote.workflows import ComposeTarget, WorkflowError, run_local
 
 
 def test_a_command_outliving_its_timeout_is_a_workflow_error():

@@ -1,55 +1,18 @@
-"""Apply the bot's SQL migrations to PostgreSQL: fail fast, never half-apply.
+"""The runner: connect, take the lock, read the ledger, apply the plan; and its CLI.
 
-The runner behind the compose ``db-migrate`` service and the runbook's manual
-commands. It is shaped like dbmate and depends on psycopg 3 and the standard
-library only, because it runs inside a small container.
-
-Usage::
-
-    python -m restobot.migrate status [--exit-code]
-    python -m restobot.migrate apply [--dry-run] [--lock-timeout SECONDS] [--allow-out-of-order]
-
-    common flags (before or after the command):
-      --database-url URL   (env DATABASE_URL)
-      --dir PATH           (env MIGRATIONS_DIR; default: the migrations/ directory
-                            beside the restobot/ package, in the repo or a release)
-
-Exit codes: 0 done / up to date; 1 a migration failed or the run was refused
-(edited file, unknown applied file, out-of-order file, lock timeout, connection
-failure); 2 usage error; 3 ``status --exit-code`` found pending migrations.
-
-Rules:
-
-* Files are ``NNNN_description.sql`` (4+ digits, lowercase description), applied
-  in version order. The runner owns its ledger table ``schema_migrations``
-  (filename, checksum = sha256 of the file's bytes, applied_at, duration_ms) and
-  creates it on the first apply: no migration file creates it.
-* Each file and its ledger row commit in one transaction: a failing file leaves
-  nothing of itself behind, and the run stops there.
-* A file whose header (the comment lines before its first statement) holds
-  ``-- migrate:no-transaction`` runs statement by statement outside a
-  transaction (e.g. ``CREATE INDEX CONCURRENTLY``); it must be re-runnable.
-* One run at a time per database: a session-level advisory lock taken with
-  ``pg_try_advisory_lock`` on a dedicated connection, polled until
-  ``--lock-timeout``. It is never a transaction-level lock, so a
-  ``CONCURRENTLY`` file cannot deadlock against it.
-* Refused before anything runs: an applied file whose checksum changed, an
-  applied file this release does not know (a rollback to an older release), a
-  pending file older than the newest applied one (unless
-  ``--allow-out-of-order``).
+``python -m restobot.remote.migrate`` (the package's ``__main__``) runs ``main``;
+the package's docstring has the usage and the rules.
 """
 
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import re
 import sys
 import time
 import traceback
 from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Mapping, Sequence, TextIO
 from urllib.parse import urlsplit, urlunsplit
@@ -61,45 +24,46 @@ except ImportError:  # pragma: no cover - exercised only in a broken image
     psycopg = None  # type: ignore[assignment]
     _conninfo = None  # type: ignore[assignment]
 
+from restobot.remote.migrate.lexer import (
+    BACKWARD_COMPATIBLE_MARKER,
+    DEFAULT_DIR,
+    NO_TRANSACTION_MARKER,
+    Migration,
+    MigrationError,
+    RefusedError,
+    Statement,
+    _first_line,
+    _line_col,
+    load_migrations,
+    split_statements,
+)
+from restobot.remote.migrate.plan import Applied, Plan, _fmt_time, make_plan
+
 __all__ = [
-    "Applied",
     "ApplyResult",
     "LedgerError",
     "LockTimeout",
-    "Migration",
-    "MigrationError",
     "MigrationFailed",
-    "Plan",
-    "RefusedError",
-    "Statement",
+    "StatusReport",
     "apply",
-    "load_migrations",
     "main",
-    "make_plan",
+    "read_ledger",
     "redact_url",
-    "split_statements",
     "status",
 ]
 
 #: Advisory lock key: the ASCII bytes of "restobot" as a signed bigint.
 LOCK_KEY = 0x726573746F626F74
 LEDGER_TABLE = "schema_migrations"
-NO_TRANSACTION_MARKER = "migrate:no-transaction"
-# Header marker: older releases still run on the schema this file leaves (it only adds).
-BACKWARD_COMPATIBLE_MARKER = "migrate:backward-compatible"
 APPLICATION_NAME = "restobot-migrate"
 DEFAULT_LOCK_TIMEOUT = 120.0
 DEFAULT_POLL_INTERVAL = 0.1
 CONNECT_TIMEOUT = 10
-DEFAULT_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_PENDING = 3
-
-FILENAME_RE = re.compile(r"^(?P<version>[0-9]{4,})_(?P<name>[a-z0-9][a-z0-9_]*)\.sql$")
-FILENAME_RULE = "NNNN_description.sql (4 or more digits, an underscore, lowercase letters, digits and underscores)"
 
 LEDGER_DDL = r"""
 CREATE TABLE IF NOT EXISTS schema_migrations (
@@ -118,28 +82,8 @@ COMMENT ON COLUMN schema_migrations.backward_compatible IS 'The file was marked 
 """
 LEDGER_COLUMNS = ("filename", "checksum", "applied_at", "duration_ms")
 
-# Statements that cannot run inside the transaction the runner wraps a file in.
-_NEEDS_NO_TRANSACTION_RE = re.compile(
-    r"^(create\s+(unique\s+)?index\s+concurrently|drop\s+index\s+concurrently|reindex\b[^;]*\bconcurrently"
-    r"|vacuum\b|create\s+database|drop\s+database|alter\s+system)",
-    re.IGNORECASE,
-)
-# Statements that would end the runner's transaction behind its back.
-_TRANSACTION_CONTROL_RE = re.compile(
-    r"^(begin|commit|rollback|abort|end|start\s+transaction)\b", re.IGNORECASE
-)
-_DOLLAR_TAG_RE = re.compile(r"\$(?:[A-Za-z_\u0080-\uffff][A-Za-z0-9_\u0080-\uffff]*)?\$")
-
 
 # --------------------------------------------------------------------------- errors
-
-
-class MigrationError(Exception):
-    """A failure the operator can act on; its message says what, where and how out."""
-
-
-class RefusedError(MigrationError):
-    """The run was refused before anything was applied."""
 
 
 class LedgerError(RefusedError):
@@ -163,343 +107,7 @@ class MigrationFailed(MigrationError):
         self.applied_before = tuple(applied_before)
 
 
-# --------------------------------------------------------------------------- files
-
-
-@dataclass(frozen=True)
-class Statement:
-    """One SQL statement of a file, without its terminating semicolon."""
-
-    text: str
-    offset: int  # index of the statement's first character in the file text
-    line: int  # 1-based line of that character
-
-
-@dataclass(frozen=True)
-class Migration:
-    """A migration file as read from disk."""
-
-    version: int
-    filename: str
-    path: Path
-    checksum: str
-    transactional: bool
-    source: str
-    statements: tuple[Statement, ...]
-    backward_compatible: bool = False
-
-    @property
-    def version_label(self) -> str:
-        return self.filename.split("_", 1)[0]
-
-
-def _line_col(source: str, offset: int) -> tuple[int, int]:
-    line = source.count("\n", 0, offset) + 1
-    col = offset - (source.rfind("\n", 0, offset) + 1) + 1
-    return line, col
-
-
-class _SplitError(ValueError):
-    def __init__(self, what: str, offset: int) -> None:
-        super().__init__(what)
-        self.what = what
-        self.offset = offset
-
-
-def split_statements(source: str) -> list[Statement]:
-    """Split SQL text into statements at top-level semicolons.
-
-    Knows ``--`` and nested ``/* */`` comments, 'strings' (with '' and E'\\''
-    escapes), "identifiers" and $tag$ dollar quotes$tag$, so semicolons inside
-    them do not split. Comment-only chunks are dropped. Raises ValueError
-    (with ``.offset``) on an unterminated quote or comment.
-    """
-    statements: list[Statement] = []
-    n = len(source)
-    i = 0
-    start: int | None = None  # offset of the current statement's first code char
-
-    def begin(at: int) -> None:
-        nonlocal start
-        if start is None:
-            start = at
-
-    while i < n:
-        c = source[i]
-        if c == "-" and source.startswith("--", i):
-            j = source.find("\n", i)
-            i = n if j < 0 else j + 1
-            continue
-        if c == "/" and source.startswith("/*", i):
-            depth, j = 1, i + 2
-            while j < n and depth:
-                if source.startswith("/*", j):
-                    depth, j = depth + 1, j + 2
-                elif source.startswith("*/", j):
-                    depth, j = depth - 1, j + 2
-                else:
-                    j += 1
-            if depth:
-                raise _SplitError("unterminated /* comment", i)
-            i = j
-            continue
-        if c == "'":
-            prev = source[i - 1] if i else ""
-            before = source[i - 2] if i > 1 else ""
-            escapes = prev in "eE" and not (before.isalnum() or before in "_$")
-            begin(i - 1 if escapes else i)
-            j = i + 1
-            while True:
-                if j >= n:
-                    raise _SplitError("unterminated quoted string", i)
-                ch = source[j]
-                if escapes and ch == "\\":
-                    j += 2
-                    continue
-                if ch == "'":
-                    if j + 1 < n and source[j + 1] == "'":
-                        j += 2
-                        continue
-                    break
-                j += 1
-            i = j + 1
-            continue
-        if c == '"':
-            begin(i)
-            j = i + 1
-            while True:
-                if j >= n:
-                    raise _SplitError('unterminated quoted identifier', i)
-                if source[j] == '"':
-                    if j + 1 < n and source[j + 1] == '"':
-                        j += 2
-                        continue
-                    break
-                j += 1
-            i = j + 1
-            continue
-        if c == "$":
-            prev = source[i - 1] if i else ""
-            m = _DOLLAR_TAG_RE.match(source, i)
-            if m and not (prev.isalnum() or prev == "_"):
-                tag = m.group(0)
-                end = source.find(tag, m.end())
-                if end < 0:
-                    raise _SplitError(f"unterminated dollar-quoted string {tag}", i)
-                begin(i)
-                i = end + len(tag)
-                continue
-        if c == ";":
-            if start is not None:
-                text = source[start:i].rstrip()
-                statements.append(Statement(text, start, _line_col(source, start)[0]))
-                start = None
-            i += 1
-            continue
-        if not c.isspace():
-            begin(i)
-        i += 1
-    if start is not None:
-        text = source[start:].rstrip()
-        statements.append(Statement(text, start, _line_col(source, start)[0]))
-    return statements
-
-
-def header_has(source: str, marker: str) -> bool:
-    """True when the file's header comments (before the first statement) hold ``-- marker``."""
-    for raw in source.splitlines():
-        line = raw.strip()
-        if not line:
-            continue
-        if not line.startswith("--"):
-            return False
-        if line[2:].strip().lower() == marker:
-            return True
-    return False
-
-
-def _header_is_no_transaction(source: str, filename: str) -> bool:
-    """True when the file's header comments hold the no-transaction marker."""
-    in_header = True
-    found = False
-    for number, raw in enumerate(source.splitlines(), 1):
-        line = raw.strip()
-        if in_header:
-            if not line:
-                continue
-            if line.startswith("--"):
-                if line[2:].strip().lower() == NO_TRANSACTION_MARKER:
-                    found = True
-                continue
-            in_header = False
-        if line.startswith("--") and line[2:].strip().lower() == NO_TRANSACTION_MARKER:
-            raise RefusedError(
-                f"{filename} line {number}: '-- {NO_TRANSACTION_MARKER}' must be in the file's header "
-                "(the comment lines before the first statement); move it to the top of the file."
-            )
-    return found
-
-
-def _read_migration(path: Path, version: int) -> Migration:
-    filename = path.name
-    data = path.read_bytes()
-    try:
-        source = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise RefusedError(f"{filename}: not UTF-8 text (byte {exc.start}); save the file as UTF-8.") from None
-    transactional = not _header_is_no_transaction(source, filename)
-    try:
-        statements = tuple(split_statements(source))
-    except _SplitError as exc:
-        line, col = _line_col(source, exc.offset)
-        raise RefusedError(
-            f"{filename} line {line}, column {col}: {exc.what}; close it so the file can be split into statements."
-        ) from None
-    if not statements:
-        raise RefusedError(f"{filename}: holds no SQL statement; write the migration or delete the file.")
-    if transactional:
-        for index, st in enumerate(statements, 1):
-            if _TRANSACTION_CONTROL_RE.match(st.text):
-                raise RefusedError(
-                    f"{filename} statement {index} (line {st.line}): '{_first_line(st.text)}' manages the "
-                    "transaction, but the runner already wraps each file in one. Remove BEGIN/COMMIT, or put "
-                    f"'-- {NO_TRANSACTION_MARKER}' in the header if the file must control its own transactions."
-                )
-            if _NEEDS_NO_TRANSACTION_RE.match(st.text):
-                raise RefusedError(
-                    f"{filename} statement {index} (line {st.line}): '{_first_line(st.text)}' cannot run inside "
-                    f"a transaction. Put '-- {NO_TRANSACTION_MARKER}' in the file's header and make the file "
-                    "re-runnable (IF NOT EXISTS / IF EXISTS)."
-                )
-    return Migration(
-        version=version,
-        filename=filename,
-        path=path,
-        checksum=hashlib.sha256(data).hexdigest(),
-        transactional=transactional,
-        source=source,
-        statements=statements,
-        backward_compatible=header_has(source, BACKWARD_COMPATIBLE_MARKER),
-    )
-
-
-def load_migrations(directory: Path | str) -> list[Migration]:
-    """Read every ``*.sql`` file of ``directory``, sorted by version.
-
-    Other files (README.md, ...) are ignored. Raises RefusedError naming the
-    file for a bad name, a duplicate version, unreadable or unsplittable SQL.
-    """
-    directory = Path(directory)
-    if not directory.is_dir():
-        raise RefusedError(
-            f"migrations directory {directory} does not exist; pass --dir or set MIGRATIONS_DIR."
-        )
-    found: dict[int, Path] = {}
-    for path in sorted(directory.iterdir()):
-        if path.suffix != ".sql" or not path.is_file():
-            continue
-        match = FILENAME_RE.match(path.name)
-        if not match:
-            raise RefusedError(f"{path.name}: migration files must be named {FILENAME_RULE}; rename it.")
-        version = int(match.group("version"))
-        if version in found:
-            raise RefusedError(
-                f"{found[version].name} and {path.name} share version {match.group('version')}; "
-                "give one of them the next free number."
-            )
-        found[version] = path
-    return [_read_migration(found[v], v) for v in sorted(found)]
-
-
-# --------------------------------------------------------------------------- plan
-
-
-@dataclass(frozen=True)
-class Applied:
-    """A row of ``schema_migrations``."""
-
-    filename: str
-    checksum: str
-    applied_at: datetime
-    duration_ms: int
-    backward_compatible: bool = False
-
-    @property
-    def version(self) -> int:
-        match = FILENAME_RE.match(self.filename)
-        return int(match.group("version")) if match else -1
-
-
-@dataclass(frozen=True)
-class Plan:
-    """What a run would do, and what it must refuse."""
-
-    migrations: tuple[Migration, ...]
-    applied: Mapping[str, Applied]
-    pending: tuple[Migration, ...]
-    changed: tuple[tuple[Migration, Applied], ...]
-    unknown: tuple[Applied, ...]
-    out_of_order: tuple[tuple[Migration, Applied], ...]  # (pending file, newest applied file)
-    # Applied files this release does not know but that were marked backward-compatible.
-    tolerated: tuple[Applied, ...] = ()
-
-    def problems(self, allow_out_of_order: bool = False) -> list[str]:
-        """The reasons to refuse this run, one paragraph each; empty when it may run."""
-        problems: list[str] = []
-        if self.unknown:
-            names = ", ".join(f"{a.filename} (applied {_fmt_time(a.applied_at)})" for a in self.unknown)
-            problems.append(
-                f"the database has migrations this release does not know: {names}. This looks like a "
-                "rollback to an older release: its schema is older than the database's, so nothing was "
-                "touched. Deploy a release that contains these files, or restore the database backup "
-                f"taken before they were applied. (Files marked '-- {BACKWARD_COMPATIBLE_MARKER}' would "
-                "be tolerated.)"
-            )
-        for m, a in self.changed:
-            problems.append(
-                f"{m.filename} was applied on {_fmt_time(a.applied_at)} with sha256 {a.checksum[:12]}..., "
-                f"but the file now has sha256 {m.checksum[:12]}...: applied migrations must not be edited. "
-                "Restore the file as it was (e.g. git checkout) and put the change in a new migration file."
-            )
-        if not allow_out_of_order:
-            for m, newest in self.out_of_order:
-                problems.append(
-                    f"{m.filename} (version {m.version_label}) is pending but {newest.filename} "
-                    f"(version {newest.filename.split('_', 1)[0]}) is already applied: an older version "
-                    "added after a newer one. Rename it with a version above "
-                    f"{newest.filename.split('_', 1)[0]}, or run with --allow-out-of-order."
-                )
-        return problems
-
-
-def make_plan(migrations: Sequence[Migration], applied: Mapping[str, Applied]) -> Plan:
-    """Compare the release's files with the ledger (pure: no database)."""
-    known = {m.filename: m for m in migrations}
-    pending = tuple(m for m in migrations if m.filename not in applied)
-    changed = tuple(
-        (m, applied[m.filename])
-        for m in migrations
-        if m.filename in applied and applied[m.filename].checksum != m.checksum
-    )
-    unknown = tuple(a for name, a in sorted(applied.items()) if name not in known and not a.backward_compatible)
-    tolerated = tuple(a for name, a in sorted(applied.items()) if name not in known and a.backward_compatible)
-    newest = max(applied.values(), key=lambda a: (a.version, a.filename), default=None)
-    out_of_order = tuple(
-        (m, newest) for m in pending if newest is not None and m.version < newest.version
-    )
-    return Plan(tuple(migrations), dict(applied), pending, changed, unknown, out_of_order, tolerated)
-
-
 # --------------------------------------------------------------------------- database
-
-
-def _fmt_time(value: datetime) -> str:
-    return value.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
-
-
-def _first_line(text: str, limit: int = 100) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 def redact_url(url: str) -> str:
@@ -580,7 +188,7 @@ def read_ledger(conn) -> dict[str, Applied]:
     if missing:
         raise LedgerError(
             f"table {LEDGER_TABLE} exists but has no column {', '.join(missing)}: it was not written by "
-            "restobot.migrate (an older migration script?). Nothing was touched. Rename or drop that table "
+            "restobot.remote.migrate (an older migration script?). Nothing was touched. Rename or drop that table "
             "after checking which migrations it records, then run apply again."
         )
     compatible = "backward_compatible" if "backward_compatible" in columns else "false"
@@ -881,7 +489,7 @@ def _add_common(parser: argparse.ArgumentParser, suppress: bool) -> None:
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m restobot.migrate",
+        prog="python -m restobot.remote.migrate",
         description="Apply the Resto Bot SQL migrations to PostgreSQL (one transaction per file, advisory lock).",
     )
     _add_common(parser, suppress=False)
@@ -960,7 +568,3 @@ def main(
         return EXIT_FAILED
     finally:
         out.flush()
-
-
-if __name__ == "__main__":
-    sys.exit(main())

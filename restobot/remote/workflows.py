@@ -21,10 +21,15 @@ of issue 4):
 Change detection: each imported workflow carries ``meta.restobot_sha256``, the
 hash of its canonical content; ``status`` compares it with the files.
 
+Runs on the VPS as a lone file of the release, with the host's ``python3``
+(standard library only; it imports nothing of ``restobot``)::
+
+    python3 RELEASE/restobot/remote/workflows.py import --dir RELEASE/workflows --compose-dir RELEASE ...
+
 CLI::
 
-    python -m restobot.workflows status [--dir DIR] TARGET
-    python -m restobot.workflows import [--dir DIR] TARGET
+    python -m restobot.remote.workflows status [--dir DIR] TARGET
+    python -m restobot.remote.workflows import [--dir DIR] TARGET
     TARGET: --compose-dir DIR [--compose-file FILE]... [--ssh HOST]
             | --container SERVICE=NAME ...
 """
@@ -42,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parents[2]  # restobot/remote/workflows.py -> the repo or release
 WORKFLOWS_DIR = REPO_ROOT / "workflows"
 MAIN_SERVICE = "n8n-main"
 HASH_KEY = "restobot_sha256"
@@ -487,7 +492,7 @@ def _target_from_args(args: argparse.Namespace) -> Target:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m restobot.workflows", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m restobot.remote.workflows", description=__doc__.split("\n")[0])
     parser.add_argument("command", choices=("import", "status"))
     parser.add_argument("--dir", type=Path, default=WORKFLOWS_DIR, help="workflows directory (default: %(default)s)")
     parser.add_argument("--service", default=MAIN_SERVICE, help="n8n main service (default: %(default)s)")

@@ -1,9 +1,11 @@
 """The scheduled backups' helper that runs ON THE VPS: retention and restore checks.
 
-Uploaded verbatim to ``{base_dir}/bin/restobot_backup.py`` by
-``restobot.operations.backup.backups_scheduled`` and run with the host's
-``python3`` (provisioning installs it); standard library only, no import from
-the rest of ``restobot``, Python 3.9+ (Debian 11 / Ubuntu 22.04 and newer).
+Shipped in the release (``restobot/remote/backup.py``), copied from the current
+release to ``{base_dir}/bin/restobot_backup.py`` by
+``restobot.operations.backup.backups_scheduled`` (so a rollback keeps it), and run
+there with the host's ``python3`` (provisioning installs it) as a lone file:
+standard library only, no import from the rest of ``restobot``, Python 3.9+
+(Debian 11 / Ubuntu 22.04 and newer).
 The same functions are unit-tested on the operator's side by exact value.
 
 ``bin/backup`` (templates/backup/backup.sh.j2) writes, per run, under the

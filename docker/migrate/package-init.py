@@ -1,1 +1,0 @@
-"""Resto Bot migration runner (container copy: only restobot.migrate is shipped)."""
