@@ -45,8 +45,14 @@ for channel in whatsapp instagram messenger; do
         "/v1/inbound/$channel?hub.mode=subscribe&hub.verify_token=$META_VERIFY_TOKEN&hub.challenge=$challenge"
 done
 
-if docker exec resto-nginx-1 wget -q -O /dev/null http://n8n-main:5678/ 2>/dev/null; then
-    echo "PASS console n8n editor answers behind the gateway network"
-else
-    echo "FAIL console n8n editor does not answer at http://n8n-main:5678/"
-fi
+# n8n-main may still be finishing its start after the workflow import restarted it: up to 30 s.
+try=1
+until docker exec resto-nginx-1 wget -q -O /dev/null http://n8n-main:5678/ 2>/dev/null; do
+    if [ "$try" -ge 15 ]; then
+        echo "FAIL console n8n editor does not answer at http://n8n-main:5678/ (15 tries, 2 s apart)"
+        exit 0
+    fi
+    try=$((try + 1))
+    sleep 2
+done
+echo "PASS console n8n editor answers behind the gateway network"
