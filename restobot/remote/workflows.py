@@ -359,8 +359,29 @@ def _checked(result: subprocess.CompletedProcess, argv: Sequence[str]) -> str:
     return result.stdout.decode(errors="replace")
 
 
+class ArgvTarget:
+    """A target that builds an argv per action (``exec_argv``, ``restart_argv``) and runs it with ``runner``."""
+
+    runner: Runner
+
+    def exec_argv(self, service: str, argv: Sequence[str]) -> list[str]:
+        raise NotImplementedError
+
+    def restart_argv(self, service: str) -> list[str]:
+        raise NotImplementedError
+
+    def exec(self, service: str, argv: Sequence[str], stdin: bytes | None = None,
+             timeout: float = COMMAND_TIMEOUT) -> str:
+        full = self.exec_argv(service, argv)
+        return _checked(self.runner(full, stdin, timeout), full)
+
+    def restart(self, service: str) -> None:
+        full = self.restart_argv(service)
+        _checked(self.runner(full, None, COMMAND_TIMEOUT), full)
+
+
 @dataclass
-class ComposeTarget:
+class ComposeTarget(ArgvTarget):
     """A docker compose project (on this machine, or behind ``ssh_prefix``)."""
 
     project_dir: str
@@ -380,18 +401,9 @@ class ComposeTarget:
     def restart_argv(self, service: str) -> list[str]:
         return [*self._base(), "restart", service]
 
-    def exec(self, service: str, argv: Sequence[str], stdin: bytes | None = None,
-             timeout: float = COMMAND_TIMEOUT) -> str:
-        full = self.exec_argv(service, argv)
-        return _checked(self.runner(full, stdin, timeout), full)
-
-    def restart(self, service: str) -> None:
-        full = self.restart_argv(service)
-        _checked(self.runner(full, None, COMMAND_TIMEOUT), full)
-
 
 @dataclass
-class ContainerTarget:
+class ContainerTarget(ArgvTarget):
     """Plain containers by name (what the tests start): service -> container."""
 
     containers: dict[str, str]
@@ -402,15 +414,6 @@ class ContainerTarget:
 
     def restart_argv(self, service: str) -> list[str]:
         return ["docker", "restart", "-t", "20", self.containers[service]]
-
-    def exec(self, service: str, argv: Sequence[str], stdin: bytes | None = None,
-             timeout: float = COMMAND_TIMEOUT) -> str:
-        full = self.exec_argv(service, argv)
-        return _checked(self.runner(full, stdin, timeout), full)
-
-    def restart(self, service: str) -> None:
-        full = self.restart_argv(service)
-        _checked(self.runner(full, None, COMMAND_TIMEOUT), full)
 
 
 # --- sequencing -----------------------------------------------------------------
