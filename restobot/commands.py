@@ -98,9 +98,9 @@ class HostLayout:
         return f"{self.backups_dir}/before-{identifier}.dump"
 
 
-def container_name(service: str) -> str:
+def container_name(service: str, number: int | str = 1) -> str:
     """The container compose names for ``service`` of the project (one replica)."""
-    return f"{COMPOSE_PROJECT}-{service}-1"
+    return f"{COMPOSE_PROJECT}-{service}-{number}"
 
 
 POSTGRES_CONTAINER = container_name("postgres")
@@ -253,17 +253,29 @@ def container_health(container: str) -> list[str]:
 
 
 def project_containers() -> list[str]:
-    """Every container of the project, whatever release directory started it:
-    service, working directory, state and status, tab-separated."""
+    """Every service container of the project (``compose run`` one-offs left out), whatever
+    release directory started it: service, working directory, state, status, name and
+    replica number, tab-separated."""
     fields = "\t".join(
         [
             '{{.Label "com.docker.compose.service"}}',
             '{{.Label "com.docker.compose.project.working_dir"}}',
             "{{.State}}",
             "{{.Status}}",
+            "{{.Names}}",
+            '{{.Label "com.docker.compose.container-number"}}',
         ]
     )
-    return ["docker", "ps", "--all", "--filter", f"label=com.docker.compose.project={COMPOSE_PROJECT}", "--format", fields]
+    return [
+        "docker", "ps", "--all",
+        "--filter", f"label=com.docker.compose.project={COMPOSE_PROJECT}",
+        "--filter", "label=com.docker.compose.oneoff=False",
+        "--format", fields,
+    ]
+
+
+def container_rename(name: str, new_name: str) -> list[str]:
+    return ["docker", "rename", name, new_name]
 
 
 def image_load(path: str) -> list[str]:

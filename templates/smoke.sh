@@ -47,9 +47,9 @@ done
 
 # n8n-main may still be finishing its start after the workflow import restarted it: up to 30 s.
 try=1
-until docker exec resto-nginx-1 wget -q -O /dev/null http://n8n-main:5678/ 2>/dev/null; do
+until error=$(docker exec resto-nginx-1 wget -q -O /dev/null http://n8n-main:5678/ 2>&1); do
     if [ "$try" -ge 15 ]; then
-        echo "FAIL console n8n editor does not answer at http://n8n-main:5678/ (15 tries, 2 s apart)"
+        echo "FAIL console n8n editor does not answer at http://n8n-main:5678/ (15 tries, 2 s apart): $(printf %s "$error" | tr '\n' ' ' | head -c 160)"
         exit 0
     fi
     try=$((try + 1))

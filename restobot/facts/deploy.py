@@ -21,6 +21,7 @@ from restobot.commands import (
     POSTGRES_CONTAINER,
     HostLayout,
     container_exec,
+    container_name,
     project_containers,
     psql,
     shell_text,
@@ -54,12 +55,27 @@ class Container:
     + working_dir: the release directory whose compose file started it
     + state: ``running``, ``exited``...
     + status: ``Up 3 minutes (healthy)``, ``Exited (0) 2 minutes ago``...
+    + name: its container name (``resto-nginx-1``); None when not known
+    + number: its replica number (``1``)
     """
 
     service: str
     working_dir: str
     state: str
     status: str
+    name: str | None = None
+    number: str = "1"
+
+    @property
+    def canonical_name(self) -> str:
+        return container_name(self.service, self.number)
+
+    @property
+    def misnamed(self) -> bool:
+        """Compose recreates a container under a temporary name (``<id>_resto-nginx-1``) and renames
+        it once the old one is gone; a deploy killed in between leaves the temporary name, and the
+        next ``up`` keeps it as long as the configuration is unchanged."""
+        return self.name is not None and self.name != self.canonical_name
 
     @property
     def healthy(self) -> bool:
@@ -81,12 +97,16 @@ class HostState:
     containers: tuple[Container, ...] = ()
 
     def serving(self, identifier: str) -> bool:
-        """``current`` is this release and every long-running service runs healthy.
+        """``current`` is this release and every long-running service runs healthy, under
+        the name compose gives it (the name operators and the smoke checks use).
 
         Compose keeps a container whose configuration did not change, whatever
         release directory started it, so the working directory is not compared.
         """
-        return self.current == identifier and not self.unhealthy_services()
+        return self.current == identifier and not self.unhealthy_services() and not self.misnamed_containers()
+
+    def misnamed_containers(self) -> list[Container]:
+        return [c for c in self.containers if c.misnamed]
 
     def unhealthy_services(self) -> list[str]:
         by_service = {c.service: c for c in self.containers}
@@ -133,7 +153,7 @@ def parse_deploy_state(lines: list[str], layout: HostLayout) -> HostState:
             workflows = rest.strip()
         elif kind == "container":
             parts = rest.split("\t")
-            if len(parts) == 4:
+            if len(parts) == 6:
                 containers.append(Container(*parts))
     return HostState(current, releases, lock, workflows, tuple(containers))
 

@@ -20,15 +20,17 @@ from restobot.commands import (
     compose_logs,
     compose_ps,
     compose_up,
+    project_containers,
     container_health,
     container_name,
+    container_rename,
     shell,
     smoke_checks,
     switch_current,
     workflow_import,
     write_file,
 )
-from restobot.facts.deploy import DeployState, SmokeResults
+from restobot.facts.deploy import DeployState, SmokeResults, parse_deploy_state
 
 SMOKE_ATTEMPTS = 45  # 2 s apart: room for a first certificate and webhook registration
 
@@ -68,6 +70,18 @@ def health_report(target, release_dir: str) -> str:
     return "\n".join(report)
 
 
+def restore_container_names(target) -> None:
+    """Give back its compose name to any container a killed deploy left under compose's
+    temporary one: operators, backups and the smoke checks address containers by name."""
+    lines = run_step(target, project_containers(), "listing the project's containers")
+    state = parse_deploy_state([f"container\t{line}" for line in lines], HostLayout())
+    for container in state.misnamed_containers():
+        run_step(target, container_rename(container.name, container.canonical_name),
+                 f"renaming container {container.name} to {container.canonical_name}")
+        target.log_styled(f"container {container.name} renamed {container.canonical_name}",
+                          fg="yellow", log_func=logger.warning)
+
+
 def smoke_failures(lines: list[str]) -> list[str]:
     failures = [line for line in lines if line.startswith("FAIL ")]
     if not any(line.startswith(("PASS ", "FAIL ")) for line in lines):
@@ -82,6 +96,7 @@ def bring_up(target, layout: HostLayout, identifier: str) -> list[str]:
         run_step(target, compose_up(release_dir), f"docker compose up --wait for {identifier}")
     except StepFailed as failure:
         raise StepFailed(f"{failure}\n  services:\n{health_report(target, release_dir)}") from None
+    restore_container_names(target)
     run_step(target, workflow_import(release_dir), f"workflow import for {identifier}")
     lines = run_step(target, smoke_checks(release_dir, SMOKE_ATTEMPTS), f"smoke checks of {identifier}")
     failures = smoke_failures(lines)

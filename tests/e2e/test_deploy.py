@@ -28,6 +28,8 @@ expensive: each step runs once per module), built on the stage it needs:
           └─ deploy_after_kill     the next deploy refused by that lock
              └─ unlocked_after_kill             unlock.py releases it
                 └─ converged_after_kill         the next deploy converges: v2 serves
+                   └─ temporary_name_repaired   nginx left under compose's temporary name: the next
+                                                deploy gives it back its name
     unknown_rollback_refused        (any deployed stack) rollback to a release not on the host: refused
     bad_inventory_run               (no stack) an invalid setting refused before any connection
 
@@ -137,6 +139,10 @@ def current_release(stack) -> str:
 
 def started_at(stack, container: str) -> str:
     return stack.ssh("docker", "inspect", "--format", "{{.State.StartedAt}}", container).stdout.strip()
+
+
+def stack_container_id(stack, name: str) -> str:
+    return stack.ssh("docker", "inspect", "--format", "{{.Id}}", name, check=False).stdout.strip()
 
 
 def audit_lines(stack) -> list[str]:
@@ -689,3 +695,36 @@ def test_deploy_after_unlock_makes_v2_current(converged_after_kill):
 
 def test_deploy_after_unlock_serves_v2(converged_after_kill):
     assert converged_after_kill.seen["verify"] == (200, "converged", "v2")
+
+
+# --- a container left under compose's temporary name --------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def temporary_name_repaired(deployed_stack, converged_after_kill, checkouts) -> Stage:
+    """v2 serving, its nginx renamed ``<id>_resto-nginx-1``: what compose leaves when a deploy is killed
+    between removing the old container and renaming the new one (it names the new one so while both
+    exist). Compose's next ``up`` keeps that name; the deploy of v2 again gives it back."""
+    converged_after_kill.require("the deploy after unlock")
+    nginx = stack_container_id(deployed_stack, "resto-nginx-1")
+    deployed_stack.ssh("docker", "rename", "resto-nginx-1", f"{nginx[:12]}_resto-nginx-1")
+    run = deployed_stack.deploy(source=checkouts["v2"])
+    return Stage(run, {"nginx": stack_container_id(deployed_stack, "resto-nginx-1"), "was": nginx,
+                       "verify": attempt(lambda: verify(deployed_stack, "renamed"))})
+
+
+def test_temporary_name_deploy_succeeds(temporary_name_repaired):
+    assert temporary_name_repaired.run.returncode == 0, temporary_name_repaired.run.output_tail()
+
+
+def test_temporary_name_is_given_back_to_the_same_container(temporary_name_repaired):
+    assert temporary_name_repaired.seen["nginx"] == temporary_name_repaired.seen["was"]
+
+
+def test_temporary_name_repair_is_logged(temporary_name_repaired):
+    assert re.search(r"container \w{12}_resto-nginx-1 renamed resto-nginx-1", temporary_name_repaired.run.output), \
+        temporary_name_repaired.run.output_tail()
+
+
+def test_temporary_name_repaired_stack_serves_v2(temporary_name_repaired):
+    assert temporary_name_repaired.seen["verify"] == (200, "renamed", "v2")

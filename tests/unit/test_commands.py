@@ -37,6 +37,7 @@ from restobot.commands import (
     pg_dumpall_globals,
     pg_restore,
     predeploy_backup,
+    container_rename,
     project_containers,
     psql,
     read_file,
@@ -166,10 +167,13 @@ def test_docker_commands():
     assert container_health("resto-nginx-1") == ["docker", "inspect", "--format", "{{json .State.Health}}",
                                                  "resto-nginx-1"]
     assert project_containers() == [
-        "docker", "ps", "--all", "--filter", "label=com.docker.compose.project=resto", "--format",
+        "docker", "ps", "--all", "--filter", "label=com.docker.compose.project=resto",
+        "--filter", "label=com.docker.compose.oneoff=False", "--format",
         '{{.Label "com.docker.compose.service"}}\t{{.Label "com.docker.compose.project.working_dir"}}'
-        "\t{{.State}}\t{{.Status}}",
+        '\t{{.State}}\t{{.Status}}\t{{.Names}}\t{{.Label "com.docker.compose.container-number"}}',
     ]
+    assert container_rename("3f2a1b0c9d8e_resto-nginx-1", "resto-nginx-1") == [
+        "docker", "rename", "3f2a1b0c9d8e_resto-nginx-1", "resto-nginx-1"]
 
 
 def test_images_are_pulled_or_loaded_from_their_bundle():

@@ -101,8 +101,8 @@ def test_deploy_state_parses_every_record():
         "release\tv1-aa\t" + "a" * 64,
         "lock\tholder=ops@laptop action=deploy release=v3-cc since=2026-11-28T04:00:00Z ",
         "workflows\t" + "c" * 64,
-        "container\tnginx\t/opt/resto/releases/v2-bb\trunning\tUp 3 minutes (healthy)",
-        "container\tdb-migrate\t/opt/resto/releases/v2-bb\texited\tExited (0) 3 minutes ago",
+        "container\tnginx\t/opt/resto/releases/v2-bb\trunning\tUp 3 minutes (healthy)\tresto-nginx-1\t1",
+        "container\tdb-migrate\t/opt/resto/releases/v2-bb\texited\tExited (0) 3 minutes ago\tresto-db-migrate-1\t1",
     ]
     state = parse_deploy_state(lines, LAYOUT)
     assert state.current == "v2-bb"
@@ -119,12 +119,30 @@ def test_nothing_deployed_reads_as_an_empty_state():
 
 def test_serving_needs_current_and_every_service_healthy():
     healthy = tuple(
-        parse_deploy_state([f"container\t{s}\t/x\trunning\tUp 1 minute (healthy)"], LAYOUT).containers[0]
+        parse_deploy_state([f"container\t{s}\t/x\trunning\tUp 1 minute (healthy)\tresto-{s}-1\t1"],
+                           LAYOUT).containers[0]
         for s in ("postgres", "redis", "n8n-main", "n8n-worker", "nginx", "traefik")
     )
     assert HostState(current="v1-aa", containers=healthy).serving("v1-aa")
     assert not HostState(current="v1-aa", containers=healthy).serving("v2-bb")
     assert HostState(current="v1-aa", containers=healthy[:-1]).unhealthy_services() == ["traefik"]
+
+
+def test_a_container_left_under_composes_temporary_name_is_not_serving():
+    """A deploy killed while compose recreated nginx leaves ``<id>_resto-nginx-1`` running: healthy,
+    but ``docker exec resto-nginx-1`` (the smoke checks, the runbook) finds nothing."""
+    names = {s: f"resto-{s}-1" for s in ("postgres", "redis", "n8n-main", "n8n-worker", "nginx", "traefik")}
+    names["nginx"] = "3f2a1b0c9d8e_resto-nginx-1"
+    state = parse_deploy_state(
+        [f"container\t{s}\t/x\trunning\tUp 1 minute (healthy)\t{name}\t1" for s, name in names.items()], LAYOUT)
+    assert not state.serving("v1-aa") and not state.unhealthy_services()
+    assert [(c.name, c.canonical_name) for c in state.misnamed_containers()] == [
+        ("3f2a1b0c9d8e_resto-nginx-1", "resto-nginx-1")]
+
+
+def test_a_second_replica_keeps_its_number():
+    state = parse_deploy_state(["container\tn8n-worker\t/x\trunning\tUp\tresto-n8n-worker-2\t2"], LAYOUT)
+    assert not state.misnamed_containers()
 
 
 def test_smoke_results_parse_pass_and_fail():
