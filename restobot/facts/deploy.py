@@ -151,11 +151,15 @@ def parse_deploy_state(lines: list[str], layout: HostLayout) -> HostState:
             lock = rest.strip()
         elif kind == "workflows":
             workflows = rest.strip()
-        elif kind == "container":
-            parts = rest.split("\t")
-            if len(parts) == 6:
-                containers.append(Container(*parts))
+        elif kind == "container" and (container := parse_container(rest)):
+            containers.append(container)
     return HostState(current, releases, lock, workflows, tuple(containers))
+
+
+def parse_container(line: str) -> Container | None:
+    """One line of ``project_containers()``; None for a line that is not one."""
+    parts = line.split("\t")
+    return Container(*parts) if len(parts) == 6 else None
 
 
 class DeployState(FactBase[HostState]):

@@ -30,7 +30,7 @@ from restobot.commands import (
     workflow_import,
     write_file,
 )
-from restobot.facts.deploy import DeployState, SmokeResults, parse_deploy_state
+from restobot.facts.deploy import DeployState, SmokeResults, parse_container
 
 SMOKE_ATTEMPTS = 45  # 2 s apart: room for a first certificate and webhook registration
 
@@ -74,8 +74,9 @@ def restore_container_names(target) -> None:
     """Give back its compose name to any container a killed deploy left under compose's
     temporary one: operators, backups and the smoke checks address containers by name."""
     lines = run_step(target, project_containers(), "listing the project's containers")
-    state = parse_deploy_state([f"container\t{line}" for line in lines], HostLayout())
-    for container in state.misnamed_containers():
+    for container in filter(None, map(parse_container, lines)):
+        if not container.misnamed:
+            continue
         run_step(target, container_rename(container.name, container.canonical_name),
                  f"renaming container {container.name} to {container.canonical_name}")
         target.log_styled(f"container {container.name} renamed {container.canonical_name}",

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import io
 import tarfile
+import types
 
 import pytest
 
-from restobot.commands import HostLayout
+from restobot.commands import HostLayout, project_containers, shell
 from restobot.facts.deploy import (
     API_CLIENT_SQL,
     ApiClient,
@@ -23,7 +24,7 @@ from restobot.facts.deploy import (
 from restobot.operations.database import backup_metadata, check_api_client, pending_migrations
 from restobot.operations.lock import Actor, audit_line, lock_info
 from restobot.operations.release import release_id, releases_to_prune
-from restobot.operations.stack import smoke_failures
+from restobot.operations.stack import restore_container_names, smoke_failures
 from restobot.release_archive import (
     MigrationInfo,
     ReleaseError,
@@ -198,3 +199,30 @@ def test_deterministic_tar_ignores_insertion_order():
     a = deterministic_tar({"b": (b"2", 0o644), "a": (b"1", 0o600)})
     b = deterministic_tar({"a": (b"1", 0o600), "b": (b"2", 0o644)})
     assert a == b
+
+
+class ScriptedHost:
+    """A target answering ``run_shell_command`` from a dict of command -> output lines; records what ran."""
+
+    def __init__(self, answers: dict[str, list[str]]):
+        self.answers, self.ran, self.logged = answers, [], []
+
+    def run_shell_command(self, command, print_output=False, print_input=False):
+        text = command.get_raw_value()
+        self.ran.append(text)
+        return True, [types.SimpleNamespace(line=line) for line in self.answers.get(text, [])]
+
+    def log_styled(self, message, **_):
+        self.logged.append(message)
+
+
+def test_a_deploy_renames_only_the_containers_left_under_a_temporary_name():
+    listing = shell(project_containers()).get_raw_value()
+    host = ScriptedHost({listing: [
+        "nginx\t/x\trunning\tUp 1 minute (healthy)\t3f2a1b0c9d8e_resto-nginx-1\t1",
+        "redis\t/x\trunning\tUp 1 minute (healthy)\tresto-redis-1\t1",
+        "not a container line",
+    ]})
+    restore_container_names(host)
+    assert host.ran == [listing, "docker rename 3f2a1b0c9d8e_resto-nginx-1 resto-nginx-1"]
+    assert host.logged == ["container 3f2a1b0c9d8e_resto-nginx-1 renamed resto-nginx-1"]
