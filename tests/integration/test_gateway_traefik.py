@@ -54,12 +54,21 @@ def traefik(tmp_path_factory):
         [str(TRAEFIK), f"--configFile={root / 'traefik' / 'traefik.yml'}"], stdout=log, stderr=subprocess.STDOUT
     )
     wait_for(ports["internal"])
-    poll(lambda: api(ports["internal"], "/api/http/routers"), timeout=15, interval=0.2,
-         what="traefik's routers in its API")
+    # The API answers with traefik's own @internal routers before the file provider has loaded the
+    # dynamic configuration (a CI run queried it in between): wait for the routers this config defines.
+    poll(lambda: router_names(ports["internal"]), until=FILE_ROUTERS.issubset, timeout=15, interval=0.2,
+         what=f"traefik's API listing the routers {sorted(FILE_ROUTERS)}")
     yield ports, settings, root
     process.terminate()
     process.wait(timeout=10)
     log.close()
+
+
+FILE_ROUTERS = {"api@file", "console@file"}
+
+
+def router_names(port: int) -> set[str]:
+    return {router["name"] for router in api(port, "/api/http/routers") or []}
 
 
 def api(port: int, path: str):
