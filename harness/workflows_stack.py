@@ -203,7 +203,9 @@ class Stack:
              command: tuple[str, ...] = ()) -> str:
         """Start a container on the stack's network, reachable by the service names of compose.yml."""
         name = self.name(role)
-        argv = ["run", "-d", "--name", name, "--network", self.network, "--label", "restobot-test=workflows"]
+        # unless-stopped as in compose.yml: a service that exits on a fault comes back by itself
+        argv = ["run", "-d", "--name", name, "--network", self.network, "--label", "restobot-test=workflows",
+                "--restart", "unless-stopped"]
         for alias in aliases or (role,):
             argv += ["--network-alias", alias]
         if publish:
@@ -273,6 +275,10 @@ class Stack:
             self._db_url = self.settings().database_url(host="127.0.0.1", port=port)
         return self._db_url
 
+    def forget_published_ports(self) -> None:
+        """After a container was stopped and started again: docker published it on a new host port."""
+        self._db_url = None
+
     def wait_postgres(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -339,3 +345,60 @@ class Stack:
                        predicate=lambda rows: not rows, timeout=60)
         http("POST", self.graph_url + "/_control/reset", b"{}", {"Content-Type": "application/json"})
 
+
+
+# --- test-only runners ---------------------------------------------------------------------
+# A test-only workflow per scheduled workflow: POST /webhook/restobot-test/run-<key> runs it (through
+# its "When called" trigger) on the worker and answers when it has finished. `n8n execute --id` cannot
+# do it: that CLI command never loads CREDENTIALS_OVERWRITE_DATA (only `start` and `worker` do), so
+# the Postgres nodes would connect to localhost and fail ("Connection refused").
+
+
+def runner_path(key: str) -> str:
+    return f"restobot-test/run-{key}"
+
+
+def runner_workflow(key: str, workflow_id: str) -> dict:
+    """The test-only workflow that runs ``workflow_id`` when POST /webhook/restobot-test/run-``key``."""
+    def node_id(name: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"restobot-test/run-{key}/{name}"))
+
+    return {
+        "id": f"RbTestRun{key.upper():0<8}"[:17], "name": f"TEST_RUN_{key.upper()}", "active": True,
+        "nodes": [
+            {"id": node_id("webhook"), "name": "Run", "type": "n8n-nodes-base.webhook", "typeVersion": 2,
+             "position": [200, 200], "webhookId": node_id("webhookId"),
+             "parameters": {"httpMethod": "POST", "path": runner_path(key), "responseMode": "lastNode",
+                            "responseData": "noData", "options": {}}},
+            {"id": node_id("call"), "name": "Call", "type": "n8n-nodes-base.executeWorkflow",
+             "typeVersion": 1.2, "position": [440, 200], "alwaysOutputData": True,
+             "parameters": {"source": "database", "mode": "once", "options": {"waitForSubWorkflow": True},
+                            "workflowId": {"__rl": True, "mode": "id", "value": workflow_id},
+                            "workflowInputs": {"mappingMode": "defineBelow", "value": {}, "matchingColumns": [],
+                                               "schema": [], "attemptToConvertTypes": False,
+                                               "convertFieldsToString": True}}},
+        ],
+        "connections": {"Run": {"main": [[{"node": "Call", "type": "main", "index": 0}]]}},
+        "settings": {"executionOrder": "v1"},
+    }
+
+
+def workflows_with_runners(directory: Path, runners: dict[str, str]) -> Path:
+    """The release's workflow files plus a test-only runner per ``{key: workflow id}``, in ``directory``."""
+    for source in workflows.WORKFLOWS_DIR.glob("*.json"):
+        (directory / source.name).write_bytes(source.read_bytes())
+    for key, workflow_id in runners.items():
+        (directory / f"TEST_RUN_{key.upper()}.json").write_text(json.dumps(runner_workflow(key, workflow_id)))
+    return directory
+
+
+def run_workflow(stack: Stack, key: str, wait: float = 30) -> Response:
+    """Run a scheduled workflow once through its test-only runner and wait for its end (the runner's
+    webhook may take a moment to register after an import: a 404 is retried for ``wait`` seconds)."""
+    deadline = time.monotonic() + wait
+    while True:
+        answer = http("POST", f"{stack.direct_url}/{runner_path(key)}", b"{}",
+                      {"Content-Type": "application/json"}, timeout=60)
+        if answer.status != 404 or time.monotonic() > deadline:
+            return answer
+        time.sleep(1)

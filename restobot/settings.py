@@ -318,11 +318,25 @@ class PipelineSettings(Section):
     alert_webhook_url: AnyHttpUrl | None = None
     outbound_max_retries: int = Field(5, ge=0, le=20)
     outbound_retry_base_seconds: int = Field(30, ge=1, le=3600)
+    # W4_SWEEPER: an inbound row still RECEIVED after this long is handed to the pipeline again
+    # (its background step failed); after the second threshold it raises the stuck alert.
+    inbound_redrive_after_seconds: int = Field(60, ge=10, le=3600)
+    inbound_stuck_alert_seconds: int = Field(900, ge=60, le=86_400)
     legacy_shared_token: SecretStr | None = None
     # Production refuses a legacy shared token unless the inventory accepts it on purpose.
     allow_legacy_shared_token: bool = False
 
     _legacy = field_validator("legacy_shared_token")(secret_rule(32))
+
+    @model_validator(mode="after")
+    def stuck_alert_comes_after_a_redrive(self) -> PipelineSettings:
+        if self.inbound_stuck_alert_seconds <= self.inbound_redrive_after_seconds:
+            raise ValueError(
+                f"inbound_stuck_alert_seconds ({self.inbound_stuck_alert_seconds}) must be longer than "
+                f"inbound_redrive_after_seconds ({self.inbound_redrive_after_seconds}): a row is re-driven "
+                "before it is called stuck"
+            )
+        return self
 
 
 class RestaurantSettings(Section):

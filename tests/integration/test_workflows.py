@@ -7,52 +7,17 @@ from __future__ import annotations
 import hashlib
 import json
 import secrets
-import shutil
 import time
-from pathlib import Path
 
 import pytest
 
 from restobot import meta_payloads as meta
 from restobot.remote import workflows
-from harness.workflows_stack import Stack, http, missing_images
+from harness.workflows_stack import Stack, http, missing_images, run_workflow, workflows_with_runners
 
 pytestmark = pytest.mark.integration
 
 CHANNEL_PATHS = {"whatsapp": "whatsapp", "messenger": "messenger", "instagram": "instagram"}
-
-
-# A test-only workflow: POST /webhook/restobot-test/run-w8 runs W8_DLQ_HANDLER (through its
-# "When called" trigger) on the worker and answers when it has finished. `n8n execute --id`
-# cannot do it: that CLI command never loads CREDENTIALS_OVERWRITE_DATA (only `start` and
-# `worker` do), so W8's Postgres node connects to localhost and fails ("Connection refused").
-W8_RUNNER_PATH = "restobot-test/run-w8"
-W8_RUNNER = {
-    "id": "RbTestRunW8000000", "name": "TEST_RUN_W8", "active": True,
-    "nodes": [
-        {"id": "test-run-w8-webhook", "name": "Run W8", "type": "n8n-nodes-base.webhook", "typeVersion": 2,
-         "position": [200, 200], "webhookId": "5f7f0c1e-8a52-4d0e-9d7e-7a1d0b1c0a08",
-         "parameters": {"httpMethod": "POST", "path": W8_RUNNER_PATH, "responseMode": "lastNode",
-                        "responseData": "noData", "options": {}}},
-        {"id": "test-run-w8-call", "name": "Call W8", "type": "n8n-nodes-base.executeWorkflow",
-         "typeVersion": 1.2, "position": [440, 200], "alwaysOutputData": True,
-         "parameters": {"source": "database", "mode": "once", "options": {"waitForSubWorkflow": True},
-                        "workflowId": {"__rl": True, "mode": "id", "value": "RbW8DlqHandler00"},
-                        "workflowInputs": {"mappingMode": "defineBelow", "value": {}, "matchingColumns": [],
-                                           "schema": [], "attemptToConvertTypes": False,
-                                           "convertFieldsToString": True}}},
-    ],
-    "connections": {"Run W8": {"main": [[{"node": "Call W8", "type": "main", "index": 0}]]}},
-    "settings": {"executionOrder": "v1"},
-}
-
-
-def workflows_with_test_runner(directory: Path) -> Path:
-    """The release's workflow files plus the test-only W8 runner, in ``directory``."""
-    for source in workflows.WORKFLOWS_DIR.glob("*.json"):
-        shutil.copy(source, directory / source.name)
-    (directory / "TEST_RUN_W8.json").write_text(json.dumps(W8_RUNNER))
-    return directory
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +28,8 @@ def stack(tmp_path_factory):
     running = Stack(publish_main=True)
     try:
         running.start(tmp_path_factory.mktemp("wfstack"))
-        workflows.import_workflows(running.target, workflows_with_test_runner(tmp_path_factory.mktemp("wfdir")))
+        workflows.import_workflows(running.target, workflows_with_runners(tmp_path_factory.mktemp("wfdir"),
+                                                                          {"w8": "RbW8DlqHandler00"}))
         yield running
     except Exception:
         print(running.logs("main"), running.logs("worker"))
@@ -438,13 +404,7 @@ def test_admin_bad_options_get_a_400(stack, admin_token):
 
 def run_w8(stack: Stack):
     """Run the production W8 once on the worker, through the test-only runner; wait for its end."""
-    deadline = time.monotonic() + 30
-    while True:
-        answer = http("POST", f"{stack.direct_url}/{W8_RUNNER_PATH}", b"{}", {"Content-Type": "application/json"},
-                      timeout=60)
-        if answer.status != 404 or time.monotonic() > deadline:
-            return answer
-        time.sleep(1)
+    return run_workflow(stack, "w8")
 
 
 def set_dlq_count(stack: Stack, count: int) -> None:

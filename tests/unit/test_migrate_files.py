@@ -109,5 +109,6 @@ def test_the_repo_schema_loads_in_order_and_every_file_is_transactional():
         "0003_security_events.sql",
         "0004_api_clients.sql",
         "0005_alert_state.sql",
+        "0006_inbound_redrive.sql",
     ]
     assert all(m.transactional for m in migrations)

@@ -202,3 +202,17 @@ def test_verify_token_must_be_url_safe(production_data, secret_env):
     assert problems_of(production_data, secret_env) == [
         "meta.verify_token: must hold only letters, digits and . _ ~ - (it travels in a URL)"
     ]
+
+
+def test_stuck_alert_must_come_after_the_redrive(production_data, secret_env):
+    production_data["pipeline"] = {**production_data.get("pipeline", {}),
+                                   "inbound_redrive_after_seconds": 600, "inbound_stuck_alert_seconds": 300}
+    [problem] = problems_of(production_data, secret_env)
+    assert problem.startswith("pipeline: inbound_stuck_alert_seconds (300) must be longer than "
+                              "inbound_redrive_after_seconds (600)")
+
+
+def test_redrive_age_below_ten_seconds_is_refused(production_data, secret_env):
+    production_data["pipeline"] = {**production_data.get("pipeline", {}), "inbound_redrive_after_seconds": 2}
+    [problem] = problems_of(production_data, secret_env)
+    assert problem.startswith("pipeline.inbound_redrive_after_seconds:")

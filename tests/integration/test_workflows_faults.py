@@ -1,0 +1,199 @@
+"""What happens to a message when a service blinks, on the real stack of harness.workflows_stack
+(n8n main + worker in queue mode, Redis, PostgreSQL 17 with the migrations, the rendered gateway,
+the Graph API double). The rule: a message is refused with a non-2xx answer (Meta retries it) or
+stored exactly once and answered exactly once. Every test asserts on rows in PostgreSQL and on the
+requests the Graph API double received."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+
+import pytest
+
+from harness.workflows_stack import (
+    Stack,
+    docker,
+    http,
+    missing_images,
+    run_workflow,
+    workflows_with_runners,
+)
+from restobot import meta_payloads as meta
+from restobot.remote import workflows
+
+pytestmark = pytest.mark.integration
+
+SWEEPER_ID = "RbW4Sweeper00000"
+PHONE_NUMBER_ID = "109876543210"
+GRAPH_MESSAGES = f"/v21.0/{PHONE_NUMBER_ID}/messages"
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    missing = missing_images()
+    if missing:
+        pytest.skip(f"local images not built ({', '.join(missing)}): run python -m harness.images build")
+    running = Stack(publish_main=True)
+    try:
+        running.start(tmp_path_factory.mktemp("wfstack"))
+        workflows.import_workflows(running.target,
+                                   workflows_with_runners(tmp_path_factory.mktemp("wfdir"), {"w4": SWEEPER_ID}))
+        yield running
+    except Exception:
+        print(running.logs("main"), running.logs("worker"))
+        raise
+    finally:
+        running.close()
+
+
+def deliver(stack: Stack, payload: dict, timeout: float = 30):
+    body = meta.encode(payload)
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": meta.sign(body, stack.app_secret)}
+    return http("POST", f"{stack.gateway_url}/v1/inbound/whatsapp", body, headers, timeout=timeout)
+
+
+def deliver_until_200(stack: Stack, payload: dict, seconds: float = 120) -> list[int]:
+    """Meta's behaviour: every non-200 answer is retried (here every second) until a 200."""
+    answers: list[int] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            answers.append(deliver(stack, payload).status)
+        except OSError as error:  # the connection itself failed: Meta retries that too
+            answers.append(-1)
+            print(f"delivery failed: {error}")
+        if answers[-1] == 200:
+            return answers
+        time.sleep(1)
+    raise AssertionError(f"no 200 within {seconds:g} s; answers: {answers}")
+
+
+def wamid_of(payload: dict) -> str:
+    return payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+
+
+def replies_sent_to(stack: Stack, sender: str) -> int:
+    return sum(1 for r in stack.graph_requests() if r["path"] == GRAPH_MESSAGES and r["body"].get("to") == sender)
+
+
+def assert_stored_once_and_replied_once(stack: Stack, wamid: str, sender: str) -> None:
+    assert stack.query("select count(*) from inbound_messages where msg_id = %s", wamid) == [(1,)]
+    stack.wait_rows("select status from inbound_messages where msg_id = %s", wamid,
+                    predicate=lambda rows: rows == [("PROCESSED",)], timeout=90)
+    stack.wait_rows("select status from outbound_messages where msg_id = %s", wamid,
+                    predicate=lambda rows: rows == [("SENT",)], timeout=60)
+    time.sleep(2)  # a second reply, if any, would have gone out by now
+    assert replies_sent_to(stack, sender) == 1
+
+
+def leave_received(stack: Stack, *, sender: str, age_seconds: int) -> str:
+    """An inbound row as a background step that died leaves it: stored, still RECEIVED."""
+    wamid = meta.new_wamid()
+    stack.query("insert into inbound_messages (channel, msg_id, conversation_key, sender, text, payload, received_at) "
+                "values ('whatsapp', %s, %s, %s, 'Bonjour, vos horaires ?', '{}', now() - make_interval(secs => %s))",
+                wamid, f"whatsapp:{PHONE_NUMBER_ID}:{sender}", sender, age_seconds)
+    return wamid
+
+
+# --- W4 sweeper: rows left RECEIVED ---------------------------------------------------------
+
+
+def test_a_message_left_received_is_redriven_and_answered_once(stack):
+    wamid = leave_received(stack, sender="33600000401", age_seconds=120)
+    assert run_workflow(stack, "w4").status == 200
+    assert_stored_once_and_replied_once(stack, wamid, "33600000401")
+    assert run_workflow(stack, "w4").status == 200  # a second sweep finds nothing to do
+    assert stack.query("select redrive_count, redriven_at is not null from inbound_messages where msg_id = %s",
+                       wamid) == [(1, True)]
+    assert replies_sent_to(stack, "33600000401") == 1
+
+
+def test_a_message_still_within_the_redrive_age_is_left_to_its_own_step(stack):
+    wamid = leave_received(stack, sender="33600000402", age_seconds=5)
+    assert run_workflow(stack, "w4").status == 200
+    assert stack.query("select status, redrive_count from inbound_messages where msg_id = %s",
+                       wamid) == [("RECEIVED", 0)]
+    stack.query("delete from inbound_messages where msg_id = %s", wamid)
+
+
+def stuck_alert_posts(stack: Stack) -> list[dict]:
+    return [r for r in stack.graph_requests() if r["path"] == "/alert" and r["body"].get("alert") == "inbound_stuck"]
+
+
+def test_a_message_stuck_past_the_alert_threshold_alerts_once_then_clears(stack):
+    wamid = leave_received(stack, sender="33600000403", age_seconds=1200)
+    assert run_workflow(stack, "w4").status == 200
+    [alert] = stuck_alert_posts(stack)
+    assert (alert["status"], alert["body"]["stuck_count"], alert["body"]["after_seconds"]) == (200, 1, 900)
+    assert alert["body"]["restaurant"] == "Chez Test"
+    assert stack.query("select active from alert_state where alert_key = 'inbound_stuck'") == [(True,)]
+    assert_stored_once_and_replied_once(stack, wamid, "33600000403")  # the same sweep re-drove it
+    assert run_workflow(stack, "w4").status == 200
+    assert stack.query("select active, cleared_at is not null from alert_state where alert_key = 'inbound_stuck'") \
+        == [(False, True)]
+    assert len(stuck_alert_posts(stack)) == 1
+
+
+# --- the intake fails closed ----------------------------------------------------------------
+
+
+def test_a_replay_is_recognised_by_postgresql_alone(stack):
+    payload = meta.whatsapp_text("bonjour", sender="33600000404")
+    assert [deliver(stack, payload).status for _ in range(2)] == [200, 200]
+    assert_stored_once_and_replied_once(stack, wamid_of(payload), "33600000404")
+    replay = stack.wait_rows("select detail ->> 'by' from security_events where event_type = 'REPLAY' "
+                             "and detail ->> 'msg_id' = %s", wamid_of(payload))
+    assert replay == [("postgres",)]
+
+
+def delivery_during_outage(stack: Stack, role: str, payload: dict, outage_seconds: float = 5) -> int:
+    """Stop ``role``, deliver ``payload`` while it is down, start it again after ``outage_seconds``;
+    the answer (-1: the connection failed), which may only come once the service is back."""
+    docker("stop", stack.name(role))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        pending = pool.submit(lambda: deliver(stack, payload, timeout=90).status)
+        time.sleep(outage_seconds)
+        docker("start", stack.name(role))
+        stack.forget_published_ports()
+        try:
+            answer = pending.result()
+        except OSError as error:
+            print(f"delivery during the {role} outage failed: {error}")
+            answer = -1
+    stack.wait_postgres()
+    return answer
+
+
+def assert_the_rule_held(stack: Stack, answer: int, payload: dict, sender: str) -> None:
+    """Refused (Meta retries until a 200), or answered 200 and then already stored; either way, once
+    the retries are done: stored once, replied once."""
+    wamid = wamid_of(payload)
+    if answer == 200:
+        assert stack.query("select count(*) from inbound_messages where msg_id = %s", wamid) == [(1,)], \
+            "answered 200 but not stored"
+    workflows.wait_until_live(stack.target, timeout=180)
+    retries = deliver_until_200(stack, payload) if answer != 200 else []
+    print(f"answer during the outage: {answer}; Meta's retries: {retries}")
+    assert_stored_once_and_replied_once(stack, wamid, sender)
+
+
+def test_redis_stopped_under_a_delivery_loses_nothing(stack):
+    payload = meta.whatsapp_text("bonjour", sender="33600000405")
+    answer = delivery_during_outage(stack, "redis", payload)
+    assert_the_rule_held(stack, answer, payload, "33600000405")
+
+
+def test_postgres_stopped_under_a_delivery_loses_nothing(stack):
+    payload = meta.whatsapp_text("bonjour", sender="33600000406")
+    answer = delivery_during_outage(stack, "postgres", payload)
+    assert_the_rule_held(stack, answer, payload, "33600000406")
+
+
+def test_a_message_postgresql_refuses_is_refused_and_so_is_its_retry(stack):
+    """Its retry too: nothing may count the first delivery as seen (a replay check before the insert
+    did, and answered the retry 200 with nothing stored)."""
+    payload = meta.whatsapp_text("nul \u0000 byte", sender="33600000407")  # jsonb cannot hold \u0000
+    answers = [deliver(stack, payload) for _ in range(2)]
+    assert all(answer.status >= 500 for answer in answers), [(a.status, a.text[:200]) for a in answers]
+    assert stack.query("select count(*) from inbound_messages where msg_id = %s", wamid_of(payload)) == [(0,)]
