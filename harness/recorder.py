@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -21,6 +22,7 @@ class Recorder:
     server: ThreadingHTTPServer
     requests: list[Recorded] = field(default_factory=list)
     status: int = 200
+    delay: float = 0.0  # seconds each answer waits (an upstream that is slow to answer)
 
     @property
     def port(self) -> int:
@@ -39,6 +41,8 @@ def start_recorder() -> Recorder:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
             recorder.requests.append(Recorded(self.command, self.path, dict(self.headers.items()), body))
+            if recorder.delay:
+                time.sleep(recorder.delay)
             payload = json.dumps({"upstream": "recorder", "path": self.path}).encode()
             self.send_response(recorder.status)
             self.send_header("Content-Type", "application/json")

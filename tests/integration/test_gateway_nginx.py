@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import concurrent.futures
 import hashlib
 import hmac
 import http.client
@@ -9,14 +10,15 @@ import os
 import shutil
 import socket
 import subprocess
+import time
 
 import pytest
 
+from harness.poll import poll
+from harness.recorder import start_recorder
 from restobot.render import GatewayOptions, RenderContext, render_release
 from restobot.secrets import generate_secrets
 from tests.conftest import settings_for_stage
-from harness.poll import poll
-from harness.recorder import start_recorder
 
 NGINX = shutil.which("nginx") or "/usr/sbin/nginx"
 pytestmark = pytest.mark.integration
@@ -267,6 +269,33 @@ def test_request_rate_limit_answers_429(tmp_path, recorder):
         process.wait(timeout=10)
     assert statuses[:3] == [200, 200, 200]
     assert 429 in statuses[3:]
+
+
+def test_webhook_requests_past_twice_the_worker_concurrency_are_refused_at_once(tmp_path, recorder):
+    """n8n slow to answer (its worker or Redis blinking): the gateway lets 2 x n8n.worker_concurrency
+    webhook requests wait on it, and refuses the rest with a 503 (Meta retries) without queueing them."""
+    settings = settings_for_stage("production", generate_secrets(), n8n={"worker_concurrency": 2})
+    port, process = start_gateway(tmp_path, recorder.port, settings, rate_per_second=1000, burst=1000)
+    signed = {"X-Hub-Signature-256": "sha256=0"}
+    recorder.delay = 3.0
+    before = len(recorder.requests)
+
+    def timed_post(_):
+        started = time.monotonic()
+        response, _ = request(port, "POST", "/v1/inbound/whatsapp", b"{}", signed)
+        return response.status, time.monotonic() - started
+
+    try:
+        with concurrent.futures.ThreadPoolExecutor(max_workers=10) as pool:
+            answers = list(pool.map(timed_post, range(10)))
+    finally:
+        recorder.delay = 0.0
+        process.terminate()
+        process.wait(timeout=10)
+    refused = [elapsed for status, elapsed in answers if status == 503]
+    assert sorted(status for status, _ in answers) == [200] * 4 + [503] * 6
+    assert max(refused) < 2.0, f"refusals waited on the upstream: {refused}"
+    assert len(recorder.requests) - before == 4
 
 
 def test_nul_in_the_path_is_refused_by_nginxs_parser(gateway, recorder):

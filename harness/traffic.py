@@ -1,0 +1,192 @@
+"""Meta-like traffic against a deployed stack, and what became of each message.
+
+``MetaLikeSender`` posts signed WhatsApp text messages through the VPS's public
+:443 (Traefik, SNI and all) at a steady rate, each from its own sender, and
+retries every non-200 answer every ``retry_seconds`` until it gets a 200, as
+Meta does (Meta's own schedule backs off over hours; a fixed short interval
+is the harsher case for the stack). ``outcome`` then reads, for every message,
+what PostgreSQL stored, the reply rows, and the sends the Graph API double
+received, and sums them into :class:`Figures`.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import secrets
+import threading
+import time
+from collections import Counter
+
+from harness.deploys import public_request, sql
+from restobot import meta_payloads
+from restobot.settings import read_env_file, secrets_file
+
+REQUEST_TIMEOUT = 20.0  # Meta waits about 20 s for a webhook's answer
+
+
+@dataclasses.dataclass
+class Delivery:
+    """One message and every answer it got: (seconds since the traffic started, status; -1: no answer)."""
+
+    wamid: str
+    sender: str
+    body: bytes
+    signature: str
+    answers: list[tuple[float, int]] = dataclasses.field(default_factory=list)
+    accepted_with: str = ""  # the body of the 200 answer
+
+    @property
+    def answered_200(self) -> bool:
+        return any(status == 200 for _, status in self.answers)
+
+
+@dataclasses.dataclass(frozen=True)
+class Figures:
+    """What became of the messages of one run (lost = answered 200 but not stored, or stored but not
+    replied; duplicates = replies the Graph API received beyond one per message)."""
+
+    sent: int
+    answered_200: int
+    non_200_answers: int
+    stored: int
+    duplicates: int
+    replied: int
+    lost: int
+    first_200_after_fault: float | None
+    non_200_by_status: tuple[tuple[int, int], ...] = ()
+
+    def line(self) -> str:
+        recovery = "-" if self.first_200_after_fault is None else f"{self.first_200_after_fault:.1f} s"
+        return (f"sent {self.sent}  200 {self.answered_200}  non-200 answers {self.non_200_answers}  "
+                f"stored {self.stored}  duplicates {self.duplicates}  replied {self.replied}  lost {self.lost}  "
+                f"first 200 after the fault {recovery}  non-200 by status {dict(self.non_200_by_status)}")
+
+
+class MetaLikeSender:
+    """Signed messages at ``rate`` per second; each retried every ``retry_seconds`` until a 200 or
+    until ``give_up_after`` seconds (Meta gives up after days; the test needs an end)."""
+
+    def __init__(self, stack, *, rate: float = 2.0, retry_seconds: float = 2.0, give_up_after: float = 240.0,
+                 sender_prefix: str = "3361") -> None:
+        self.stack = stack
+        self.rate = rate
+        self.retry_seconds = retry_seconds
+        self.give_up_after = give_up_after
+        self.sender_prefix = sender_prefix
+        self.run = secrets.randbelow(10_000)  # senders unique across runs: the double's record outlives a run
+        self.deliveries: list[Delivery] = []
+        self.started = 0.0
+        self._secret = read_env_file(secrets_file("local"))["META_APP_SECRET"]
+        self._phone_number_id = stack.settings["meta"]["wa_phone_number_id"]
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=128)
+        self._futures: list[concurrent.futures.Future] = []
+        self._stop = threading.Event()
+        self._loop: threading.Thread | None = None
+
+    def now(self) -> float:
+        return time.monotonic() - self.started
+
+    def new_delivery(self, number: int) -> Delivery:
+        sender = f"{self.sender_prefix}{self.run:04d}{number:04d}"
+        payload = meta_payloads.whatsapp_text(f"Bonjour, vos horaires ? ({number})", sender=sender,
+                                              phone_number_id=self._phone_number_id)
+        body = meta_payloads.encode(payload)
+        wamid = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+        return Delivery(wamid, sender, body, meta_payloads.sign(body, self._secret))
+
+    def post_once(self, delivery: Delivery) -> int:
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": delivery.signature}
+        try:
+            response, body = public_request(self.stack, "POST", "/v1/inbound/whatsapp", delivery.body, headers)
+        except OSError:
+            return -1
+        if response.status == 200:
+            delivery.accepted_with = body[:200].decode(errors="replace")
+        return response.status
+
+    def deliver_until_200(self, delivery: Delivery) -> None:
+        first = time.monotonic()
+        while True:
+            status = self.post_once(delivery)
+            delivery.answers.append((round(self.now(), 2), status))
+            if status == 200 or time.monotonic() - first > self.give_up_after:
+                return
+            time.sleep(self.retry_seconds)
+
+    def start(self) -> None:
+        self.started = time.monotonic()
+
+        def loop() -> None:
+            number = 0
+            while not self._stop.is_set():
+                delivery = self.new_delivery(number)
+                self.deliveries.append(delivery)
+                self._futures.append(self._pool.submit(self.deliver_until_200, delivery))
+                number += 1
+                self._stop.wait(max(0.0, number / self.rate - self.now()))
+
+        self._loop = threading.Thread(target=loop, daemon=True)
+        self._loop.start()
+
+    def stop(self) -> None:
+        """No new message; wait until every message got its 200 or gave up."""
+        self._stop.set()
+        if self._loop is not None:
+            self._loop.join()
+        concurrent.futures.wait(self._futures)
+        self._pool.shutdown()
+
+
+def stored_rows(stack, wamids: list[str]) -> tuple[Counter, dict[str, str]]:
+    """Inbound rows per wamid, and each stored message's reply status ('' when it has no reply row)."""
+    if not wamids:
+        return Counter(), {}
+    listed = ",".join(f"'{wamid}'" for wamid in wamids)  # wamids are our own: wamid.<base64url>
+    rows = sql(stack, "select i.msg_id, coalesce(o.status, '') from inbound_messages i "
+                      "left join outbound_messages o on o.inbound_message_id = i.id "
+                      f"where i.msg_id in ({listed})")
+    stored: Counter = Counter()
+    replies: dict[str, str] = {}
+    for line in rows.splitlines():
+        msg_id, _, status = line.partition("|")
+        stored[msg_id] += 1
+        replies[msg_id] = status
+    return stored, replies
+
+
+def graph_sends_per_recipient(stack) -> Counter:
+    return Counter(r["body"].get("to") for r in stack.meta.requests()
+                   if r["path"].endswith("/messages") and isinstance(r.get("body"), dict))
+
+
+def outcome(stack, sender: MetaLikeSender, *, fault_ended_at: float | None = None,
+            settle_seconds: float = 180.0) -> Figures:
+    """The figures once every stored message is replied (or ``settle_seconds`` have passed)."""
+    wamids = [d.wamid for d in sender.deliveries]
+    deadline = time.monotonic() + settle_seconds
+    while True:
+        stored, replies = stored_rows(stack, wamids)
+        if all(replies.get(w) == "SENT" for w in stored) or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    sends = graph_sends_per_recipient(stack)
+    by_sender = {d.wamid: d.sender for d in sender.deliveries}
+    replied = sum(1 for w in stored if replies.get(w) == "SENT" and sends[by_sender[w]] >= 1)
+    duplicates = sum(max(0, sends[d.sender] - 1) for d in sender.deliveries)
+    lost = sum(1 for d in sender.deliveries if d.answered_200 and d.wamid not in stored)
+    lost += sum(1 for w in stored if replies.get(w) != "SENT")
+    after = [t for d in sender.deliveries for t, status in d.answers
+             if status == 200 and fault_ended_at is not None and t >= fault_ended_at]
+    return Figures(
+        sent=len(sender.deliveries),
+        answered_200=sum(1 for d in sender.deliveries if d.answered_200),
+        non_200_answers=sum(1 for d in sender.deliveries for _, status in d.answers if status != 200),
+        stored=len(stored),
+        duplicates=duplicates + sum(max(0, n - 1) for n in stored.values()),
+        replied=replied,
+        lost=lost,
+        first_200_after_fault=round(min(after) - fault_ended_at, 1) if after else None,
+        non_200_by_status=tuple(sorted(Counter(status for d in sender.deliveries for _, status in d.answers
+                                               if status != 200).items())),
+    )
