@@ -274,6 +274,17 @@ def project_containers() -> list[str]:
     ]
 
 
+def service_containers(service: str) -> list[str]:
+    """Every container of one service of the project, whatever its name: ``name state`` a line."""
+    return [
+        "docker", "ps", "--all",
+        "--filter", f"label=com.docker.compose.project={COMPOSE_PROJECT}",
+        "--filter", f"label=com.docker.compose.service={service}",
+        "--filter", "label=com.docker.compose.oneoff=False",
+        "--format", "{{.Names}} {{.State}}",
+    ]
+
+
 def container_rename(name: str, new_name: str) -> list[str]:
     return ["docker", "rename", name, new_name]
 

@@ -14,10 +14,11 @@ import re
 from collections.abc import Sequence
 
 from pyinfra import host
-from pyinfra.api import operation
+from pyinfra.api import OperationError, operation
 from pyinfra.facts.files import File
 
 from restobot.commands import (
+    POSTGRES_CONTAINER,
     HostLayout,
     api_client_upsert,
     compose_run_migrations,
@@ -30,6 +31,7 @@ from restobot.facts.deploy import (
     ApiClient,
     ApiClientRow,
     AppliedMigrations,
+    DatabaseUnreadable,
     LedgerRow,
 )
 from restobot.release_archive import MigrationInfo
@@ -44,6 +46,20 @@ def pending_migrations(release_migrations: Sequence[MigrationInfo], ledger: tupl
     """The release's migrations the ledger lacks, in order (the migration runner's own plan)."""
     plan = make_plan(release_migrations, {row.filename: row for row in ledger or ()})
     return [item.filename for item in plan.pending]
+
+
+def readable_ledger(ledger: tuple[LedgerRow, ...] | DatabaseUnreadable | None) -> tuple[LedgerRow, ...] | None:
+    """The ledger, or None on a fresh host; a database that exists but did not answer stops the deploy
+    (read as "no database yet", it would skip the backup and migrate anyway)."""
+    if not isinstance(ledger, DatabaseUnreadable):
+        return ledger
+    raise OperationError(
+        f"the database exists but could not be read, so neither a backup nor a migration can be decided: "
+        f"{ledger.error}\n"
+        f"Nothing was backed up or migrated. Look at `docker ps -a` and `docker logs {POSTGRES_CONTAINER}`, "
+        f"wait until {POSTGRES_CONTAINER} is running and healthy (start it with `docker start "
+        f"{POSTGRES_CONTAINER}` if it is stopped), then deploy again."
+    )
 
 
 def backup_metadata(identifier: str, ledger: tuple[LedgerRow, ...]) -> str:
@@ -61,7 +77,8 @@ def database_backed_up(layout: HostLayout, identifier: str, release_migrations: 
     """
     Ensure a backup of the database exists before this release migrates it.
 
-    Nothing to do on a fresh host (no database yet) or when no migration is pending.
+    Nothing to do on a fresh host (no database yet) or when no migration is pending. A database
+    that exists but cannot be read is refused: the deploy stops before any migration.
 
     + layout: where backups live
     + identifier: the release id the backup is taken before
@@ -74,7 +91,7 @@ def database_backed_up(layout: HostLayout, identifier: str, release_migrations: 
         database_backed_up(name="Ensure a backup precedes the migrations", layout=HostLayout(),
                            identifier="v1.2.0-1a2b3c4d", release_migrations=built.manifest.migrations)
     """
-    ledger = host.get_fact(AppliedMigrations)
+    ledger = readable_ledger(host.get_fact(AppliedMigrations))
     if ledger is None:
         host.noop("no database yet: nothing to back up")
         return
@@ -94,6 +111,8 @@ def schema_migrated(release_dir: str, release_migrations: Sequence[MigrationInfo
     """
     Ensure every migration of the release is applied, running db-migrate once if any is pending.
 
+    A database that exists but cannot be read is refused (never migrated as if it were new).
+
     + release_dir: the release whose db-migrate image and migrations apply
     + release_migrations: the release manifest's migrations
 
@@ -104,7 +123,7 @@ def schema_migrated(release_dir: str, release_migrations: Sequence[MigrationInfo
         schema_migrated(name="Ensure every migration is applied", release_dir=release_dir,
                         release_migrations=built.manifest.migrations)
     """
-    ledger = host.get_fact(AppliedMigrations)
+    ledger = readable_ledger(host.get_fact(AppliedMigrations))
     pending = pending_migrations(release_migrations, ledger)
     if ledger is not None and not pending:
         host.noop(f"all {len(release_migrations)} migrations applied")

@@ -60,6 +60,7 @@ from restobot.commands import HostLayout
 from restobot.facts.deploy import (
     ApiClientRow,
     Container,
+    DatabaseUnreadable,
     HostState,
     LedgerRow,
     SmokeCheck,
@@ -79,7 +80,7 @@ def value_types() -> dict[str, type]:
     from restobot.operations.lock import Actor
 
     return {cls.__name__: cls for cls in (
-        HostLayout, ImageSettings, MigrationInfo, HostState, Container, LedgerRow, ApiClientRow,
+        HostLayout, ImageSettings, MigrationInfo, HostState, Container, LedgerRow, ApiClientRow, DatabaseUnreadable,
         SmokeCheck, Firewall, Platform, Swap, Actor,
     )}
 
