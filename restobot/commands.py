@@ -407,6 +407,11 @@ def predeploy_backup(layout: HostLayout, identifier: str, metadata_json: str) ->
     ]
 
 
+def remove_predeploy_backup(path: str) -> list[str]:
+    """Remove a pre-deploy backup and the files written with it (``predeploy_backup``)."""
+    return ["rm", "-f", path, f"{path}.json", f"{path}.globals.sql"]
+
+
 def api_client_upsert(release_dir: str, client: str, token_hash: str, scopes: Sequence[str]) -> list[str]:
     """Insert or update an API client by name; only the token's hash reaches the host.
 

@@ -41,7 +41,9 @@ from restobot.commands import (
     project_containers,
     psql,
     read_file,
+    remove_predeploy_backup,
     remove_tree,
+    service_containers,
     restore_from_file,
     run_script,
     shell,
@@ -270,6 +272,21 @@ def test_predeploy_backup_dumps_roles_and_data_then_writes_its_metadata():
         dump_to_file("resto-postgres-1", pg_dumpall_globals(), f"{path}.globals.sql"),
         dump_to_file("resto-postgres-1", pg_dump(), path),
         write_file(f"{path}.json", '{"x": 1}\n'),
+    ]
+
+
+def test_a_predeploy_backup_is_removed_with_its_metadata_and_roles():
+    assert remove_predeploy_backup("/opt/resto/backups/before-v2-bb.dump") == [
+        "rm", "-f", "/opt/resto/backups/before-v2-bb.dump", "/opt/resto/backups/before-v2-bb.dump.json",
+        "/opt/resto/backups/before-v2-bb.dump.globals.sql",
+    ]
+
+
+def test_a_services_containers_are_listed_whatever_their_name():
+    assert service_containers("postgres") == [
+        "docker", "ps", "--all", "--filter", "label=com.docker.compose.project=resto",
+        "--filter", "label=com.docker.compose.service=postgres", "--filter", "label=com.docker.compose.oneoff=False",
+        "--format", "{{.Names}} {{.State}}",
     ]
 
 
