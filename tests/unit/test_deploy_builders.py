@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-import types
 
 import pytest
 
@@ -34,6 +33,7 @@ from restobot.release_archive import (
     deterministic_tar,
 )
 from tests.conftest import settings_for_stage
+from tests.unit.scripted import ScriptedHost
 
 LAYOUT = HostLayout("/opt/resto")
 
@@ -212,21 +212,6 @@ def test_deterministic_tar_ignores_insertion_order():
     a = deterministic_tar({"b": (b"2", 0o644), "a": (b"1", 0o600)})
     b = deterministic_tar({"a": (b"1", 0o600), "b": (b"2", 0o644)})
     assert a == b
-
-
-class ScriptedHost:
-    """A target answering ``run_shell_command`` from a dict of command -> output lines; records what ran."""
-
-    def __init__(self, answers: dict[str, list[str]]):
-        self.answers, self.ran, self.logged = answers, [], []
-
-    def run_shell_command(self, command, print_output=False, print_input=False):
-        text = command.get_raw_value()
-        self.ran.append(text)
-        return True, [types.SimpleNamespace(line=line) for line in self.answers.get(text, [])]
-
-    def log_styled(self, message, **_):
-        self.logged.append(message)
 
 
 def test_a_deploy_renames_only_the_containers_left_under_a_temporary_name():
