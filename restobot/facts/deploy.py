@@ -45,6 +45,7 @@ __all__ = [  # POSTGRES_CONTAINER is imported from here by callers (tests/e2e/te
     "HostState",
     "LedgerRow",
     "ReleaseManifestOnHost",
+    "SafetyDumps",
     "SmokeCheck",
     "SmokeResults",
 ]
@@ -430,4 +431,22 @@ class PreDeployDumps(FactBase[list[PreDeployDump]]):
         return backups
 
     def default(self) -> list[PreDeployDump]:
+        return []
+
+
+class SafetyDumps(FactBase[list[str]]):
+    """The safety dumps restores took of the database they replaced (``HostLayout.safety_dumps``), newest first.
+
+    Never None: empty when there is none.
+    """
+
+    def command(self, base_dir: str) -> str:
+        layout = HostLayout(base_dir)
+        pattern = layout.safety_dumps.removeprefix(f"{layout.backups_dir}/")
+        return f"ls -1t {shlex.quote(layout.backups_dir)}/{pattern} 2>/dev/null; exit 0"
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+    def default(self) -> list[str]:
         return []
