@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, OperationError, operation
+from pyinfra.api import FunctionCommand, operation
 from pyinfra.facts.files import File
 
 from restobot.commands import (
@@ -46,6 +46,7 @@ from restobot.facts.deploy import (
     SafetyDumps,
 )
 from restobot.operations import lock
+from restobot.operations.release import failure
 from restobot.operations.stack import StepFailed, run_step
 from restobot.release_archive import MigrationInfo
 from restobot.remote.migrate.plan import make_plan
@@ -62,12 +63,10 @@ def pending_migrations(release_migrations: Sequence[MigrationInfo], ledger: tupl
     return [item.filename for item in plan.pending]
 
 
-def readable_ledger(ledger: tuple[LedgerRow, ...] | DatabaseUnreadable | None) -> tuple[LedgerRow, ...] | None:
-    """The ledger, or None on a fresh host; a database that exists but did not answer stops the deploy
-    (read as "no database yet", it would skip the backup and migrate anyway)."""
-    if not isinstance(ledger, DatabaseUnreadable):
-        return ledger
-    raise OperationError(
+def unreadable_database(ledger: DatabaseUnreadable) -> str:
+    """Why the deploy stops on a database that exists but did not answer (read as "no database
+    yet", it would skip the backup and migrate anyway), and the way out."""
+    return (
         f"the database exists but could not be read, so neither a backup nor a migration can be decided: "
         f"{ledger.error}\n"
         f"Nothing was backed up or migrated. Look at `docker ps -a` and `docker logs {POSTGRES_CONTAINER}`, "
@@ -105,7 +104,10 @@ def database_backed_up(layout: HostLayout, identifier: str, release_migrations: 
         database_backed_up(name="Ensure a backup precedes the migrations", layout=HostLayout(),
                            identifier="v1.2.0-1a2b3c4d", release_migrations=built.manifest.migrations)
     """
-    ledger = readable_ledger(host.get_fact(AppliedMigrations))
+    ledger = host.get_fact(AppliedMigrations)
+    if isinstance(ledger, DatabaseUnreadable):
+        yield failure(unreadable_database(ledger))
+        return
     if ledger is None:
         host.noop("no database yet: nothing to back up")
         return
@@ -137,7 +139,10 @@ def schema_migrated(release_dir: str, release_migrations: Sequence[MigrationInfo
         schema_migrated(name="Ensure every migration is applied", release_dir=release_dir,
                         release_migrations=built.manifest.migrations)
     """
-    ledger = readable_ledger(host.get_fact(AppliedMigrations))
+    ledger = host.get_fact(AppliedMigrations)
+    if isinstance(ledger, DatabaseUnreadable):
+        yield failure(unreadable_database(ledger))
+        return
     pending = pending_migrations(release_migrations, ledger)
     if ledger is not None and not pending:
         host.noop(f"all {len(release_migrations)} migrations applied")

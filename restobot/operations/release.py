@@ -22,14 +22,17 @@ def release_id(name: str, sha256: str) -> str:
     return f"{name}-{sha256[:8]}"
 
 
+def report_failure(state, host, message: str) -> bool:
+    host.log_styled(message, fg="red", log_func=logger.error)
+    return False
+
+
 def failure(message: str) -> FunctionCommand:
-    """A command that fails the operation with ``message`` (pyinfra prints no traceback for it)."""
+    """A command that fails the operation with ``message`` (pyinfra prints no traceback for it).
 
-    def report(state, host) -> bool:
-        host.log_styled(message, fg="red", log_func=logger.error)
-        return False
-
-    return FunctionCommand(report, (), {})
+    Unlike an exception raised by an operation, which pyinfra 3 raises while it executes the
+    operation, past the failure callbacks, it fails the operation: the deploy lock is released."""
+    return FunctionCommand(report_failure, (message,), {})
 
 
 @operation()

@@ -155,7 +155,7 @@ def revert_blocked(target, layout: HostLayout, previous: str) -> str | None:
     unknown = make_plan(manifest.migrations, {row.filename: row for row in ledger or ()}).unknown
     if unknown:
         return ("the database holds migrations it does not know, not marked backward-compatible: "
-                + ", ".join(row.filename for row in unknown))
+                + ", ".join(row.filename for row in unknown) + "; its containers would not start on it")
     return None
 
 
@@ -166,8 +166,8 @@ def revert(target, layout: HostLayout, identifier: str, previous: str | None) ->
     blocked = revert_blocked(target, layout, previous)
     if blocked:
         target.log_styled(
-            f"not going back to {previous}: {blocked}. Its containers would not start on this database, "
-            f"so {identifier}'s containers stay up (current still names {previous}). Either fix {identifier} "
+            f"not going back to {previous}: {blocked}. Rather than a mixed stack, {identifier}'s containers "
+            f"stay up (current still names {previous}). Either fix {identifier} "
             f"and deploy again, or roll back with the backup taken before {identifier} migrated "
             f"({layout.predeploy_backup(identifier)}; rows written since are lost): "
             f"pyinfra INVENTORY rollback.py --data release={previous} --data restore_backup=true",

@@ -39,8 +39,8 @@ def test_a_blocked_revert_names_the_migrations_and_the_way_out():
     revert(host, LAYOUT, NEW, PREVIOUS)
     assert host.logged == [
         "not going back to v1-aaaaaaaa: the database holds migrations it does not know, not marked "
-        "backward-compatible: 0003_rename.sql, 0004_drop.sql. Its containers would not start on this database, "
-        "so v2-bbbbbbbb's containers stay up (current still names v1-aaaaaaaa). Either fix v2-bbbbbbbb and "
+        "backward-compatible: 0003_rename.sql, 0004_drop.sql; its containers would not start on it. Rather than "
+        "a mixed stack, v2-bbbbbbbb's containers stay up (current still names v1-aaaaaaaa). Either fix v2-bbbbbbbb and "
         "deploy again, or roll back with the backup taken before v2-bbbbbbbb migrated "
         "(/opt/resto/backups/before-v2-bbbbbbbb.dump; rows written since are lost): "
         "pyinfra INVENTORY rollback.py --data release=v1-aaaaaaaa --data restore_backup=true"
