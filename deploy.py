@@ -69,7 +69,7 @@ stack.release_serving(
     workflows_sha256=built.manifest.workflows_sha256,
 )
 release.releases_pruned(
-    name=f"Ensure at most {settings.host.keep_releases} releases are kept",
+    name=f"Ensure at most {settings.host.keep_releases} releases (and the backups taken before them) are kept",
     layout=layout, keep=settings.host.keep_releases, protected=(identifier,),
 )
 

@@ -56,8 +56,8 @@ images.migrate_image_built(name="Ensure the migrate image is built", release_dir
 
 if plan.restore is not None:
     database.database_restored(
-        name=f"Restore {plan.restore.path} (asked with restore_backup)",
-        release_dir=release_dir, backup=plan.restore.path,
+        name=f"Restore {plan.restore.path} (asked with restore_backup), the current database kept in a safety dump",
+        layout=layout, release_dir=release_dir, backup=plan.restore.path,
         database=settings.database.name, user=settings.database.user,
     )
 

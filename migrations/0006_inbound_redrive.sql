@@ -1,3 +1,4 @@
+-- migrate:backward-compatible
 -- Re-drive of inbound messages left RECEIVED: a message is stored before the
 -- webhook answers 200, then processed in the background; when that background
 -- step fails (worker killed, PostgreSQL or Redis gone mid-way), the sweeper

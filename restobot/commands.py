@@ -97,6 +97,15 @@ class HostLayout:
         """The dump taken before release ``identifier`` migrated the database."""
         return f"{self.backups_dir}/before-{identifier}.dump"
 
+    def safety_dump(self, stamp: str) -> str:
+        """The dump of the database a restore replaces, taken at ``stamp`` (``20250102T030405Z``)."""
+        return f"{self.backups_dir}/before-restore-{stamp}.dump"
+
+    @property
+    def safety_dumps(self) -> str:
+        """A shell pattern matching every safety dump (never a pre-deploy backup: release ids end in hex)."""
+        return f"{self.backups_dir}/before-restore-*Z.dump"
+
 
 def container_name(service: str, number: int | str = 1) -> str:
     """The container compose names for ``service`` of the project (one replica)."""
@@ -139,6 +148,11 @@ def write_file(path: str, content: str) -> list[str]:
 def append_to_file(path: str, text: str) -> list[str]:
     """Append ``text`` to ``path`` (created when missing)."""
     return ["sh", "-c", 'printf "%s" "$1" >> "$0"', path, text]
+
+
+def file_age_seconds(path: str) -> list[str]:
+    """Print how many seconds ago ``path`` was last written, by the host's clock."""
+    return ["sh", "-c", 'echo $(( $(date +%s) - $(stat -c %Y "$0") ))', path]
 
 
 def run_script(path: str, *args: str) -> list[str]:
@@ -274,6 +288,22 @@ def project_containers() -> list[str]:
     ]
 
 
+def service_containers(service: str) -> list[str]:
+    """Every container of one service of the project, whatever its name: ``name state`` a line."""
+    return [
+        "docker", "ps", "--all",
+        "--filter", f"label=com.docker.compose.project={COMPOSE_PROJECT}",
+        "--filter", f"label=com.docker.compose.service={service}",
+        "--filter", "label=com.docker.compose.oneoff=False",
+        "--format", "{{.Names}} {{.State}}",
+    ]
+
+
+def container_start(*names: str) -> list[str]:
+    """Start stopped containers as they were created (not converged on any release)."""
+    return ["docker", "start", *names]
+
+
 def container_rename(name: str, new_name: str) -> list[str]:
     return ["docker", "rename", name, new_name]
 
@@ -365,6 +395,12 @@ def dump_to_file(container: str, dump: Sequence[str], path: str) -> list[str]:
     return ["sh", "-c", f'set -e; umask 077; {producer} > "$0.partial"; test -s "$0.partial"; mv "$0.partial" "$0"', path]
 
 
+def dump_contents(release_dir: str, path: str) -> list[str]:
+    """``pg_restore --list`` of the dump at ``path``: its header (when it was made) and what it holds;
+    fails on a file that is not a custom-format archive."""
+    return ["sh", "-c", f'{shell_text(compose_exec(release_dir, "postgres", ["pg_restore", "--list"]))} < "$0"', path]
+
+
 def restore_from_file(release_dir: str, path: str) -> list[str]:
     """Feed the dump at ``path`` (on the host) to ``pg_restore`` in the release's postgres service."""
     return ["sh", "-c", f'{shell_text(compose_exec(release_dir, "postgres", pg_restore()))} < "$0"', path]
@@ -396,6 +432,11 @@ def predeploy_backup(layout: HostLayout, identifier: str, metadata_json: str) ->
     ]
 
 
+def remove_predeploy_backup(path: str) -> list[str]:
+    """Remove a pre-deploy backup and the files written with it (``predeploy_backup``)."""
+    return ["rm", "-f", path, f"{path}.json", f"{path}.globals.sql"]
+
+
 def api_client_upsert(release_dir: str, client: str, token_hash: str, scopes: Sequence[str]) -> list[str]:
     """Insert or update an API client by name; only the token's hash reaches the host.
 
@@ -407,18 +448,44 @@ def api_client_upsert(release_dir: str, client: str, token_hash: str, scopes: Se
     return compose_exec(release_dir, "postgres", psql(UPSERT_API_CLIENT_SQL, variables))
 
 
-def database_restore(release_dir: str, backup: str, database: str, user: str) -> list[list[str]]:
-    """Stop the writers, recreate the database empty, restore the dump, analyze.
+N8N_SERVICES = ("n8n-main", "n8n-worker")
+ROW_COUNTS_SQL = (
+    "SELECT 'inbound_messages', count(*) FROM inbound_messages "
+    "UNION ALL SELECT 'outbound_messages', count(*) FROM outbound_messages"
+)
+
+
+def row_counts(release_dir: str) -> list[str]:
+    """The rows a restore puts at stake, ``table<TAB>count`` a line."""
+    return compose_exec(release_dir, "postgres", psql(ROW_COUNTS_SQL, separator="\t"))
+
+
+def n8n_stopped(release_dir: str) -> list[str]:
+    """Stop the database's writers."""
+    return compose_stop(release_dir, *N8N_SERVICES)
+
+
+def n8n_started_again() -> list[str]:
+    """Start the n8n containers a restore stopped, as they were (whatever release created them)."""
+    return container_start(*(container_name(service) for service in N8N_SERVICES))
+
+
+def safety_dump(layout: HostLayout, path: str) -> list[list[str]]:
+    """Dump the database a restore is about to replace (0600, in the 0700 backups directory)."""
+    return [private_directory(layout.backups_dir), dump_to_file(POSTGRES_CONTAINER, pg_dump(), path)]
+
+
+def database_replaced(release_dir: str, dump: str, database: str, user: str) -> list[list[str]]:
+    """Recreate the database empty, restore the dump, analyze (the writers already stopped).
 
     The database is dropped rather than cleaned so that objects created by later
     migrations (absent from the dump) do not survive the restore.
     """
     admin = {"database": database}
     return [
-        compose_stop(release_dir, "n8n-main", "n8n-worker"),
         compose_exec(release_dir, "postgres", psql(DROP_DATABASE_SQL, admin, database="postgres", user=user)),
         compose_exec(release_dir, "postgres",
                      psql(CREATE_DATABASE_SQL, {**admin, "owner": user}, database="postgres", user=user)),
-        restore_from_file(release_dir, backup),
+        restore_from_file(release_dir, dump),
         compose_exec(release_dir, "postgres", psql("ANALYZE")),
     ]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from restobot.facts.deploy import PreDeployDump, LedgerRow
+from restobot.facts.deploy import DatabaseUnreadable, LedgerRow, PreDeployDump
 from restobot.release_archive import MANIFEST, ReleaseManifest
 from restobot.remote.migrate.plan import make_plan
 
@@ -56,16 +56,22 @@ def resolve_release(asked: str | None, releases_newest_first: list[str]) -> str:
 def plan_rollback(
     identifier: str,
     manifest: ReleaseManifest | None,
-    ledger: tuple[LedgerRow, ...] | None,
+    ledger: tuple[LedgerRow, ...] | DatabaseUnreadable | None,
     backups: list[PreDeployDump],
     restore_backup: bool,
 ) -> RollbackPlan:
     """Decide the rollback to ``identifier`` from its manifest (None: it has none on the host),
-    the database's ledger (None: no database) and the pre-deploy backups, newest first."""
+    the database's ledger (None: no database; unreadable: refused) and the pre-deploy backups, newest first."""
     if manifest is None:
         raise RollbackRefused(
             f"release {identifier} has no {MANIFEST} on the host; nothing was changed. "
             "Deploy it instead: git checkout the tag, then run deploy.py."
+        )
+    if isinstance(ledger, DatabaseUnreadable):
+        raise RollbackRefused(
+            f"rollback to {identifier} refused: the database exists but could not be read, so whether "
+            f"{identifier} can run on it cannot be decided: {ledger.error}\nNothing was changed. "
+            "Wait until the postgres container is running and healthy (docker ps -a), then roll back again."
         )
     # The migration runner's own plan decides what the release does not know and what it tolerates.
     schema = make_plan(manifest.migrations, {row.filename: row for row in ledger or ()})

@@ -11,6 +11,7 @@ values are psql variables.
 from __future__ import annotations
 
 import json
+import re
 import shlex
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ from restobot.commands import (
     container_name,
     project_containers,
     psql,
+    service_containers,
     shell_text,
     smoke_checks,
 )
@@ -34,6 +36,7 @@ __all__ = [  # POSTGRES_CONTAINER is imported from here by callers (tests/e2e/te
     "ApiClient",
     "ApiClientRow",
     "AppliedMigrations",
+    "DatabaseUnreadable",
     "PreDeployDump",
     "PreDeployDumps",
     "Container",
@@ -42,6 +45,7 @@ __all__ = [  # POSTGRES_CONTAINER is imported from here by callers (tests/e2e/te
     "HostState",
     "LedgerRow",
     "ReleaseManifestOnHost",
+    "SafetyDumps",
     "SmokeCheck",
     "SmokeResults",
 ]
@@ -217,17 +221,63 @@ API_CLIENT_SQL = "SELECT token_hash, array_to_string(scopes, ','), enabled FROM 
 LEDGER_SQL = "SELECT filename, checksum, backward_compatible FROM schema_migrations ORDER BY filename"
 
 
+# What a fresh host answers: the database or the queried table is not created yet.
+NOT_CREATED_YET = re.compile(r'FATAL: +database "[^"]*" does not exist|ERROR: +relation "[^"]*" does not exist')
+
+
+@dataclass(frozen=True)
+class DatabaseUnreadable:
+    """A database that exists (its container does) but did not answer the probe: still starting,
+    stopped, refusing the role or the password...
+
+    + error: what was seen, as psql or docker printed it
+    """
+
+    error: str
+
+
 def psql_probe(sql: str, variables: dict[str, str] | None = None) -> str:
-    """A command printing ``rows`` then the query's tab-separated rows, or ``none`` when no database answers
-    (no container, or the query failed: a table that does not exist yet)."""
+    """A command printing one of:
+
+    + ``rows`` then the query's tab-separated rows;
+    + ``none``: no docker or no postgres container (a fresh host);
+    + ``container`` then ``name state`` lines: the postgres container is not running under its name;
+    + ``error`` then what psql (or ``docker exec``) printed on stderr when the query failed.
+    """
     probe = shell_text(container_exec(POSTGRES_CONTAINER, psql(sql, variables, separator="\t")))
-    return f"if out=$({probe} 2>/dev/null); then printf 'rows\\n%s\\n' \"$out\"; else echo none; fi"
+    listing = shell_text(service_containers("postgres"))
+    return "\n".join(
+        [
+            "command -v docker >/dev/null 2>&1 || { echo none; exit 0; }",
+            # A docker that does not answer runs no container: the deploy starts it before using it.
+            f"found=$({listing} 2>/dev/null) || {{ echo none; exit 0; }}",
+            '[ -n "$found" ] || { echo none; exit 0; }',
+            f"[ \"$found\" = {shlex.quote(POSTGRES_CONTAINER + ' running')} ] "
+            "|| { printf 'container\\n%s\\n' \"$found\"; exit 0; }",
+            # The rows go to fd 3 (this script's output); stderr is kept for the error case only.
+            "exec 3>&1",
+            f"err=$({{ out=$({probe}) && printf 'rows\\n%s\\n' \"$out\" >&3; }} 2>&1) "
+            "|| printf 'error\\n%s\\n' \"$err\"",
+            "exit 0",
+        ]
+    )
 
 
-def parse_psql_rows(output: list[str]) -> list[list[str]] | None:
-    if not output or output[0].strip() != "rows":
-        return None
-    return [line.split("\t") for line in output[1:] if line.strip()]
+def parse_psql_rows(output: list[str]) -> list[list[str]] | DatabaseUnreadable | None:
+    """The rows a ``psql_probe`` printed; None when no database or table exists yet (a fresh host)."""
+    marker = output[0].strip() if output else "none"
+    if marker == "rows":
+        return [line.split("\t") for line in output[1:] if line.strip()]
+    details = [line.rstrip() for line in output[1:] if line.strip()]
+    if marker == "container":
+        return DatabaseUnreadable(f"the postgres container is not running as {POSTGRES_CONTAINER}: "
+                                  + "; ".join(details))
+    if marker == "error":
+        text = "\n".join(details)
+        if NOT_CREATED_YET.search(text):
+            return None
+        return DatabaseUnreadable(text or "psql failed and printed nothing")
+    return None
 
 
 @dataclass(frozen=True)
@@ -255,7 +305,7 @@ class ApiClient(FactBase[ApiClientRow | None]):
 
     def process(self, output: list[str]) -> ApiClientRow | None:
         rows = parse_psql_rows(output)
-        if not rows:
+        if not isinstance(rows, list) or not rows:  # unreadable: the upsert that follows fails with psql's error
             return None
         token_hash, scopes, enabled = rows[0]
         return ApiClientRow(token_hash, tuple(sorted(filter(None, scopes.split(",")))), enabled == "t")
@@ -264,19 +314,21 @@ class ApiClient(FactBase[ApiClientRow | None]):
         return None
 
 
-class AppliedMigrations(FactBase[tuple[LedgerRow, ...] | None]):
+class AppliedMigrations(FactBase[tuple[LedgerRow, ...] | DatabaseUnreadable | None]):
     """The rows of ``schema_migrations`` in the running PostgreSQL container.
 
-    None means there is no running database or no ledger yet (a fresh install).
+    None means there is no database or no ledger yet (a fresh install: no postgres
+    container, no database, no ``schema_migrations`` table). A database that exists
+    but could not be read is ``DatabaseUnreadable``, never None: callers refuse it.
     """
 
     def command(self) -> str:
         return psql_probe(LEDGER_SQL)
 
-    def process(self, output: list[str]) -> tuple[LedgerRow, ...] | None:
+    def process(self, output: list[str]) -> tuple[LedgerRow, ...] | DatabaseUnreadable | None:
         rows = parse_psql_rows(output)
-        if rows is None:
-            return None
+        if not isinstance(rows, list):
+            return rows
         return tuple(LedgerRow(row[0], row[1], row[2] == "t") for row in rows if len(row) == 3)
 
     def default(self) -> None:
@@ -379,4 +431,22 @@ class PreDeployDumps(FactBase[list[PreDeployDump]]):
         return backups
 
     def default(self) -> list[PreDeployDump]:
+        return []
+
+
+class SafetyDumps(FactBase[list[str]]):
+    """The safety dumps restores took of the database they replaced (``HostLayout.safety_dumps``), newest first.
+
+    Never None: empty when there is none.
+    """
+
+    def command(self, base_dir: str) -> str:
+        layout = HostLayout(base_dir)
+        pattern = layout.safety_dumps.removeprefix(f"{layout.backups_dir}/")
+        return f"ls -1t {shlex.quote(layout.backups_dir)}/{pattern} 2>/dev/null; exit 0"
+
+    def process(self, output: list[str]) -> list[str]:
+        return [line.strip() for line in output if line.strip()]
+
+    def default(self) -> list[str]:
         return []

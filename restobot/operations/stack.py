@@ -1,5 +1,6 @@
 """The running stack: converge it on a release, import its workflows, smoke-check it,
-and only then move ``current``; on any failure go back to the previous release.
+and only then move ``current``; on any failure go back to the previous release, unless
+the database was migrated past what that release knows (it could not start on it).
 
 The activation is one operation whose single command is a Python function run
 at execution time: it must react to what each remote step returns (revert on
@@ -12,7 +13,7 @@ from __future__ import annotations
 import json
 
 from pyinfra import host, logger
-from pyinfra.api import FunctionCommand, operation
+from pyinfra.api import FunctionCommand, StringCommand, operation
 
 from restobot.commands import (
     LONG_RUNNING_SERVICES,
@@ -30,7 +31,16 @@ from restobot.commands import (
     workflow_import,
     write_file,
 )
-from restobot.facts.deploy import DeployState, SmokeResults, parse_container
+from restobot.facts.deploy import (
+    AppliedMigrations,
+    DatabaseUnreadable,
+    DeployState,
+    ReleaseManifestOnHost,
+    SmokeResults,
+    parse_container,
+)
+from restobot.release_archive import MANIFEST, ReleaseError
+from restobot.remote.migrate.plan import make_plan
 
 SMOKE_ATTEMPTS = 45  # 2 s apart: room for a first certificate and webhook registration
 
@@ -112,7 +122,7 @@ def activate_release(state, host, layout: HostLayout, identifier: str, previous:
         smoke = bring_up(host, layout, identifier)
     except StepFailed as failure:
         host.log_styled(str(failure), fg="red", log_func=logger.error)
-        revert(host, layout, previous)
+        revert(host, layout, identifier, previous)
         return False
     for argv in switch_current(layout, identifier):
         run_step(host, argv, "switching current")
@@ -122,9 +132,47 @@ def activate_release(state, host, layout: HostLayout, identifier: str, previous:
     return True
 
 
-def revert(target, layout: HostLayout, previous: str | None) -> None:
+def read_fact(target, fact, **arguments):
+    """A fact read at execution time, after the steps before it changed the host."""
+    _, output = target.run_shell_command(StringCommand(fact.command(**arguments)),
+                                         print_output=False, print_input=False)
+    return fact.process([item.line for item in output])
+
+
+def revert_blocked(target, layout: HostLayout, previous: str) -> str | None:
+    """Why ``previous`` cannot run on the database as it is now (None: it can). The migration
+    runner's plan decides, as for a rollback: migrations it does not know that are not marked
+    backward-compatible, or a database or manifest that cannot be read, block it."""
+    try:
+        manifest = read_fact(target, ReleaseManifestOnHost(), release_dir=layout.release_dir(previous))
+    except ReleaseError as damaged:
+        return f"its manifest cannot be read, so whether it runs on this schema cannot be checked: {damaged}"
+    if manifest is None:
+        return f"{previous} has no {MANIFEST} on the host, so whether it runs on this schema cannot be checked"
+    ledger = read_fact(target, AppliedMigrations())
+    if isinstance(ledger, DatabaseUnreadable):
+        return f"the database could not be read to check {previous} runs on it: {ledger.error}"
+    unknown = make_plan(manifest.migrations, {row.filename: row for row in ledger or ()}).unknown
+    if unknown:
+        return ("the database holds migrations it does not know, not marked backward-compatible: "
+                + ", ".join(row.filename for row in unknown) + "; its containers would not start on it")
+    return None
+
+
+def revert(target, layout: HostLayout, identifier: str, previous: str | None) -> None:
     if previous is None:
         target.log_styled("no previous release to go back to (first deploy)", fg="yellow", log_func=logger.warning)
+        return
+    blocked = revert_blocked(target, layout, previous)
+    if blocked:
+        target.log_styled(
+            f"not going back to {previous}: {blocked}. Rather than a mixed stack, {identifier}'s containers "
+            f"stay up (current still names {previous}). Either fix {identifier} "
+            f"and deploy again, or roll back with the backup taken before {identifier} migrated "
+            f"({layout.predeploy_backup(identifier)}; rows written since are lost): "
+            f"pyinfra INVENTORY rollback.py --data release={previous} --data restore_backup=true",
+            fg="red", log_func=logger.error,
+        )
         return
     target.log_styled(f"going back to the previous release {previous}", fg="yellow", log_func=logger.warning)
     try:
@@ -145,7 +193,9 @@ def release_serving(layout: HostLayout, identifier: str, workflows_sha256: str):
     When all of that already holds (the smoke checks run as a read-only fact),
     nothing changes. Otherwise the stack is converged on the release; if it does
     not become healthy or fails its smoke checks, the previous release is brought
-    back and the operation fails with the failing checks' output.
+    back (unless the database holds migrations it does not know: then this
+    release's containers stay up and the message names the backup to restore) and
+    the operation fails with the failing checks' output.
 
     + layout: where releases live
     + identifier: the release id (``<name>-<sha8>``)

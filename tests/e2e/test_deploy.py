@@ -9,7 +9,8 @@ each tagged, so release names come from git as in production:
 + v2: a backward-compatible migration (a nullable column) and a changed workflow
   (W0 answers with ``X-Release: v2``);
 + v3: v2 plus a migration that fails half-way;
-+ v4: v2 plus an incompatible migration (it renames v2's column).
++ v4: v2 plus an incompatible migration (it renames v2's column);
++ v5: v4 whose smoke checks always fail.
 
 Each step of an operator's day is a module-scoped fixture (the stack is
 expensive: each step runs once per module), built on the stage it needs:
@@ -18,9 +19,16 @@ expensive: each step runs once per module), built on the stage it needs:
     └─ deployed_v1                  v1 deployed and serving
        ├─ redeployed_v1             v1 deployed again: nothing changes
        ├─ upgraded_v2               v2 deployed over v1
+       │  ├─ stopped_database_refused   v4 deployed over v2 with postgres stopped: refused; v2 serves
        │  ├─ upgraded_v4            v4 deployed over v2
        │  │  └─ incompatible_rollback_refused    rollback to v2 refused (v4's migration); v4 serves
-       │  │     └─ restored_to_v2                rollback to v2 with restore_backup: v2 serves
+       │  │     └─ unlistable_dump_refused       the same with restore_backup, the dump garbage: refused
+       │  │        └─ failed_restore_put_back    a dump whose restore fails: the safety dump
+       │  │           │                          is put back, n8n started again; v4 serves
+       │  │           └─ restored_to_v2          rollback to v2 with restore_backup: v2 serves
+       │  ├─ revert_refused         v5 deployed over v2: migrated, fails its smoke checks, v2 not brought
+       │  │                         back onto that schema (v5's containers stay); then the named way
+       │  │                         out, rollback to v2 with restore_backup: v2 serves
        │  ├─ rolled_back            rollback to v1 done (from v2)
        │  ├─ failed_migration       v3 deployed over v2: refused half-way; v2 serves
        │  └─ concurrent_deploys     two deploys of v1 at once over v2: the second refused; v1 serves
@@ -59,6 +67,7 @@ import pytest
 from harness.deploys import (
     PyinfraRun,
     changed_operations,
+    git,
     local_settings,
     make_checkout,
     public_request,
@@ -100,7 +109,18 @@ def checkouts(tmp_path_factory) -> dict[str, Path]:
         "v2": make_checkout(root, "v2", note, "v2"),
         "v3": make_checkout(root, "v3", {**note, "0091_e2e_broken.sql": BROKEN_MIGRATION}, "v3"),
         "v4": make_checkout(root, "v4", {**note, "0092_e2e_rename.sql": INCOMPATIBLE_MIGRATION}, "v2"),
+        "v5": with_failing_smoke(
+            make_checkout(root, "v5", {**note, "0092_e2e_rename.sql": INCOMPATIBLE_MIGRATION}, "v5"), "v5"),
     }
+
+
+def with_failing_smoke(checkout: Path, tag: str) -> Path:
+    """The checkout's smoke script ends with a failing check: its release never passes them."""
+    smoke = checkout / "templates" / "smoke.sh"
+    smoke.write_text(smoke.read_text() + 'echo "FAIL e2e-forced this release fails its smoke checks on purpose"\n')
+    git(checkout, "-c", "user.email=e2e@localhost", "-c", "user.name=e2e", "commit", "-qam", f"{tag}: failing smoke")
+    git(checkout, "tag", "-f", tag)
+    return checkout
 
 
 # --- talking to the stack ------------------------------------------------------------------
@@ -336,6 +356,66 @@ def test_v2_deploy_keeps_a_backup_taken_before_it(upgraded_v2):
     assert any(re.fullmatch(r"before-v2-[0-9a-f]{8}\.dump", name) for name in backups), backups
 
 
+# --- a database that exists but does not answer: the deploy refuses before any migration ----------
+
+
+def postgres_healthy(stack) -> str:
+    return stack.ssh("docker", "inspect", "--format", "{{.State.Health.Status}}", "resto-postgres-1").stdout.strip()
+
+
+def backups(stack) -> list[str]:
+    return sorted(stack.ssh("ls", "/opt/resto/backups").stdout.split())
+
+
+@pytest.fixture(scope="module")
+def stopped_database_refused(deployed_stack, upgraded_v2, checkouts) -> Stage:
+    """v4 (a pending migration) deployed with v2 serving and its postgres container stopped: refused.
+    Leaves v2 serving (postgres started again and healthy)."""
+    upgraded_v2.require("the v2 deploy")
+    serving(deployed_stack, checkouts, "v2")
+    before = backups(deployed_stack)
+    deployed_stack.ssh("docker", "stop", "resto-postgres-1")
+    try:
+        run = deployed_stack.deploy(source=checkouts["v4"])
+    finally:
+        deployed_stack.ssh("docker", "start", "resto-postgres-1")
+        poll(lambda: postgres_healthy(deployed_stack), until=lambda health: health == "healthy", timeout=120,
+             what="resto-postgres-1 healthy again")
+    return Stage(run, {
+        "current": current_release(deployed_stack),
+        "ledger": ledger(deployed_stack),
+        "backups": (before, backups(deployed_stack)),
+        "lock_held": lock_held(deployed_stack),
+    })
+
+
+def test_deploy_over_a_stopped_database_is_refused(stopped_database_refused):
+    assert stopped_database_refused.run.returncode != 0, stopped_database_refused.run.output_tail()
+
+
+def test_deploy_over_a_stopped_database_says_what_it_saw(stopped_database_refused):
+    run = stopped_database_refused.run
+    assert "the database exists but could not be read" in run.output, run.output_tail()
+    assert "not running as resto-postgres-1: resto-postgres-1 exited" in run.output, run.output_tail()
+
+
+def test_deploy_over_a_stopped_database_applies_no_migration(stopped_database_refused):
+    assert "0092_e2e_rename.sql" not in stopped_database_refused.seen["ledger"]
+
+
+def test_deploy_over_a_stopped_database_writes_no_backup(stopped_database_refused):
+    before, after = stopped_database_refused.seen["backups"]
+    assert after == before
+
+
+def test_deploy_over_a_stopped_database_keeps_v2_current(stopped_database_refused):
+    assert stopped_database_refused.seen["current"].startswith("v2-")
+
+
+def test_deploy_over_a_stopped_database_leaves_no_lock(stopped_database_refused):
+    assert stopped_database_refused.seen["lock_held"] is False
+
+
 # --- v4: an incompatible migration; rolling back over it ------------------------------------------
 
 
@@ -389,14 +469,143 @@ def test_refused_rollback_over_an_incompatible_migration_keeps_v4_current(incomp
     assert incompatible_rollback_refused.seen["current"].startswith("v4-")
 
 
+def chosen_dump(stack) -> str:
+    """The dump a rollback to v2 with restore_backup picks: the one taken before v4 migrated."""
+    return stack.ssh("sh", "-c", "ls /opt/resto/backups/before-v4-*.dump").stdout.strip()
+
+
+def safety_dumps(stack) -> list[str]:
+    """``mode path`` of each safety dump, newest first."""
+    listing = stack.ssh("sh", "-c", "ls -1t /opt/resto/backups/before-restore-*Z.dump 2>/dev/null; exit 0").stdout
+    return [stack.ssh("stat", "-c", "%a %n", path).stdout.strip() for path in listing.split()]
+
+
 @pytest.fixture(scope="module")
-def restored_to_v2(deployed_stack, upgraded_v4, incompatible_rollback_refused) -> Stage:
+def unlistable_dump_refused(deployed_stack, upgraded_v4, incompatible_rollback_refused) -> Stage:
+    """Rollback to v2 with restore_backup, the chosen dump replaced by garbage: refused before anything
+    is dropped. The dump is put back after; leaves v4 serving."""
+    upgraded_v4.require("the v4 deploy")
+    dump = chosen_dump(deployed_stack)
+    deployed_stack.ssh("cp", "-p", dump, f"{dump}.kept")
+    deployed_stack.ssh("sh", "-c", 'echo "not a dump" > "$0"', dump)
+    try:
+        run = deployed_stack.rollback("v2", "--data", "restore_backup=true")
+    finally:
+        deployed_stack.ssh("mv", "-f", f"{dump}.kept", dump)
+    return Stage(run, {"dump": dump, "current": current_release(deployed_stack), "ledger": ledger(deployed_stack),
+                       "safety_dumps": safety_dumps(deployed_stack)})
+
+
+def test_restore_of_a_dump_pg_restore_cannot_list_is_refused(unlistable_dump_refused):
+    run = unlistable_dump_refused.run
+    assert run.returncode != 0, run.output_tail()
+    assert f"{unlistable_dump_refused.seen['dump']} cannot be restored (nothing was changed)" in run.output, (
+        run.output_tail())
+
+
+def test_restore_of_a_dump_pg_restore_cannot_list_drops_nothing(unlistable_dump_refused):
+    assert "0092_e2e_rename.sql" in unlistable_dump_refused.seen["ledger"]
+    assert unlistable_dump_refused.seen["current"].startswith("v4-")
+
+
+def test_restore_of_a_dump_pg_restore_cannot_list_takes_no_safety_dump(unlistable_dump_refused):
+    assert unlistable_dump_refused.seen["safety_dumps"] == []
+
+
+# A dump pg_restore lists but cannot restore: a table granted to a role dropped since (a cut dump
+# would not do: a dump written to a pipe has no offsets, so --list reads it to its end).
+DUMP_WITH_A_GRANT_TO_A_DROPPED_ROLE = """set -e
+q() { docker exec resto-postgres-1 psql -X -q -v ON_ERROR_STOP=1 -U n8n -d "$1" -c "$2"; }
+q n8n 'CREATE DATABASE e2e_scratch'
+q n8n 'CREATE ROLE e2e_ghost'
+q e2e_scratch 'CREATE TABLE e2e_granted (x int); GRANT SELECT ON e2e_granted TO e2e_ghost'
+docker exec resto-postgres-1 pg_dump -Fc -U n8n -d e2e_scratch > "$0"
+q n8n 'DROP DATABASE e2e_scratch'
+q n8n 'DROP ROLE e2e_ghost'
+"""
+
+
+@pytest.fixture(scope="module")
+def failed_restore_put_back(deployed_stack, upgraded_v4, unlistable_dump_refused) -> Stage:
+    """Rollback to v2 with restore_backup, the chosen dump one that lists but whose restore fails after
+    the drop (a grant to a dropped role): the safety dump is put back and n8n started again. The dump
+    is put back after; leaves v4 serving, with a message sent through v4."""
+    upgraded_v4.require("the v4 deploy")
+    message = send_whatsapp(deployed_stack, "during v4")
+    stored(deployed_stack, "during v4")
+    dump = chosen_dump(deployed_stack)
+    deployed_stack.ssh("cp", "-p", dump, f"{dump}.kept")
+    deployed_stack.ssh("sh", "-c", DUMP_WITH_A_GRANT_TO_A_DROPPED_ROLE, dump)
+    lists = deployed_stack.ssh("sh", "-c", 'docker exec -i resto-postgres-1 pg_restore --list < "$0"', dump,
+                               check=False)
+    try:
+        if lists.returncode != 0:
+            pytest.fail(f"precondition: the failing dump lists ({lists.stderr.strip()})", pytrace=False)
+        run = deployed_stack.rollback("v2", "--data", "restore_backup=true")
+    finally:
+        deployed_stack.ssh("mv", "-f", f"{dump}.kept", dump)
+    return Stage(run, {
+        "message_through_v4": message,
+        "current": current_release(deployed_stack),
+        "ledger": ledger(deployed_stack),
+        "rows_during_v4": sql(deployed_stack, "SELECT count(*) FROM inbound_messages WHERE text = 'during v4'"),
+        "n8n": [deployed_stack.ssh("docker", "inspect", "--format", "{{.State.Status}}", name).stdout.strip()
+                for name in N8N_CONTAINERS],
+        "verify": attempt(lambda: poll(lambda: verify(deployed_stack, "put-back"), until=lambda seen: seen[0] == 200,
+                                       timeout=120, what="v4 answering after the failed restore",
+                                       tolerate=(OSError,))),
+        "safety_dumps": safety_dumps(deployed_stack),
+    })
+
+
+def test_v4_accepts_a_signed_message(failed_restore_put_back):
+    assert failed_restore_put_back.seen["message_through_v4"] == 200
+
+
+def test_failed_restore_fails_the_rollback(failed_restore_put_back):
+    assert failed_restore_put_back.run.returncode != 0, failed_restore_put_back.run.output_tail()
+
+
+def test_failed_restore_names_the_safety_dump_it_put_back(failed_restore_put_back):
+    run = failed_restore_put_back.run
+    assert re.search(r"the database was put back from the safety dump /opt/resto/backups/before-restore-\d{8}T\d{6}Z"
+                     r"\.dump and n8n started again", run.output), run.output_tail()
+
+
+def test_failed_restore_keeps_the_schema_it_replaced(failed_restore_put_back):
+    assert "0092_e2e_rename.sql" in failed_restore_put_back.seen["ledger"]
+
+
+def test_failed_restore_keeps_the_rows_written_since_the_dump(failed_restore_put_back):
+    assert failed_restore_put_back.seen["rows_during_v4"] == "1"
+
+
+def test_failed_restore_starts_n8n_again(failed_restore_put_back):
+    assert failed_restore_put_back.seen["n8n"] == ["running", "running"]
+
+
+def test_failed_restore_leaves_v4_serving(failed_restore_put_back):
+    assert failed_restore_put_back.seen["current"].startswith("v4-")
+    assert failed_restore_put_back.seen["verify"] == (200, "put-back", "v2")
+
+
+def test_failed_restore_leaves_its_safety_dump_private(failed_restore_put_back):
+    assert [line.split()[0] for line in failed_restore_put_back.seen["safety_dumps"]] == ["600"]
+
+
+@pytest.fixture(scope="module")
+def restored_to_v2(deployed_stack, upgraded_v4, incompatible_rollback_refused, failed_restore_put_back) -> Stage:
     """Then rollback to v2 with restore_backup=true (the backup taken before v4); leaves v2 serving."""
     upgraded_v4.require("the v4 deploy")
     if not incompatible_rollback_refused.seen["current"].startswith("v4-"):
         pytest.fail("precondition: v4 serving after the refused rollback", pytrace=False)
+    # Older safety dumps beyond the 3 kept (the failed restore left one more).
+    for day in ("01", "02", "03"):
+        deployed_stack.ssh("sh", "-c", 'touch -d "2020-01-$1" "$0"',
+                           f"/opt/resto/backups/before-restore-202001{day}T000000Z.dump", day)
     run = deployed_stack.rollback("v2", "--data", "restore_backup=true")
     return Stage(run, {
+        "safety_dumps": safety_dumps(deployed_stack),
         "current": current_release(deployed_stack),
         "ledger": ledger(deployed_stack),
         "rows_before_v4": sql(deployed_stack, "SELECT count(*) FROM inbound_messages WHERE text = 'before v4'"),
@@ -426,6 +635,87 @@ def test_rollback_with_restore_backup_keeps_the_rows_written_before_it(upgraded_
 
 def test_rollback_with_restore_backup_serves_v2(restored_to_v2):
     assert restored_to_v2.seen["verify"] == (200, "restored", "v2")
+
+
+def test_rollback_with_restore_backup_says_the_dumps_age_and_the_rows_at_stake(restored_to_v2):
+    run = restored_to_v2.run
+    assert re.search(r"restoring /opt/resto/backups/before-v4-[0-9a-f]{8}\.dump: made \d{4}-\d\d-\d\d [0-9:]+ UTC, "
+                     r"[0-9a-z ]+ ago\. The database holds now: inbound_messages \d+, outbound_messages \d+",
+                     run.output), run.output_tail()
+
+
+def test_rollback_with_restore_backup_keeps_the_replaced_database_in_a_private_safety_dump(restored_to_v2):
+    newest = restored_to_v2.seen["safety_dumps"][0]
+    assert re.fullmatch(r"600 /opt/resto/backups/before-restore-\d{8}T\d{6}Z\.dump", newest), newest
+    assert f"The database as it was is in {newest.split()[1]}" in restored_to_v2.run.output
+
+
+def test_rollback_with_restore_backup_keeps_the_newest_3_safety_dumps(restored_to_v2):
+    # Before it: the failed restore's and three from 2020; it adds one and removes the two oldest.
+    kept = [line.split()[1] for line in restored_to_v2.seen["safety_dumps"]]
+    assert len(kept) == 3 and kept[2] == "/opt/resto/backups/before-restore-20200103T000000Z.dump", kept
+
+
+# --- a failed activation over an incompatible migration: no revert onto a schema it cannot run ----
+
+
+@pytest.fixture(scope="module")
+def revert_refused(deployed_stack, upgraded_v2, checkouts) -> Stage:
+    """v5 deployed with v2 serving: its incompatible migration applies, its smoke checks fail, and v2
+    is not brought back onto that schema. Then the way out the error names (rollback to v2 with
+    restore_backup) is taken; leaves v2 serving."""
+    upgraded_v2.require("the v2 deploy")
+    serving(deployed_stack, checkouts, "v2")
+    run = deployed_stack.deploy(source=checkouts["v5"])
+    seen = {"current": current_release(deployed_stack), "ledger": ledger(deployed_stack),
+            "verify": attempt(lambda: verify(deployed_stack, "left-up"))}
+    way_out = deployed_stack.rollback("v2", "--data", "restore_backup=true")
+    return Stage(run, {**seen, "way_out": way_out, "current_after_way_out": current_release(deployed_stack),
+                       "ledger_after_way_out": ledger(deployed_stack),
+                       "verify_after_way_out": attempt(lambda: verify(deployed_stack, "way-out"))})
+
+
+def test_failed_smoke_over_an_incompatible_migration_fails_the_deploy(revert_refused):
+    run = revert_refused.run
+    assert run.returncode != 0 and "FAIL e2e-forced" in run.output, run.output_tail()
+
+
+def test_failed_smoke_over_an_incompatible_migration_keeps_v2_down_naming_the_migration(revert_refused):
+    run = revert_refused.run
+    assert re.search(r"not going back to v2-[0-9a-f]{8}: the database holds migrations it does not know, not marked "
+                     r"backward-compatible: 0092_e2e_rename\.sql", run.output), run.output_tail()
+    assert "going back to the previous release" not in run.output, run.output_tail()
+
+
+def test_failed_smoke_over_an_incompatible_migration_names_the_backup_to_restore(revert_refused):
+    run = revert_refused.run
+    assert re.search(r"/opt/resto/backups/before-v5-[0-9a-f]{8}\.dump; rows written since are lost\): pyinfra "
+                     r"INVENTORY rollback\.py --data release=v2-[0-9a-f]{8} --data restore_backup=true",
+                     run.output), run.output_tail()
+
+
+def test_failed_smoke_over_an_incompatible_migration_leaves_v5_up_not_a_mixed_stack(revert_refused):
+    # v5's workflows still answer (X-Release: v5): nothing of v2 was brought back over them.
+    assert revert_refused.seen["verify"] == (200, "left-up", "v5")
+
+
+def test_failed_smoke_over_an_incompatible_migration_keeps_its_migration(revert_refused):
+    assert "0092_e2e_rename.sql" in revert_refused.seen["ledger"]
+
+
+def test_failed_smoke_over_an_incompatible_migration_leaves_current_on_v2(revert_refused):
+    assert revert_refused.seen["current"].startswith("v2-")
+
+
+def test_the_way_out_a_refused_revert_names_succeeds(revert_refused):
+    way_out = revert_refused.seen["way_out"]
+    assert way_out.returncode == 0, way_out.output_tail()
+
+
+def test_the_way_out_a_refused_revert_names_serves_v2_on_its_schema(revert_refused):
+    assert "0092_e2e_rename.sql" not in revert_refused.seen["ledger_after_way_out"]
+    assert revert_refused.seen["current_after_way_out"].startswith("v2-")
+    assert revert_refused.seen["verify_after_way_out"] == (200, "way-out", "v2")
 
 
 # --- rolling back over a backward-compatible migration --------------------------------------------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import subprocess
 from pathlib import Path
@@ -29,7 +30,14 @@ from restobot.commands import (
     container_exec,
     container_health,
     container_name,
-    database_restore,
+    container_start,
+    database_replaced,
+    dump_contents,
+    file_age_seconds,
+    n8n_started_again,
+    n8n_stopped,
+    row_counts,
+    safety_dump,
     dump_to_file,
     image_fetch,
     make_directory,
@@ -41,7 +49,9 @@ from restobot.commands import (
     project_containers,
     psql,
     read_file,
+    remove_predeploy_backup,
     remove_tree,
+    service_containers,
     restore_from_file,
     run_script,
     shell,
@@ -273,6 +283,21 @@ def test_predeploy_backup_dumps_roles_and_data_then_writes_its_metadata():
     ]
 
 
+def test_a_predeploy_backup_is_removed_with_its_metadata_and_roles():
+    assert remove_predeploy_backup("/opt/resto/backups/before-v2-bb.dump") == [
+        "rm", "-f", "/opt/resto/backups/before-v2-bb.dump", "/opt/resto/backups/before-v2-bb.dump.json",
+        "/opt/resto/backups/before-v2-bb.dump.globals.sql",
+    ]
+
+
+def test_a_services_containers_are_listed_whatever_their_name():
+    assert service_containers("postgres") == [
+        "docker", "ps", "--all", "--filter", "label=com.docker.compose.project=resto",
+        "--filter", "label=com.docker.compose.service=postgres", "--filter", "label=com.docker.compose.oneoff=False",
+        "--format", "{{.Names}} {{.State}}",
+    ]
+
+
 def test_api_client_upsert_sends_the_values_as_variables():
     argv = api_client_upsert(R, "admin", "ab" * 32, ("admin:dlq", "admin:read"))
     assert argv == [*COMPOSE_R, "exec", "-T", "postgres", "sh", "-c", PSQL_SCRIPT, UPSERT_API_CLIENT_SQL,
@@ -289,11 +314,10 @@ def test_api_client_upsert_refuses_a_scope_with_a_comma():
         api_client_upsert(R, "admin", "ab" * 32, ("a,b",))
 
 
-def test_restore_stops_writers_recreates_the_database_restores_and_analyzes():
+def test_restore_recreates_the_database_restores_and_analyzes():
     admin = ["--username=resto", "--dbname=postgres"]
     exec_postgres = [*COMPOSE_R, "exec", "-T", "postgres", "sh", "-c", PSQL_SCRIPT]
-    assert database_restore(R, "/b/x.dump", "resto db", "resto") == [
-        [*COMPOSE_R, "stop", "n8n-main", "n8n-worker"],
+    assert database_replaced(R, "/b/x.dump", "resto db", "resto") == [
         [*exec_postgres, 'DROP DATABASE IF EXISTS :"database" WITH (FORCE)', *admin, "--set=database=resto db"],
         [*exec_postgres, 'CREATE DATABASE :"database" OWNER :"owner"', *admin,
          "--set=database=resto db", "--set=owner=resto"],
@@ -303,3 +327,38 @@ def test_restore_stops_writers_recreates_the_database_restores_and_analyzes():
     assert (DROP_DATABASE_SQL, CREATE_DATABASE_SQL) == (
         'DROP DATABASE IF EXISTS :"database" WITH (FORCE)', 'CREATE DATABASE :"database" OWNER :"owner"',
     )
+
+
+def test_a_restore_stops_n8n_through_the_release_and_starts_the_same_containers_again():
+    assert n8n_stopped(R) == [*COMPOSE_R, "stop", "n8n-main", "n8n-worker"]
+    assert n8n_started_again() == container_start("resto-n8n-main-1", "resto-n8n-worker-1") == [
+        "docker", "start", "resto-n8n-main-1", "resto-n8n-worker-1"]
+
+
+def test_a_dump_is_checked_by_listing_it_in_the_postgres_service():
+    assert dump_contents(R, "/b/x.dump") == [
+        "sh", "-c", shell_text([*COMPOSE_R, "exec", "-T", "postgres", "pg_restore", "--list"]) + ' < "$0"', "/b/x.dump"]
+
+
+def test_a_files_age_is_measured_by_the_hosts_clock():
+    assert file_age_seconds("/b/x.dump") == ["sh", "-c", 'echo $(( $(date +%s) - $(stat -c %Y "$0") ))', "/b/x.dump"]
+
+
+def test_the_rows_at_stake_are_counted_per_table():
+    argv = row_counts(R)
+    assert argv[:-2] == [*COMPOSE_R, "exec", "-T", "postgres", "sh", "-c", PSQL_SCRIPT]
+    assert argv[-1] == "--field-separator=\t" and "FROM inbound_messages" in argv[-2] and "FROM outbound_messages" in argv[-2]
+
+
+def test_the_safety_dump_is_private():
+    assert safety_dump(LAYOUT, "/opt/resto/backups/before-restore-20250102T030405Z.dump") == [
+        ["install", "-d", "-m", "700", "/opt/resto/backups"],
+        dump_to_file("resto-postgres-1", pg_dump(), "/opt/resto/backups/before-restore-20250102T030405Z.dump"),
+    ]
+    assert "umask 077" in dump_to_file("c", pg_dump(), "/p")[2]
+
+
+def test_safety_dumps_are_named_by_time_and_never_match_a_predeploy_backup():
+    assert LAYOUT.safety_dump("20250102T030405Z") == "/opt/resto/backups/before-restore-20250102T030405Z.dump"
+    assert LAYOUT.safety_dumps == "/opt/resto/backups/before-restore-*Z.dump"
+    assert not fnmatch.fnmatch(LAYOUT.predeploy_backup("restore-v1-0a1b2c3d"), LAYOUT.safety_dumps)

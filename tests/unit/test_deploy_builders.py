@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import tarfile
-import types
 
 import pytest
 
@@ -17,13 +16,14 @@ from restobot.facts.deploy import (
     DeployState,
     HostState,
     LedgerRow,
+    PreDeployDump,
     SmokeCheck,
     SmokeResults,
     parse_deploy_state,
 )
 from restobot.operations.database import backup_metadata, check_api_client, pending_migrations
 from restobot.operations.lock import Actor, audit_line, lock_info
-from restobot.operations.release import release_id, releases_to_prune
+from restobot.operations.release import backups_to_prune, release_id, releases_to_prune
 from restobot.operations.stack import restore_container_names, smoke_failures
 from restobot.release_archive import (
     MigrationInfo,
@@ -33,6 +33,7 @@ from restobot.release_archive import (
     deterministic_tar,
 )
 from tests.conftest import settings_for_stage
+from tests.unit.scripted import ScriptedHost
 
 LAYOUT = HostLayout("/opt/resto")
 
@@ -55,6 +56,18 @@ def test_release_names_refused(name):
 def test_prune_keeps_the_newest_and_the_protected():
     newest_first = ["v5", "v4", "v3", "v2", "v1"]
     assert releases_to_prune(newest_first, keep=2, protected={"v1"}) == ["v3", "v2"]
+
+
+def test_predeploy_backups_go_with_the_releases_they_precede():
+    dumps = [PreDeployDump(LAYOUT.predeploy_backup(name), name, ()) for name in ("v5", "v3", "v1")]
+    assert backups_to_prune(LAYOUT, dumps, kept={"v5", "v4"}) == [
+        "/opt/resto/backups/before-v3.dump", "/opt/resto/backups/before-v1.dump"]
+
+
+def test_a_backup_not_at_its_releases_path_is_never_pruned():
+    dumps = [PreDeployDump("/opt/resto/backups/copy.dump", "v1", ()),
+             PreDeployDump("/opt/resto/backups/before-v2.dump", "?", ())]  # metadata without its release
+    assert backups_to_prune(LAYOUT, dumps, kept={"v5"}) == []
 
 
 def test_pending_migrations_are_those_missing_from_the_ledger():
@@ -199,21 +212,6 @@ def test_deterministic_tar_ignores_insertion_order():
     a = deterministic_tar({"b": (b"2", 0o644), "a": (b"1", 0o600)})
     b = deterministic_tar({"a": (b"1", 0o600), "b": (b"2", 0o644)})
     assert a == b
-
-
-class ScriptedHost:
-    """A target answering ``run_shell_command`` from a dict of command -> output lines; records what ran."""
-
-    def __init__(self, answers: dict[str, list[str]]):
-        self.answers, self.ran, self.logged = answers, [], []
-
-    def run_shell_command(self, command, print_output=False, print_input=False):
-        text = command.get_raw_value()
-        self.ran.append(text)
-        return True, [types.SimpleNamespace(line=line) for line in self.answers.get(text, [])]
-
-    def log_styled(self, message, **_):
-        self.logged.append(message)
 
 
 def test_a_deploy_renames_only_the_containers_left_under_a_temporary_name():

@@ -60,8 +60,10 @@ from restobot.commands import HostLayout
 from restobot.facts.deploy import (
     ApiClientRow,
     Container,
+    DatabaseUnreadable,
     HostState,
     LedgerRow,
+    PreDeployDump,
     SmokeCheck,
 )
 from restobot.facts.provision import Firewall, Platform, Swap
@@ -79,8 +81,8 @@ def value_types() -> dict[str, type]:
     from restobot.operations.lock import Actor
 
     return {cls.__name__: cls for cls in (
-        HostLayout, ImageSettings, MigrationInfo, HostState, Container, LedgerRow, ApiClientRow,
-        SmokeCheck, Firewall, Platform, Swap, Actor,
+        HostLayout, ImageSettings, MigrationInfo, HostState, Container, LedgerRow, ApiClientRow, DatabaseUnreadable,
+        SmokeCheck, Firewall, Platform, Swap, Actor, PreDeployDump,
     )}
 
 
@@ -430,7 +432,8 @@ def test_host_provisioned_is_covered_through_its_operations():
 
 RELEASES_PRUNED = {
     "kwargs": {"layout": {"$type": "HostLayout", "base_dir": "/opt/resto"}, "keep": 5, "protected": []},
-    "facts": {"deploy.DeployState": {"base_dir=/opt/resto": {"$type": "HostState"}}},
+    "facts": {"deploy.DeployState": {"base_dir=/opt/resto": {"$type": "HostState"}},
+              "deploy.PreDeployDumps": {"backups_dir=/opt/resto/backups": []}},
     "noop_description": "0 release(s) on the host, keeping up to 5",
 }
 
@@ -451,7 +454,8 @@ def test_a_fact_never_asked_for_fails(tmp_path):
 
 
 def test_fact_arguments_never_asked_for_fail(tmp_path):
-    facts = {"deploy.DeployState": {"base_dir=/opt/resto": {"$type": "HostState"}, "base_dir=/srv": None}}
+    facts = {**RELEASES_PRUNED["facts"],
+             "deploy.DeployState": {"base_dir=/opt/resto": {"$type": "HostState"}, "base_dir=/srv": None}}
     with pytest.raises(FixtureError, match=r"never asked for: deploy\.DeployState \[base_dir=/srv\]"):
         run_case("releases_pruned", {**RELEASES_PRUNED, "facts": facts}, tmp_path)
 

@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from restobot.facts.deploy import PreDeployDump, LedgerRow, ReleaseManifestOnHost
+from restobot.facts.deploy import DatabaseUnreadable, LedgerRow, PreDeployDump, ReleaseManifestOnHost
 from restobot.release_archive import MANIFEST, MigrationInfo, ReleaseError, ReleaseManifest, build_release
 from restobot.operations.database import pending_migrations
 from restobot.remote.migrate.plan import make_plan
@@ -157,3 +157,10 @@ def test_rollback_over_an_incompatible_migration_restores_only_when_asked():
     with pytest.raises(RollbackRefused, match="--data restore_backup=true to restore /opt/resto/backups/before-v2-bb"):
         plan_rollback("v1-aa", EARLIER, ledger, [backup], restore_backup=False)
     assert plan_rollback("v1-aa", EARLIER, ledger, [backup], restore_backup=True).restore == backup
+
+
+@pytest.mark.parametrize("restore_backup", [False, True], ids=["keep-data", "restore"])
+def test_rollback_onto_a_database_that_did_not_answer_is_refused(restore_backup):
+    unreadable = DatabaseUnreadable("FATAL:  the database system is starting up")
+    with pytest.raises(RollbackRefused, match=r"could not be read.*starting up\nNothing was changed"):
+        plan_rollback("v1-aa", EARLIER, unreadable, [], restore_backup=restore_backup)
