@@ -21,7 +21,7 @@ import psycopg
 import pytest
 from psycopg import errors
 
-from restobot.remote.migrate.lexer import DEFAULT_DIR, RefusedError
+from restobot.remote.migrate.lexer import DEFAULT_DIR, RefusedError, load_migrations
 from restobot.remote.migrate.runner import (
     EXIT_PENDING,
     LOCK_KEY,
@@ -228,10 +228,12 @@ def test_edited_applied_file_is_refused_before_anything_runs(empty_database, tmp
 def test_unknown_applied_migration_is_refused_as_a_rollback(empty_database, tmp_path):
     apply(empty_database, DEFAULT_DIR, io.StringIO())
     before = catalog(empty_database)
-    older_release = schema_subset(tmp_path / "older", len(SCHEMA_FILES) - 1)
+    # A release from before the newest file that is not marked backward-compatible.
+    breaking = [m.filename for m in load_migrations(DEFAULT_DIR) if not m.backward_compatible][-1]
+    older_release = schema_subset(tmp_path / "older", SCHEMA_FILES.index(breaking))
     with pytest.raises(RefusedError) as refused:
         apply(empty_database, older_release, io.StringIO())
-    assert f"this release does not know: {SCHEMA_FILES[-1]}" in str(refused.value)
+    assert f"this release does not know: {breaking}" in str(refused.value)
     assert "rollback to an older release" in str(refused.value)
     assert catalog(empty_database) == before
 
