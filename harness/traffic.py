@@ -18,8 +18,9 @@ import threading
 import time
 from collections import Counter
 
-from harness.deploys import public_request, sql
+from harness.deploys import public_request
 from restobot import meta_payloads
+from restobot.commands import container_exec, psql
 from restobot.settings import read_env_file, secrets_file
 
 REQUEST_TIMEOUT = 20.0  # Meta waits about 20 s for a webhook's answer
@@ -138,14 +139,17 @@ class MetaLikeSender:
         self._pool.shutdown()
 
 
+STORED_SQL = ("select i.msg_id, coalesce(o.status, '') from inbound_messages i "
+              "left join outbound_messages o on o.inbound_message_id = i.id "
+              "where i.msg_id = any(string_to_array(:'wamids', ','))")
+
+
 def stored_rows(stack, wamids: list[str]) -> tuple[Counter, dict[str, str]]:
     """Inbound rows per wamid, and each stored message's reply status ('' when it has no reply row)."""
     if not wamids:
         return Counter(), {}
-    listed = ",".join(f"'{wamid}'" for wamid in wamids)  # wamids are our own: wamid.<base64url>
-    rows = sql(stack, "select i.msg_id, coalesce(o.status, '') from inbound_messages i "
-                      "left join outbound_messages o on o.inbound_message_id = i.id "
-                      f"where i.msg_id in ({listed})")
+    query = psql(STORED_SQL, {"wamids": ",".join(wamids)})
+    rows = stack.ssh(*container_exec("resto-postgres-1", query)).stdout.strip()
     stored: Counter = Counter()
     replies: dict[str, str] = {}
     for line in rows.splitlines():
