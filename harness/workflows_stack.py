@@ -18,6 +18,7 @@ rewritten; the Graph API double answers as ``graph`` and the settings point
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
@@ -25,14 +26,15 @@ import time
 import urllib.error
 import urllib.request
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import psycopg
 import yaml
 
-from restobot.remote import workflows
 from harness.stage import local_stage_tree
+from restobot.remote import workflows
 from restobot.render import (
     GatewayOptions,
     RenderContext,
@@ -402,3 +404,19 @@ def run_workflow(stack: Stack, key: str, wait: float = 30) -> Response:
         if answer.status != 404 or time.monotonic() > deadline:
             return answer
         time.sleep(1)
+
+
+@contextlib.contextmanager
+def running_stack(workdir: Path, workflows_dir: Path, runners: dict[str, str]) -> Iterator[Stack]:
+    """A started stack with the release's workflows and the given test-only runners imported; its
+    n8n logs printed if it does not come up; removed afterwards."""
+    running = Stack(publish_main=True)
+    try:
+        running.start(workdir)
+        workflows.import_workflows(running.target, workflows_with_runners(workflows_dir, runners))
+        yield running
+    except Exception:
+        print(running.logs("main"), running.logs("worker"))
+        raise
+    finally:
+        running.close()

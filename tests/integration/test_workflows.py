@@ -11,9 +11,14 @@ import time
 
 import pytest
 
+from harness.workflows_stack import (
+    Stack,
+    http,
+    missing_images,
+    run_workflow,
+    running_stack,
+)
 from restobot import meta_payloads as meta
-from restobot.remote import workflows
-from harness.workflows_stack import Stack, http, missing_images, run_workflow, workflows_with_runners
 
 pytestmark = pytest.mark.integration
 
@@ -25,17 +30,8 @@ def stack(tmp_path_factory):
     missing = missing_images()
     if missing:
         pytest.skip(f"local images not built ({', '.join(missing)}): run python -m harness.images build")
-    running = Stack(publish_main=True)
-    try:
-        running.start(tmp_path_factory.mktemp("wfstack"))
-        workflows.import_workflows(running.target, workflows_with_runners(tmp_path_factory.mktemp("wfdir"),
-                                                                          {"w8": "RbW8DlqHandler00"}))
+    with running_stack(tmp_path_factory.mktemp("wfstack"), tmp_path_factory.mktemp("wfdir"), {"w8": "RbW8DlqHandler00"}) as running:
         yield running
-    except Exception:
-        print(running.logs("main"), running.logs("worker"))
-        raise
-    finally:
-        running.close()
 
 
 def post(stack: Stack, channel: str, payload: dict, *, sign: bool = True, secret: str | None = None,

@@ -17,7 +17,7 @@ from harness.workflows_stack import (
     http,
     missing_images,
     run_workflow,
-    workflows_with_runners,
+    running_stack,
 )
 from restobot import meta_payloads as meta
 from restobot.remote import workflows
@@ -34,17 +34,8 @@ def stack(tmp_path_factory):
     missing = missing_images()
     if missing:
         pytest.skip(f"local images not built ({', '.join(missing)}): run python -m harness.images build")
-    running = Stack(publish_main=True)
-    try:
-        running.start(tmp_path_factory.mktemp("wfstack"))
-        workflows.import_workflows(running.target,
-                                   workflows_with_runners(tmp_path_factory.mktemp("wfdir"), {"w4": SWEEPER_ID}))
+    with running_stack(tmp_path_factory.mktemp("wfstack"), tmp_path_factory.mktemp("wfdir"), {"w4": SWEEPER_ID}) as running:
         yield running
-    except Exception:
-        print(running.logs("main"), running.logs("worker"))
-        raise
-    finally:
-        running.close()
 
 
 def deliver(stack: Stack, payload: dict, timeout: float = 30):
