@@ -107,7 +107,8 @@ AUDIT_LINE = re.compile(
     r"^(?P<time>\S+) (?P<action>.+?) release=(?P<release>\S+) by=(?P<by>\S+) result=(?P<result>.*?)"
     r"(?: duration=(?P<duration_s>[0-9.]+)s)?$"
 )
-LOG_LINE = re.compile(r"^(?P<container>\S+)\s+\| (?:(?P<time>\d{4}-\d\d-\d\dT\S+) )?(?P<text>.*)$")
+# docker compose logs: "SERVICE-N  | TIME TEXT" (compose names the replica, not the container).
+LOG_LINE = re.compile(r"^(?P<service>\S+?)-(?P<replica>\d+)\s+\| (?:(?P<time>\d{4}-\d\d-\d\dT\S+) )?(?P<text>.*)$")
 
 
 def parse_lock_status(lines: Sequence[str]) -> dict[str, Any]:
@@ -160,14 +161,15 @@ def unhealthy_services(containers: Sequence[Mapping[str, Any]]) -> list[str]:
 
 
 def parse_logs(lines: Sequence[str]) -> list[dict[str, Any]]:
-    """``docker compose logs --timestamps`` lines -> ``{"container", "time", "text"}``."""
-    records = []
+    """``docker compose logs --timestamps`` lines -> ``{"service", "replica", "time", "text"}``
+    (a line of another shape keeps its text alone)."""
+    records: list[dict[str, Any]] = []
     for line in lines:
         match = LOG_LINE.match(line)
         if match:
-            records.append(match.groupdict())
+            records.append({**match.groupdict(), "replica": int(match["replica"])})
         elif line.strip():
-            records.append({"container": None, "time": None, "text": line})
+            records.append({"service": None, "replica": None, "time": None, "text": line})
     return records
 
 
@@ -382,6 +384,29 @@ class Remote:
         channel.close()
         return Result(tuple(argv), status, out.decode(errors="replace"), err.decode(errors="replace"))
 
+    def follow(self, argv: Sequence[str], on_line: Callable[[str], None]) -> int:
+        """Run ``argv`` and hand each line of its output to ``on_line`` as it comes, until the command
+        ends (its exit status) or the operator interrupts (Ctrl-C: the channel is closed, 0)."""
+        channel = self.client.get_transport().open_session(timeout=15)
+        channel.set_combine_stderr(True)
+        channel.exec_command(shell_text(argv))
+        pending = b""
+        try:
+            while True:
+                chunk = channel.recv(65536)
+                if not chunk:
+                    break
+                *lines, pending = (pending + chunk).split(b"\n")
+                for line in lines:
+                    on_line(line.decode(errors="replace"))
+            if pending:
+                on_line(pending.decode(errors="replace"))
+            return channel.recv_exit_status()
+        except KeyboardInterrupt:
+            return EXIT_OK
+        finally:
+            channel.close()
+
     def check(self, argv: Sequence[str], what: str, timeout: float = 120) -> Result:
         """Run ``argv``; a non-zero exit is a CliError naming ``what`` with the command's stderr."""
         result = self.run(argv, timeout)
@@ -482,16 +507,18 @@ def console() -> Console:
     return Console(highlight=False, soft_wrap=False, width=None if sys.stdout.isatty() else 160)
 
 
-def emit(as_json: bool, data: Any, render: Callable[[Any], None]) -> None:
+def emit(as_json: bool, data: Any, render: Callable[[], None]) -> None:
     """Print ``data`` as one JSON document, or as the operator reads it."""
     if as_json:
         click.echo(json.dumps(data, default=str, sort_keys=False))
     else:
-        render(data)
+        render()
 
 
 def table(title: str | None, columns: Sequence[str], rows: Sequence[Sequence[Any]]) -> None:
-    grid = Table(title=title, title_justify="left")
+    if title:
+        say(title)
+    grid = Table()
     for column in columns:
         grid.add_column(column)
     for row in rows:
@@ -546,7 +573,7 @@ def ps(session: Session, as_json: bool, check: bool) -> None:
     missing = unhealthy_services(containers)
     data = {"stage": session.stage, "release": release, "containers": containers, "not_healthy": missing}
 
-    def render(data):
+    def render():
         table(f"{session.target.host_name}: release {release or '(none)'}",
               ["service", "container", "state", "health", "started at", "restarts", "image"],
               [(c["service"], c["name"], c["state"], c["health"] or "-", c["started_at"], c["restart_count"],
@@ -563,16 +590,30 @@ def ps(session: Session, as_json: bool, check: bool) -> None:
 @click.argument("service", type=SERVICE, required=False, metavar="[SERVICE]")
 @click.option("--tail", type=click.IntRange(1, MAX_LOG_LINES), default=100, show_default=True,
               help=f"the last N lines of each service (1 to {MAX_LOG_LINES})")
+@click.option("-f", "--follow", is_flag=True, help="then the new lines as they come, until Ctrl-C "
+              "(with --json: one JSON object a line)")
 @json_option
 @pass_session
-def logs(session: Session, service: str | None, tail: int, as_json: bool) -> None:
+def logs(session: Session, service: str | None, tail: int, follow: bool, as_json: bool) -> None:
     """The last log lines of SERVICE (default: every service), timestamped."""
     release_dir = session.target.layout.current
     session.require_release()
-    result = session.remote.check(commands.compose_logs_tail(release_dir, [service] if service else [], tail),
-                                  "docker compose logs", timeout=300)
+    argv = commands.compose_logs_tail(release_dir, [service] if service else [], tail, follow=follow)
+    if follow:
+
+        def on_line(line: str) -> None:  # click.echo flushes: each line shows as it comes
+            if not as_json:
+                click.echo(line)
+            elif line.strip():
+                click.echo(json.dumps(parse_logs([line])[0]))
+
+        status = session.remote.follow(argv, on_line)
+        if status not in (EXIT_OK, None):
+            raise CliError(f"docker compose logs --follow ended with exit {status}")
+        return
+    result = session.remote.check(argv, "docker compose logs", timeout=300)
     if as_json:
-        emit(True, {"stage": session.stage, "service": service, "lines": parse_logs(result.lines)}, lambda _: None)
+        emit(True, {"stage": session.stage, "service": service, "lines": parse_logs(result.lines)}, lambda: None)
     else:
         click.echo(result.stdout, nl=False)
 
@@ -588,7 +629,7 @@ def stats(session: Session, as_json: bool) -> None:
     alerts = stats_alerts(containers, disk, session.target.settings)
     data = {"stage": session.stage, "containers": containers, "disk": disk, "alerts": alerts}
 
-    def render(data):
+    def render():
         table("containers", ["container", "CPU %", "memory %", "memory", "net I/O", "block I/O", "pids"],
               [(c["name"], c["cpu_percent"], c["memory_percent"], c["memory_usage"], c["net_io"], c["block_io"],
                 c["pids"]) for c in containers])
@@ -616,7 +657,7 @@ def lock_status(session: Session, as_json: bool) -> None:
     """Whether the deploy lock is held, by whom, for what and since when."""
     data = {"stage": session.stage, **read_lock(session)}
 
-    def render(data):
+    def render():
         if not data["held"]:
             say("the deploy lock is free")
         else:
@@ -654,7 +695,7 @@ def audit(session: Session, tail: int, as_json: bool) -> None:
     """The last lines of the host's audit log: every deploy, rollback, unlock and command that changed the host."""
     records = parse_audit(session.remote.check(commands.audit_tail(session.target.layout, tail), "reading the audit log").lines)
 
-    def render(records):
+    def render():
         table("audit log", ["time", "action", "release", "by", "result", "duration"],
               [(r.get("time"), r.get("action", r.get("line")), r.get("release"), r.get("by"), r.get("result"),
                 "" if r.get("duration_s") is None else f"{r['duration_s']:.1f}s") for r in records])
@@ -687,7 +728,7 @@ def migrations_status(session: Session, as_json: bool) -> None:
                        f"{result.stderr.strip()[-2000:]}")
     data = {"stage": session.stage, **migration_status(manifest, ledger)}
 
-    def render(data):
+    def render():
         table(f"migrations of release {data['release']}", ["file", "state", "applied at", "ms"],
               [(m["filename"], m["state"], m["applied_at"], m["duration_ms"]) for m in data["migrations"]])
         for name in data["unknown"]:
@@ -708,7 +749,7 @@ def executions(session: Session, failed: bool, limit: int, as_json: bool) -> Non
     rows = session.database(commands.EXECUTIONS_SQL, {"failed": "yes" if failed else "no", "limit": str(limit)},
                             "reading n8n's executions")
 
-    def render(rows):
+    def render():
         table("failed executions" if failed else "executions",
               ["id", "workflow", "status", "mode", "started", "stopped"],
               [(r["id"], r["workflow_name"] or r["workflow_id"], r["status"], r["mode"], r["started_at"],
@@ -725,7 +766,7 @@ def messages(session: Session, limit: int, as_json: bool) -> None:
     """Outbound replies waiting to be retried (RETRY) or given up (DLQ), with their last error."""
     rows = session.database(commands.OUTBOUND_TROUBLE_SQL, {"limit": str(limit)}, "reading outbound_messages")
 
-    def render(rows):
+    def render():
         table("outbound messages in RETRY or DLQ",
               ["id", "channel", "status", "retries", "next retry", "error", "created"],
               [(r["id"], r["channel"], r["status"], r["retry_count"], r["next_retry_at"],
@@ -743,7 +784,7 @@ def security(session: Session, since: int, as_json: bool) -> None:
     """Security events of the window, by type (signatures, verify tokens, rate limit, replays...)."""
     rows = session.database(commands.SECURITY_EVENTS_SQL, {"seconds": str(since)}, "reading security_events")
 
-    def render(rows):
+    def render():
         table(f"security events of the last {since} s", ["event", "count", "last"],
               [(r["event_type"], r["count"], r["last_at"]) for r in rows])
 
@@ -765,7 +806,7 @@ def flooding(session: Session, since: int, more_than: int | None, as_json: bool)
     rows = session.database(commands.FLOODING_SQL, {"seconds": str(since), "more_than": str(threshold)},
                             "reading inbound_messages")
 
-    def render(rows):
+    def render():
         table(f"conversations above {threshold} messages in {since} s", ["conversation", "messages", "last"],
               [(r["conversation_key"], r["count"], r["last_at"]) for r in rows])
 
@@ -791,7 +832,7 @@ def dlq_count(session: Session, as_json: bool) -> None:
     rows = session.database(commands.DLQ_COUNT_SQL, None, "counting the DLQ")
     by_channel = {channel: 0 for channel in CHANNELS} | {r["channel"]: r["count"] for r in rows}
     data = {"stage": session.stage, "count": sum(by_channel.values()), "by_channel": by_channel}
-    emit(as_json, data, lambda data: say(
+    emit(as_json, data, lambda: say(
         f"{data['count']} in the DLQ (" + ", ".join(f"{k} {v}" for k, v in by_channel.items()) + ")"))
 
 
@@ -804,7 +845,7 @@ def dlq_list(session: Session, channel: str | None, limit: int, as_json: bool) -
     """The replies in the DLQ, newest first, with their last error."""
     rows = session.database(commands.DLQ_LIST_SQL, {"channel": channel or "", "limit": str(limit)}, "listing the DLQ")
 
-    def render(rows):
+    def render():
         table("DLQ", ["id", "channel", "msg_id", "retries", "error", "created"],
               [(r["id"], r["channel"], r["msg_id"], r["retry_count"],
                 " ".join(filter(None, [r["error_code"], r["error_message"]])), r["created_at"]) for r in rows])
@@ -826,7 +867,7 @@ def db_size(session: Session, limit: int, as_json: bool) -> None:
     database = session.database(commands.DATABASE_SIZE_SQL, None, "reading the database size")[0]
     tables = session.database(commands.TABLE_SIZES_SQL, {"limit": str(limit)}, "reading the table sizes")
 
-    def render(_):
+    def render():
         table(f"database {database['database']}: {database['size']}", ["table", "size", "rows (estimate)"],
               [(t["table"], t["size"], t["rows_estimate"]) for t in tables])
 

@@ -528,9 +528,11 @@ def disk_usage(path: str) -> list[str]:
     return ["df", "-P", "-k", path]
 
 
-def compose_logs_tail(release_dir: str, services: Sequence[str], lines: int) -> list[str]:
-    """The last ``lines`` log lines of ``services`` (all when empty), timestamped, each prefixed by its container."""
-    return compose(release_dir, "logs", "--no-color", "--timestamps", "--tail", str(lines), *services)
+def compose_logs_tail(release_dir: str, services: Sequence[str], lines: int, follow: bool = False) -> list[str]:
+    """The last ``lines`` log lines of ``services`` (all when empty), timestamped, each prefixed by its
+    container; ``follow``: then the new lines as they come, until the connection closes."""
+    return compose(release_dir, "logs", "--no-color", "--timestamps", "--tail", str(lines),
+                   *(["--follow"] if follow else []), *services)
 
 
 def compose_service_action(release_dir: str, action: str, service: str) -> list[str]:

@@ -26,12 +26,19 @@ class ScriptedRemote(cli.Remote):
     def __init__(self, answer: Callable[[Sequence[str]], tuple[int, str, str]]):
         super().__init__(client=None)
         self.answer = answer
+        self.followed: list[str] = []
         self.calls: list[tuple[str, ...]] = []
 
     def run(self, argv, timeout: float = 120) -> cli.Result:
         self.calls.append(tuple(argv))
         status, out, err = self.answer(argv)
         return cli.Result(tuple(argv), status, out, err)
+
+    def follow(self, argv, on_line) -> int:
+        self.calls.append(tuple(argv))
+        for line in self.followed:
+            on_line(line)
+        return 0
 
     def close(self) -> None:
         pass
@@ -56,6 +63,7 @@ def host(monkeypatch, with_secrets):
     class Host:
         answers: list[tuple[Callable[[Sequence[str]], bool], tuple[int, str, str]]] = []
         remote: ScriptedRemote | None = None
+        followed: list[str] = []
 
         def on(self, predicate, status=0, out="", err=""):
             self.answers.insert(0, (predicate, (status, out, err)))
@@ -71,6 +79,7 @@ def host(monkeypatch, with_secrets):
 
     def connect(target):
         scripted.remote = ScriptedRemote(scripted.answer)
+        scripted.remote.followed = scripted.followed
         return scripted.remote
 
     monkeypatch.setattr(cli, "connect", connect)
@@ -269,11 +278,11 @@ def test_audit_json_parses_the_lock_modules_lines(capsys, host):
 
 def test_logs_json_splits_container_time_and_text(capsys, host):
     host.on(lambda argv: argv == commands.compose_logs_tail(LAYOUT.current, ["nginx"], 2),
-            out="resto-nginx-1  | 2026-12-01T10:00:00.000000000Z GET /healthz 200\n")
+            out="nginx-1  | 2026-12-01T10:00:00.000000000Z GET /healthz 200\n")
     status, out, _ = run(capsys, "production", "logs", "nginx", "--tail", "2", "--json")
     assert status == cli.EXIT_OK
     assert json.loads(out) == {"stage": "production", "service": "nginx", "lines": [
-        {"container": "resto-nginx-1", "time": "2026-12-01T10:00:00.000000000Z", "text": "GET /healthz 200"}]}
+        {"service": "nginx", "replica": 1, "time": "2026-12-01T10:00:00.000000000Z", "text": "GET /healthz 200"}]}
 
 
 # --- changes: the lock first, the audit line, the lock released --------------------------------------
@@ -445,3 +454,13 @@ def test_project_containers_inspected_filters_the_project_and_leaves_out_one_off
     argv = commands.project_containers_inspected()
     assert argv[3:5] == ["label=com.docker.compose.project=resto", "label=com.docker.compose.oneoff=False"]
     assert '"started_at":{{json .State.StartedAt}}' in argv[5]
+
+
+def test_logs_follow_streams_each_line_as_json(capsys, host):
+    host.followed = ["nginx-1  | 2026-12-01T10:00:00Z GET /healthz 200",
+                     "n8n-worker-1  | 2026-12-01T10:00:01Z Worker finished execution 32 (job 29)"]
+    status, out, _ = run(capsys, "production", "logs", "nginx", "-f", "--tail", "1", "--json")
+    assert status == cli.EXIT_OK
+    assert [(json.loads(line)["service"], json.loads(line)["text"]) for line in out.splitlines()] == [
+        ("nginx", "GET /healthz 200"), ("n8n-worker", "Worker finished execution 32 (job 29)")]
+    assert tuple(commands.compose_logs_tail(LAYOUT.current, ["nginx"], 1, follow=True)) in host.remote.calls
