@@ -914,10 +914,11 @@ def locked_change(session: Session, action: str, change: Callable[[str], str]) -
         remote.check(commands.write_file(layout.lock_info, lock_info(actor, action, release, now())), "writing the lock")
         try:
             result = change(release)
-        except CliError as error:
-            line = audit_line(actor, action, release, f"failed: {error.format_message().splitlines()[0][:200]}",
-                              time.monotonic() - started)
-            remote.run(commands.append_to_file(layout.audit_log, line))
+        except BaseException as error:  # audited whatever stopped it (a failure, Ctrl-C), then raised on
+            reason = (f"failed: {error.format_message().splitlines()[0][:200]}" if isinstance(error, CliError)
+                      else f"interrupted ({type(error).__name__})")
+            remote.run(commands.append_to_file(layout.audit_log, audit_line(actor, action, release, reason,
+                                                                            time.monotonic() - started)))
             raise
         line = audit_line(actor, action, release, result, time.monotonic() - started)
         remote.check(commands.append_to_file(layout.audit_log, line), "appending to the audit log")

@@ -464,3 +464,48 @@ def test_logs_follow_streams_each_line_as_json(capsys, host):
     assert [(json.loads(line)["service"], json.loads(line)["text"]) for line in out.splitlines()] == [
         ("nginx", "GET /healthz 200"), ("n8n-worker", "Worker finished execution 32 (job 29)")]
     assert tuple(commands.compose_logs_tail(LAYOUT.current, ["nginx"], 1, follow=True)) in host.remote.calls
+
+
+HUMAN_READS = [["ps"], ["logs"], ["stats"], ["lock", "status"], ["audit"], ["migrations", "status"],
+               ["executions", "--failed"], ["messages"], ["security"], ["flooding"], ["dlq", "count"], ["dlq", "list"],
+               ["db", "size"]]
+
+
+@pytest.mark.parametrize("argv", HUMAN_READS, ids=[" ".join(argv) for argv in HUMAN_READS])
+def test_every_read_prints_for_a_human_without_json(capsys, host, argv):
+    manifest = {"name": "v7", "stage": "production", "commit": None, "migrate_image": "m:1", "images": {},
+                "workflows_sha256": "w", "config_sha256": "c", "migrations": [
+                    {"filename": "0001_a.sql", "sha256": "a" * 64, "backward_compatible": False}]}
+    rows = {commands.DATABASE_SIZE_SQL: '[{"database": "n8n", "bytes": 8, "size": "8 bytes"}]',
+            commands.LEDGER_ROWS_SQL: json.dumps([{"filename": "0001_a.sql", "checksum": "a" * 64, "duration_ms": 3,
+                                                  "applied_at": "2026-11-01T10:00:00+00:00",
+                                                  "backward_compatible": False}]),
+            commands.EXECUTIONS_SQL: json.dumps([{"id": 1, "workflow_id": "W1", "workflow_name": "W1 inbound",
+                                                 "status": "error", "mode": "webhook", "started_at": "t",
+                                                 "stopped_at": "t"}])}
+    host.on(lambda argv: argv[:3] == ["docker", "exec", commands.POSTGRES_CONTAINER],
+            out="[]")
+    for sql, answer in rows.items():
+        host.on(lambda argv, sql=sql: sql in argv, out=answer)
+    host.on(lambda argv: argv == commands.project_containers_inspected(), out=json.dumps(CONTAINER))
+    host.on(lambda argv: argv == commands.project_container_stats(),
+            out='{"Name": "resto-nginx-1", "CPUPerc": "0.5%", "MemPerc": "1.0%", "MemUsage": "4MiB / 1GiB"}')
+    host.on(lambda argv: argv == commands.disk_usage(LAYOUT.base_dir),
+            out="Filesystem 1024-blocks Used Available Capacity Mounted on\n/dev/sda1 100 50 50 50% /\n")
+    host.on(lambda argv: argv == commands.read_file(f"{LAYOUT.current}/RELEASE.json"), out=json.dumps(manifest))
+    host.on(lambda argv: argv == commands.compose_logs_tail(LAYOUT.current, [], 100), out="nginx-1  | t GET /\n")
+    status, out, err = run(capsys, "production", *argv)
+    assert status == cli.EXIT_OK, err
+    assert out.strip() and not out.lstrip().startswith("{")
+
+
+def test_an_interrupted_change_is_audited_and_the_lock_released(capsys, host, monkeypatch):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "wait_until_healthy", interrupted)
+    status, _, err = run(capsys, "production", "restart", "redis")
+    assert status == cli.EXIT_FAILED and "aborted" in err
+    [audit] = [argv for argv in host.remote.calls if LAYOUT.audit_log in argv]
+    assert "restart redis release=v7-abc" in audit[-1] and "result=interrupted (KeyboardInterrupt)" in audit[-1]
+    assert host.remote.calls[-1] == tuple(commands.remove_tree(LAYOUT.lock_dir))
