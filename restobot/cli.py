@@ -28,14 +28,17 @@ Exit status, for scripts:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
 import runpy
+import socket
 import sys
+import threading
 import time
-from datetime import datetime
 from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -360,26 +363,29 @@ class Remote:
         self.client = client
 
     def run(self, argv: Sequence[str], timeout: float = 120) -> Result:
+        """Run ``argv``, its output read to the end of both streams (sshd may report the exit
+        status before the last output: waiting for the status alone loses lines)."""
         channel = self.client.get_transport().open_session(timeout=15)
         channel.settimeout(timeout)
         channel.exec_command(shell_text(argv))
-        out, err = bytearray(), bytearray()
-        deadline = time.monotonic() + timeout
-        while True:
-            busy = False
-            if channel.recv_ready():
-                out += channel.recv(65536)
-                busy = True
-            if channel.recv_stderr_ready():
-                err += channel.recv_stderr(65536)
-                busy = True
-            if not busy:
-                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                    break
-                if time.monotonic() > deadline:
-                    channel.close()
-                    raise CliError(f"`{shell_text(argv)[:200]}` did not finish within {timeout:.0f} s on the host")
-                time.sleep(0.01)
+        err = bytearray()
+
+        def drain_stderr() -> None:
+            with contextlib.suppress(OSError):
+                while chunk := channel.recv_stderr(65536):
+                    err.extend(chunk)
+
+        reader = threading.Thread(target=drain_stderr, daemon=True)
+        reader.start()
+        out = bytearray()
+        try:
+            while chunk := channel.recv(65536):
+                out += chunk
+        except socket.timeout:
+            channel.close()
+            raise CliError(f"`{shell_text(argv)[:200]}` printed nothing for {timeout:.0f} s on the host; "
+                           "stopped waiting") from None
+        reader.join(timeout)
         status = channel.recv_exit_status()
         channel.close()
         return Result(tuple(argv), status, out.decode(errors="replace"), err.decode(errors="replace"))

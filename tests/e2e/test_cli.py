@@ -300,6 +300,8 @@ def test_lock_release_frees_a_lock_left_behind_and_audits_it(resto, stack):
     info = hold_lock(stack, Actor("killed-deploy", "laptop"), "deploy")
     proc = resto("lock", "release")
     assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"released the deploy lock ({info})", proc.stdout + proc.stderr
+    assert host_snapshot(stack)["lock"] == "free\n"
     assert resto.json("lock", "status")["held"] is False
     last = resto.json("audit", "--tail", "1")["entries"][-1]
     assert (last["action"], last["result"]) == ("unlock", f"released lock ({info})")
