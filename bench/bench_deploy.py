@@ -1,16 +1,17 @@
 """Deploy benchmark on a fresh local VPS container: prints figures, asserts nothing.
 
-    .venv/bin/python bench/bench_deploy.py [--keep]
+    .venv/bin/python bench/bench_deploy.py [--runs N] [--keep]
 
 Measures, with the real pyinfra CLI over SSH:
   * a fresh VPS to a checked stack (images present as bundles, no registry);
   * a no-op redeploy: wall time, operations that changed (lock and audit left
     out, as Molecule does), and the remote commands it sends;
-  * an upgrade (a changed workflow) and a rollback, each while a sender posts
-    signed WhatsApp messages and retries refused ones the way Meta does
-    (backoff, bounded): deliveries lost, and every accepted message counted
-    in inbound_messages exactly once.
-Goals (issue 5): no-op <= 5 s with 0 changes, rollback <= 30 s, 0 lost.
+  * an upgrade (a changed workflow) and a rollback, ``--runs`` times, each while
+    harness.traffic's Meta-like sender posts signed WhatsApp messages and retries
+    every refused one: whether the run completed, and the figures of the traffic
+    (answered 200, stored, replied, duplicates, lost).
+Goals: no-op <= 5 s with 0 changes (issue 5), rollback <= 30 s; every upgrade and
+rollback under traffic completes with lost = 0 and duplicates = 0, 5 runs of 5 (issue 12).
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ import re
 import shutil
 import subprocess
 import sys
-import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,68 +33,16 @@ from harness.deploys import (  # noqa: E402
     PYINFRA,
     DeployedStack,
     HarnessError,
+    PyinfraRun,
     bring_up_stack,
     changed_operations,
     make_checkout,
-    public_request,
-    sql,
     stack_names,
     tear_down_stack,
 )
-from restobot import meta_payloads  # noqa: E402
+from harness.traffic import Figures, MetaLikeSender, outcome  # noqa: E402
 from restobot.secrets import ensure_secrets_file  # noqa: E402
-from restobot.settings import read_env_file, secrets_file  # noqa: E402
-
-RETRY_DELAYS = (1, 2, 4, 8, 16, 30)  # Meta retries with backoff; bounded here to about a minute
-
-
-@dataclass
-class Sender:
-    """Posts signed messages every ``interval`` seconds; retries each refused one like Meta."""
-
-    stack: object
-    interval: float = 0.5
-    accepted: list[str] = field(default_factory=list)
-    lost: list[str] = field(default_factory=list)
-    retried: int = 0
-    _stop: threading.Event = field(default_factory=threading.Event)
-    _threads: list[threading.Thread] = field(default_factory=list)
-
-    def deliver(self, text: str) -> None:
-        secret = read_env_file(secrets_file("local"))["META_APP_SECRET"]
-        payload = meta_payloads.whatsapp_text(text)
-        msg_id = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
-        body = meta_payloads.encode(payload)
-        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": meta_payloads.sign(body, secret)}
-        for attempt, delay in enumerate((0, *RETRY_DELAYS)):
-            time.sleep(delay)
-            try:
-                response, _ = public_request(self.stack, "POST", "/v1/inbound/whatsapp", body, headers)
-                if response.status == 200:
-                    self.accepted.append(msg_id)
-                    return
-            except OSError:
-                pass
-            self.retried += 1 if attempt < len(RETRY_DELAYS) else 0
-        self.lost.append(msg_id)
-
-    def start(self) -> None:
-        def loop() -> None:
-            number = 0
-            while not self._stop.is_set():
-                number += 1
-                thread = threading.Thread(target=self.deliver, args=(f"bench message {number}",), daemon=True)
-                thread.start()
-                self._threads.append(thread)
-                time.sleep(self.interval)
-
-        threading.Thread(target=loop, daemon=True).start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        time.sleep(self.interval)
-        for thread in self._threads:
-            thread.join(timeout=90)
+from restobot.settings import secrets_file  # noqa: E402
 
 
 def remote_commands(inventory: Path, source: Path) -> int:
@@ -108,8 +55,9 @@ def remote_commands(inventory: Path, source: Path) -> int:
     return len(re.findall(r"Running command on ", proc.stdout + proc.stderr))
 
 
-def timed_with_sender(stack: DeployedStack, action) -> tuple[float, Sender, int]:
-    sender = Sender(stack)
+def under_traffic(stack: DeployedStack, action, prefix: str) -> tuple[float, PyinfraRun, Figures]:
+    """Run ``action`` (a deploy or a rollback) while a Meta-like sender posts: its time, its run, the figures."""
+    sender = MetaLikeSender(stack, sender_prefix=prefix)
     sender.start()
     time.sleep(3)
     started = time.monotonic()
@@ -117,17 +65,23 @@ def timed_with_sender(stack: DeployedStack, action) -> tuple[float, Sender, int]
     seconds = time.monotonic() - started
     time.sleep(5)
     sender.stop()
-    if run.returncode != 0:
-        raise SystemExit(f"run failed:\n{run.output_tail()}")
-    stored = int(sql(stack, "SELECT count(*) FROM inbound_messages WHERE text LIKE 'bench message %'"))
-    return seconds, sender, stored
+    return seconds, run, outcome(stack, sender)
+
+
+def passed(run: PyinfraRun, figures: Figures) -> bool:
+    return (run.returncode == 0 and figures.lost == figures.duplicates == 0
+            and figures.answered_200 == figures.replied == figures.stored == figures.sent)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keep", action="store_true",
                         help="leave the stack's containers running (restobot-{vps,acme,meta}-bench-PID)")
+    parser.add_argument("--runs", type=int, default=1,
+                        help="upgrade + rollback under traffic this many times (issue #12's goal: 5 of 5)")
     args = parser.parse_args(argv)
+    if args.runs < 1:
+        parser.error("--runs must be 1 or more")
 
     ensure_secrets_file(secrets_file("local"))
     names = stack_names("bench")
@@ -146,26 +100,29 @@ def main(argv: list[str] | None = None) -> int:
         noop = stack.deploy(source=v1)
         changed = changed_operations(noop)
         commands = remote_commands(stack.inventory, v1)
-
-        upgrade_s, upgrade_sender, _ = timed_with_sender(stack, lambda: stack.deploy(source=v2))
-        rollback_s, rollback_sender, stored = timed_with_sender(stack, lambda: stack.rollback("v1"))
-        accepted = len(upgrade_sender.accepted) + len(rollback_sender.accepted)
-
-        print(f"fresh VPS to checked stack (images as bundles): {fresh.seconds:6.1f} s")
+        print(f"fresh VPS to checked stack (images as bundles): {fresh.seconds:6.1f} s", flush=True)
         print(f"no-op redeploy:                                 {noop.seconds:6.1f} s, "
-              f"{len(changed)} operations changed {changed or ''}, {commands} remote commands")
-        print(f"upgrade (changed workflow) under traffic:       {upgrade_s:6.1f} s, "
-              f"{len(upgrade_sender.accepted)} accepted, {len(upgrade_sender.lost)} lost, "
-              f"{upgrade_sender.retried} retries")
-        print(f"rollback to v1 under traffic:                   {rollback_s:6.1f} s, "
-              f"{len(rollback_sender.accepted)} accepted, {len(rollback_sender.lost)} lost, "
-              f"{rollback_sender.retried} retries")
-        print(f"accepted messages stored in inbound_messages:   {stored} of {accepted} (exactly once: {stored == accepted})")
+              f"{len(changed)} operations changed {changed or ''}, {commands} remote commands", flush=True)
+
+        results = []
+        for number in range(1, args.runs + 1):
+            for what, action in (("upgrade to v2 (changed workflow)", lambda: stack.deploy(source=v2)),
+                                 ("rollback to v1", lambda: stack.rollback("v1"))):
+                seconds, run, figures = under_traffic(stack, action, prefix=f"35{number:02d}")
+                ok = passed(run, figures)
+                results.append({"run": number, "what": what, "seconds": round(seconds, 1), "exit": run.returncode,
+                                "lost": figures.lost, "duplicates": figures.duplicates, "passed": ok})
+                print(f"run {number}: {what:33} under traffic: {seconds:6.1f} s, exit {run.returncode}, "
+                      f"{'PASS' if ok else 'FAIL'}  {figures.line()}", flush=True)
+                if run.returncode != 0:
+                    print(run.output_tail(3000), flush=True)
+        runs_passed = sum(1 for number in range(1, args.runs + 1)
+                          if all(r["passed"] for r in results if r["run"] == number))
+        print(f"upgrade + rollback under traffic: {runs_passed} of {args.runs} runs passed "
+              f"(completed, every message answered 200, stored and replied once)")
         print(json.dumps({"fresh_s": round(fresh.seconds, 1), "noop_s": round(noop.seconds, 1),
                           "noop_changed": len(changed), "noop_remote_commands": commands,
-                          "upgrade_s": round(upgrade_s, 1), "upgrade_lost": len(upgrade_sender.lost),
-                          "rollback_s": round(rollback_s, 1), "rollback_lost": len(rollback_sender.lost),
-                          "stored_exactly_once": stored == accepted}))
+                          "runs": args.runs, "runs_passed": runs_passed, "results": results}))
     finally:
         if not args.keep:
             tear_down_stack(names)

@@ -35,7 +35,7 @@ def test_certificate_chain_is_valid_for_the_name(target, which, evidence):
 @pytest.mark.parametrize("which", NAMES)
 def test_certificate_is_not_expiring_soon(target, which, evidence):
     name = target.public_name(which)
-    minimum = target.settings.checks.certificate_min_days
+    minimum = target.settings.monitoring.certificate_min_days
     cert = golive.inspect_certificate(name, target.address_for(which), target.settings.checks.ca_bundle)
     days = cert.days_left(datetime.datetime.now(datetime.timezone.utc))
     assert days is not None and days >= minimum, (

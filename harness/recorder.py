@@ -33,7 +33,8 @@ class Recorder:
         self.server.server_close()
 
 
-def start_recorder() -> Recorder:
+def start_recorder(host: str = "127.0.0.1") -> Recorder:
+    """Record every request; ``host`` is loopback, or the host's side of a docker network the test created."""
     recorder: Recorder
 
     class Handler(BaseHTTPRequestHandler):
@@ -55,7 +56,7 @@ def start_recorder() -> Recorder:
         def log_message(self, *args) -> None:
             pass
 
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    server = ThreadingHTTPServer((host, 0), Handler)
     recorder = Recorder(server)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return recorder

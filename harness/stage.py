@@ -26,6 +26,12 @@ def local_image_refs() -> dict[str, str]:
         "postgres": ref["postgres"],
         "redis": ref["redis"],
         "migrate_base": ref["python"],
+        "prometheus": ref["prometheus"],
+        "alertmanager": ref["alertmanager"],
+        "node_exporter": ref["node-exporter"],
+        "postgres_exporter": ref["postgres-exporter"],
+        "redis_exporter": ref["redis-exporter"],
+        "blackbox_exporter": ref["blackbox-exporter"],
         "bundle_dir": BUNDLE_DIR_ON_VPS,
     }
 

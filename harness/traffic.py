@@ -160,8 +160,9 @@ def stored_rows(stack, wamids: list[str]) -> tuple[Counter, dict[str, str]]:
 
 
 def graph_sends_per_recipient(stack) -> Counter:
+    """Replies the Graph API double accepted (200), per recipient; refused or cut-off sends are not sends."""
     return Counter(r["body"].get("to") for r in stack.meta.requests()
-                   if r["path"].endswith("/messages") and isinstance(r.get("body"), dict))
+                   if r["path"].endswith("/messages") and isinstance(r.get("body"), dict) and r.get("status") == 200)
 
 
 def outcome(stack, sender: MetaLikeSender, *, fault_ended_at: float | None = None,

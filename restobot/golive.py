@@ -377,24 +377,6 @@ def parse_ip_addr(text: str) -> list[str]:
     return re.findall(r"\binet\s+(\d+\.\d+\.\d+\.\d+)/\d+", text)
 
 
-def cron_period_seconds(schedule: str) -> int:
-    """How often a 5-field cron schedule fires at least, in seconds (the longest gap, coarsely)."""
-    minute, hour, day, month, weekday = schedule.split()
-    if month != "*":
-        return 366 * 86400
-    if day != "*":
-        return 31 * 86400
-    if weekday != "*":
-        return 7 * 86400
-    if hour != "*" and not hour.startswith("*/"):
-        return 86400
-    if hour.startswith("*/"):
-        return int(hour[2:]) * 3600
-    if minute != "*" and not minute.startswith("*/"):
-        return 3600
-    return int(minute[2:]) * 60 if minute.startswith("*/") else 60
-
-
 # --- the report ----------------------------------------------------------------
 
 

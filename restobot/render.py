@@ -32,6 +32,50 @@ RELEASE_FILES: dict[str, tuple[str, int]] = {
     "env/redis.env.j2": ("env/redis.env", SECRET_MODE),
 }
 
+# The monitoring stack's files, rendered from the `monitoring` settings; the release does not ship
+# them yet (no compose service runs them so far). alertmanager.yml holds ALERT_WEBHOOK_URL, which
+# carries the destination's token: 0600.
+MONITORING_FILES: dict[str, tuple[str, int]] = {
+    "monitoring/prometheus.yml.j2": ("monitoring/prometheus/prometheus.yml", CONFIG_MODE),
+    "monitoring/alerts.yml.j2": ("monitoring/prometheus/alerts.yml", CONFIG_MODE),
+    "monitoring/alertmanager.yml.j2": ("monitoring/alertmanager/alertmanager.yml", SECRET_MODE),
+    "monitoring/restobot.tmpl.j2": ("monitoring/alertmanager/restobot.tmpl", CONFIG_MODE),
+    "monitoring/blackbox.yml.j2": ("monitoring/blackbox/config.yml", CONFIG_MODE),
+    "monitoring/postgres-exporter-queries.yml.j2": ("monitoring/postgres-exporter/queries.yml", CONFIG_MODE),
+}
+
+# security_events.event_type's allowed values (migrations/0003_security_events.sql's CHECK; a unit
+# test holds the two together): the exporter reports each, zero included.
+SECURITY_EVENT_TYPES = (
+    "SIGNATURE_INVALID", "SIGNATURE_MISSING", "VERIFY_TOKEN_INVALID", "RATE_LIMIT",
+    "REPLAY", "AUTH_FAILED", "SCOPE_DENIED", "PAYLOAD_INVALID",
+)
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One blackbox probe: its name (the ``probe`` label), the module and the target."""
+
+    name: str
+    module: str
+    target: str
+
+
+@dataclass(frozen=True)
+class MonitoringOptions:
+    """How Prometheus scrapes; tests shorten the interval."""
+
+    scrape_interval: str = "30s"
+    probes: tuple[Probe, ...] = ()
+
+
+def monitoring_options(settings: Settings) -> MonitoringOptions:
+    """The production scrape options: the api's health over https, the console's TLS handshake."""
+    return MonitoringOptions(probes=(
+        Probe("api-healthz", "https_2xx", f"https://{settings.domains.api_host}/healthz"),
+        Probe("console-tls", "tls_connect", f"{settings.domains.console_host}:443"),
+    ))
+
 
 @dataclass(frozen=True)
 class GatewayOptions:
@@ -133,6 +177,29 @@ def render_release(settings: Settings, context: RenderContext | None = None) -> 
         text = environment.get_template(template_name).render(**variables)
         rendered[path] = RenderedFile(text=text, mode=mode)
     return rendered
+
+
+def render_monitoring(settings: Settings, options: MonitoringOptions | None = None,
+                      release: str = "dev") -> dict[str, RenderedFile]:
+    """The monitoring stack's configuration files (Prometheus, its rules, Alertmanager, the exporters')."""
+    options = options or monitoring_options(settings)
+    url = settings.pipeline.alert_webhook_url
+    max_age = settings.backup_max_age_seconds
+    variables = {
+        "s": settings,
+        "m": settings.monitoring,
+        "release": release,
+        "monitoring": options,
+        "url": None if url is None else str(url),
+        "backup_max_age_seconds": max_age,
+        "backup_max_age_hours": f"{max_age / 3600:g}",
+        "security_event_types": SECURITY_EVENT_TYPES,
+    }
+    environment = make_environment()
+    return {
+        path: RenderedFile(text=environment.get_template(template).render(**variables), mode=mode)
+        for template, (path, mode) in MONITORING_FILES.items()
+    }
 
 
 def write_release(files: dict[str, RenderedFile], directory: Path) -> None:

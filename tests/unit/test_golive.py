@@ -7,7 +7,7 @@ import textwrap
 import pytest
 
 from restobot import golive
-from restobot.settings import ChecksSettings
+from restobot.settings import BackupSettings, ChecksSettings, cron_period_seconds
 
 UFW = textwrap.dedent("""\
     Status: active
@@ -84,7 +84,7 @@ def test_ip_addr_output_gives_addresses():
     ("0 4 * * 0", 7 * 86400), ("0 4 1 * *", 31 * 86400),
 ])
 def test_cron_period(schedule, seconds):
-    assert golive.cron_period_seconds(schedule) == seconds
+    assert cron_period_seconds(schedule) == BackupSettings(schedule=schedule).period_seconds == seconds
 
 
 @pytest.mark.parametrize(("header", "age"), [
@@ -163,8 +163,7 @@ def test_checks_settings_refuse_a_non_numeric_recipient():
 
 def test_checks_settings_defaults_are_production_ones():
     checks = ChecksSettings()
-    assert (checks.public_address, checks.ca_bundle, checks.certificate_min_days, checks.test_recipients) == (
-        None, None, 14, {})
+    assert (checks.public_address, checks.ca_bundle, checks.test_recipients) == (None, None, {})
 
 
 def test_pytest_argv_runs_the_checks_dir_with_workers(tmp_path):

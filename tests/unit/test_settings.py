@@ -216,3 +216,58 @@ def test_redrive_age_below_ten_seconds_is_refused(production_data, secret_env):
     production_data["pipeline"] = {**production_data.get("pipeline", {}), "inbound_redrive_after_seconds": 2}
     [problem] = problems_of(production_data, secret_env)
     assert problem.startswith("pipeline.inbound_redrive_after_seconds:")
+
+
+def test_monitoring_defaults_are_the_runbook_and_checklist_ones(production_data, secret_env):
+    settings = load_settings(production_data, secret_env)
+    monitoring = settings.monitoring
+    assert (monitoring.certificate_min_days, monitoring.alert_format, monitoring.backup_max_age_hours) == (
+        14, "webhook", None)
+    # The nightly schedule (17 3 * * *): a day, plus 10 % and 10 minutes for the run itself.
+    assert settings.backup_max_age_seconds == int(86400 * 1.1) + 600
+
+
+def test_backup_max_age_set_in_hours_is_used(production_data, secret_env):
+    production_data["monitoring"] = {"backup_max_age_hours": 30}
+    assert load_settings(production_data, secret_env).backup_max_age_seconds == 30 * 3600
+
+
+def test_backup_max_age_shorter_than_the_schedule_is_refused(production_data, secret_env):
+    production_data["monitoring"] = {"backup_max_age_hours": 20}
+    [problem] = problems_of(production_data, secret_env)
+    assert problem.startswith(
+        "monitoring.backup_max_age_hours: 20 h is shorter than the backup schedule's period ('17 3 * * *', every 24 h)")
+
+
+def test_alert_format_outside_the_three_is_refused(production_data, secret_env):
+    production_data["monitoring"] = {"alert_format": "teams"}
+    [problem] = problems_of(production_data, secret_env)
+    assert problem.startswith("monitoring.alert_format: Input should be 'slack', 'discord' or 'webhook'")
+
+
+@pytest.mark.parametrize("kind", ["slack", "discord"])
+def test_chat_webhook_over_plain_http_is_refused_outside_local(production_data, secret_env, kind):
+    production_data["monitoring"] = {"alert_format": kind}
+    secret_env["ALERT_WEBHOOK_URL"] = "http://hooks.example.com/services/T0/B0/abc"
+    [problem] = problems_of(production_data, secret_env)
+    assert problem.startswith(f"pipeline.alert_webhook_url: a {kind} webhook URL carries its token, so it must be https")
+    assert "abc" not in problem
+
+
+def test_generic_webhook_may_be_plain_http(production_data, secret_env):
+    secret_env["ALERT_WEBHOOK_URL"] = "http://alerts.internal.example.com/hook"
+    assert load_settings(production_data, secret_env).monitoring.alert_format == "webhook"
+
+
+def test_certificate_margin_in_checks_points_to_monitoring(production_data, secret_env):
+    production_data["checks"] = {"certificate_min_days": 30}
+    [problem] = problems_of(production_data, secret_env)
+    assert problem.startswith("checks: certificate_min_days moved to monitoring.certificate_min_days")
+
+
+@pytest.mark.parametrize(("field", "value"), [("cpu_percent", 101), ("disk_percent", 0), ("sustained_minutes", 0),
+                                              ("certificate_min_days", 0), ("repeat_interval_hours", 0)])
+def test_monitoring_figure_out_of_range_is_refused(production_data, secret_env, field, value):
+    production_data["monitoring"] = {field: value}
+    [problem] = problems_of(production_data, secret_env)
+    assert problem.startswith(f"monitoring.{field}: Input should be")

@@ -1,0 +1,77 @@
+"""A deploy and a rollback while Meta delivers: each completes, and every message Meta delivers in the
+meantime is refused (and retried, as Meta does) or stored exactly once and replied to exactly once.
+
+The upgrade changes a workflow, so the importer imports, restarts n8n main and waits for the webhooks
+while the sender keeps posting; the rollback does it again the other way."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from harness.deploys import make_checkout, verify_handshake
+from harness.traffic import MetaLikeSender, outcome
+
+pytestmark = pytest.mark.e2e
+
+SETTLE = 5.0  # seconds of traffic before and after the deploy
+
+
+def under_traffic(stack, prefix: str, action):
+    """Run ``action`` while a Meta-like sender posts: (the action's result, the traffic's figures)."""
+    sender = MetaLikeSender(stack, sender_prefix=prefix)
+    sender.start()
+    time.sleep(SETTLE)
+    result = action()
+    time.sleep(SETTLE)
+    sender.stop()
+    return result, outcome(stack, sender)
+
+
+@pytest.fixture(scope="module")
+def before(deployed_stack):
+    """The release serving before this module (whatever the modules before it left) and its W0's X-Release."""
+    release = deployed_stack.ssh("readlink", "/opt/resto/current").stdout.strip().rsplit("/", 1)[-1]
+    return release, verify_handshake(deployed_stack, "before")[2]
+
+
+@pytest.fixture(scope="module")
+def upgrade(deployed_stack, before, tmp_path_factory):
+    checkout = make_checkout(tmp_path_factory.mktemp("traffic"), "traffic-v2", {}, "traffic-v2")
+    return under_traffic(deployed_stack, "3391", lambda: deployed_stack.deploy(source=checkout))
+
+
+@pytest.fixture(scope="module")
+def rollback(deployed_stack, before, upgrade):
+    release, _ = before
+    return under_traffic(deployed_stack, "3392", lambda: deployed_stack.rollback(release))
+
+
+def assert_nothing_lost(figures) -> None:
+    print(figures.line())
+    assert figures.answered_200 == figures.sent, figures.line()
+    assert (figures.lost, figures.duplicates) == (0, 0), figures.line()
+    assert figures.replied == figures.stored == figures.sent, figures.line()
+
+
+def test_an_upgrade_with_a_changed_workflow_completes_under_traffic(deployed_stack, upgrade):
+    run, _ = upgrade
+    assert run.returncode == 0, run.output_tail()
+    assert verify_handshake(deployed_stack, "upgraded") == (200, "upgraded", "traffic-v2")
+
+
+def test_an_upgrade_under_traffic_loses_nothing_and_answers_nothing_twice(upgrade):
+    _, figures = upgrade
+    assert_nothing_lost(figures)
+
+
+def test_a_rollback_completes_under_traffic(deployed_stack, before, rollback):
+    run, _ = rollback
+    assert run.returncode == 0, run.output_tail()
+    assert verify_handshake(deployed_stack, "rolled-back") == (200, "rolled-back", before[1])
+
+
+def test_a_rollback_under_traffic_loses_nothing_and_answers_nothing_twice(rollback):
+    _, figures = rollback
+    assert_nothing_lost(figures)
