@@ -489,3 +489,124 @@ def database_replaced(release_dir: str, dump: str, database: str, user: str) -> 
         restore_from_file(release_dir, dump),
         compose_exec(release_dir, "postgres", psql("ANALYZE")),
     ]
+
+
+# --- the operator's tool (restobot/cli.py) -------------------------------------------
+#
+# Every read answers in one command. The database reads print one JSON document
+# (``json_agg`` of the rows) so that no separator in a value can shift a column;
+# counts, windows and names reach the SQL as psql variables.
+
+PROJECT_LABEL = f"label=com.docker.compose.project={COMPOSE_PROJECT}"
+NOT_ONE_OFF = "label=com.docker.compose.oneoff=False"
+
+CONTAINER_INSPECT_FORMAT = (
+    '{"service":{{json (index .Config.Labels "com.docker.compose.service")}},'
+    '"name":{{json .Name}},"state":{{json .State.Status}},'
+    '"health":{{if .State.Health}}{{json .State.Health.Status}}{{else}}null{{end}},'
+    '"started_at":{{json .State.StartedAt}},"restart_count":{{json .RestartCount}},'
+    '"image":{{json .Config.Image}}}'
+)
+CONTAINER_STATS_FORMAT = "{{json .}}"
+
+
+def project_containers_inspected() -> list[str]:
+    """Every service container of the project (one-offs left out), one JSON object a line:
+    service, name, state, health (null without a healthcheck), started_at, restart_count, image."""
+    script = 'ids=$(docker ps --all --quiet --filter "$0" --filter "$1"); [ -z "$ids" ] || exec docker inspect --format "$2" $ids'
+    return ["sh", "-c", script, PROJECT_LABEL, NOT_ONE_OFF, CONTAINER_INSPECT_FORMAT]
+
+
+def project_container_stats() -> list[str]:
+    """``docker stats`` once for the project's running containers, one JSON object a line."""
+    script = 'ids=$(docker ps --quiet --filter "$0" --filter "$1"); [ -z "$ids" ] || exec docker stats --no-stream --format "$2" $ids'
+    return ["sh", "-c", script, PROJECT_LABEL, NOT_ONE_OFF, CONTAINER_STATS_FORMAT]
+
+
+def disk_usage(path: str) -> list[str]:
+    """``df`` of the file system holding ``path``, in POSIX format (1024-byte blocks)."""
+    return ["df", "-P", "-k", path]
+
+
+def compose_logs_tail(release_dir: str, services: Sequence[str], lines: int, follow: bool = False) -> list[str]:
+    """The last ``lines`` log lines of ``services`` (all when empty), timestamped, each prefixed by its
+    container; ``follow``: then the new lines as they come, until the connection closes."""
+    return compose(release_dir, "logs", "--no-color", "--timestamps", "--tail", str(lines),
+                   *(["--follow"] if follow else []), *services)
+
+
+def compose_service_action(release_dir: str, action: str, service: str) -> list[str]:
+    """``docker compose start|stop|restart SERVICE`` on the release's project (containers as they are)."""
+    if action not in ("start", "stop", "restart"):
+        raise ValueError(f"compose action {action!r}: must be start, stop or restart")
+    return compose(release_dir, action, service)
+
+
+def lock_status(layout: HostLayout) -> list[str]:
+    """``held`` then the lock's info lines when the deploy lock is held; nothing when it is free."""
+    return ["sh", "-c", 'if [ -d "$0" ]; then echo held; cat "$0/info" 2>/dev/null; fi; exit 0', layout.lock_dir]
+
+
+def audit_tail(layout: HostLayout, lines: int) -> list[str]:
+    """The last ``lines`` lines of the audit log (nothing when there is none yet)."""
+    return ["sh", "-c", '[ ! -f "$0" ] || exec tail -n "$1" "$0"', layout.audit_log, str(lines)]
+
+
+def current_release(layout: HostLayout) -> list[str]:
+    """The release ``current`` points at (``releases/NAME``); nothing when none."""
+    return ["sh", "-c", 'readlink "$0" || true', layout.current]
+
+
+def json_rows(query: str) -> str:
+    """``query``'s rows as one JSON array (``[]`` for none), what the tool's reads print."""
+    # ``query`` is one of the fixed texts below, never a value: values travel as psql variables.
+    return f"SELECT coalesce(json_agg(row_to_json(r)), '[]'::json) FROM ({query}) r"  # nosec B608 # fixed SQL texts only
+
+
+EXECUTIONS_SQL = json_rows(
+    # n8n keeps the workflow's id on the execution, never its name: join workflow_entity.
+    'SELECT e.id, e."workflowId" AS workflow_id, w.name AS workflow_name, e.status, e.mode, '
+    'e."startedAt" AS started_at, e."stoppedAt" AS stopped_at '
+    'FROM execution_entity e LEFT JOIN workflow_entity w ON w.id = e."workflowId" '
+    "WHERE e.\"deletedAt\" IS NULL AND (:'failed' = 'no' OR e.status IN ('error', 'crashed')) "
+    "ORDER BY e.id DESC LIMIT (:'limit')::int"
+)
+OUTBOUND_TROUBLE_SQL = json_rows(
+    "SELECT id, channel, msg_id, status, retry_count, next_retry_at, error_code, error_message, created_at "
+    "FROM outbound_messages WHERE status IN ('RETRY', 'DLQ') ORDER BY created_at DESC, id DESC LIMIT (:'limit')::int"
+)
+SECURITY_EVENTS_SQL = json_rows(
+    "SELECT event_type, count(*) AS count, max(created_at) AS last_at FROM security_events "
+    "WHERE created_at > now() - make_interval(secs => (:'seconds')::int) "
+    "GROUP BY event_type ORDER BY count DESC, event_type"
+)
+FLOODING_SQL = json_rows(
+    "SELECT conversation_key, count(*) AS count, max(received_at) AS last_at FROM inbound_messages "
+    "WHERE received_at > now() - make_interval(secs => (:'seconds')::int) "
+    "GROUP BY conversation_key HAVING count(*) > (:'more_than')::int ORDER BY count DESC, conversation_key"
+)
+DLQ_COUNT_SQL = json_rows(
+    "SELECT channel, count(*) AS count FROM outbound_messages WHERE status = 'DLQ' GROUP BY channel ORDER BY channel"
+)
+DLQ_LIST_SQL = json_rows(
+    "SELECT id, channel, msg_id, error_code, error_message, retry_count, created_at FROM outbound_messages "
+    "WHERE status = 'DLQ' AND (:'channel' = '' OR channel = :'channel') "
+    "ORDER BY created_at DESC, id DESC LIMIT (:'limit')::int"
+)
+TABLE_SIZES_SQL = json_rows(
+    "SELECT relname AS table, pg_total_relation_size(relid) AS bytes, "
+    "pg_size_pretty(pg_total_relation_size(relid)) AS size, n_live_tup AS rows_estimate "
+    "FROM pg_catalog.pg_stat_user_tables ORDER BY pg_total_relation_size(relid) DESC, relname LIMIT (:'limit')::int"
+)
+DATABASE_SIZE_SQL = json_rows(
+    "SELECT current_database() AS database, pg_database_size(current_database()) AS bytes, "
+    "pg_size_pretty(pg_database_size(current_database())) AS size"
+)
+LEDGER_ROWS_SQL = json_rows(
+    "SELECT filename, checksum, applied_at, duration_ms, backward_compatible FROM schema_migrations ORDER BY filename"
+)
+
+
+def database_read(sql: str, variables: Mapping[str, str] | None = None) -> list[str]:
+    """A fixed read of the live database (``psql`` in the postgres container), its values as variables."""
+    return container_exec(POSTGRES_CONTAINER, psql(sql, variables))

@@ -1,0 +1,379 @@
+"""The operator's tool (``resto STAGE COMMAND``, restobot/cli.py) against the deployed local stack.
+
+Each command runs as the operator runs it: a subprocess reading the stack's inventory
+and the local secrets, over real SSH with the pinned host key. What it claims is checked
+on the host itself (docker's start times and health, the lock directory, the audit log,
+rows in PostgreSQL): a restarted service has a new start time and is healthy again; a
+held lock is shown and refuses a change; a read never takes the lock; bad input changes
+nothing. Rows the module adds to the database carry a marker and are removed afterwards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import queue
+import signal
+import secrets
+import shlex
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+
+from restobot import meta_payloads
+from restobot.commands import HostLayout, container_name
+from restobot.operations.lock import Actor, lock_info
+from restobot.settings import REPO_ROOT
+
+pytestmark = pytest.mark.e2e
+
+LAYOUT = HostLayout()
+MARK = f"e2e-cli-{uuid.uuid4().hex[:8]}"
+READS = [
+    ["ps"], ["logs", "nginx", "--tail", "3"], ["stats"], ["lock", "status"], ["audit", "--tail", "5"],
+    ["migrations", "status"], ["executions", "--failed"], ["messages"], ["security", "--since", "1h"],
+    ["flooding", "--since", "1m"], ["dlq", "count"], ["dlq", "list"], ["db", "size"],
+]
+
+
+class Resto:
+    """``python -m restobot.cli --inventory INVENTORY local ARGS`` (the ``resto`` console script's code)."""
+
+    def __init__(self, inventory: Path):
+        self.inventory = inventory
+
+    def __call__(self, *args: str, timeout: float = 400) -> subprocess.CompletedProcess[str]:
+        env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+        return subprocess.run([sys.executable, "-m", "restobot.cli", "--inventory", str(self.inventory), "local",
+                               *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+
+    def json(self, *args: str) -> dict:
+        proc = self(*args, "--json")
+        assert proc.returncode == 0, f"resto {' '.join(args)} exited {proc.returncode}\n{proc.stderr}{proc.stdout}"
+        return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
+def stack(deployed_stack):
+    return deployed_stack
+
+
+@pytest.fixture(scope="module")
+def resto(stack) -> Resto:
+    return Resto(stack.inventory)
+
+
+def sql(stack, query: str, **variables: str) -> str:
+    """``query`` in the stack's database, values as psql variables (stdin: psql substitutes them there)."""
+    argv = ["docker", "exec", "-i", container_name("postgres"), "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1",
+            "-U", "n8n", "-d", "n8n", *(f"--set={name}={value}" for name, value in variables.items())]
+    proc = subprocess.run(stack.endpoint.ssh_argv(shlex.join(argv)), input=query + "\n",
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def host_file(stack, path: str) -> str:
+    return stack.ssh("sh", "-c", 'cat "$0" 2>/dev/null || true', path).stdout
+
+
+def inspect(stack, service: str) -> dict:
+    out = stack.ssh("docker", "inspect", "--format", "{{json .State}}", container_name(service)).stdout
+    return json.loads(out)
+
+
+def host_snapshot(stack) -> dict:
+    """What a command must not change: the audit log, the lock, every service's start time."""
+    lock = stack.ssh("sh", "-c", '[ -d "$0" ] && cat "$0/info" || echo free', LAYOUT.lock_dir).stdout
+    started = stack.ssh("sh", "-c", "docker ps -a --filter label=com.docker.compose.project=resto -q "
+                        "| xargs docker inspect --format '{{.Name}} {{.State.Status}} {{.State.StartedAt}}'").stdout
+    return {"audit": host_file(stack, LAYOUT.audit_log), "lock": lock, "containers": sorted(started.splitlines())}
+
+
+def hold_lock(stack, holder: Actor, action: str) -> str:
+    """Take the deploy lock on the host as a deploy does (mkdir, then its info)."""
+    info = lock_info(holder, action, "e2e-base", "2026-12-01T09:00:00Z")
+    stack.ssh("sh", "-c", 'mkdir "$0" && printf "%s" "$1" > "$0/info"', LAYOUT.lock_dir, info)
+    return info.strip()
+
+
+def free_lock(stack) -> None:
+    stack.ssh("rm", "-rf", LAYOUT.lock_dir)
+
+
+@pytest.fixture
+def held_lock(stack):
+    info = hold_lock(stack, Actor("e2e-deployer", "ci-runner"), "deploy")
+    yield info
+    free_lock(stack)
+
+
+# --- reads ---------------------------------------------------------------------------------------------
+
+
+def test_ps_shows_every_service_running_healthy_under_the_deployed_release(resto):
+    data = resto.json("ps")
+    assert data["release"].startswith("e2e-base-")  # the release's name and its archive's hash
+    assert data["not_healthy"] == []
+    services = {c["service"]: c for c in data["containers"]}
+    for service in ("postgres", "redis", "n8n-main", "n8n-worker", "nginx", "traefik"):
+        assert (services[service]["state"], services[service]["health"]) == ("running", "healthy"), service
+        assert services[service]["name"] == container_name(service)
+    assert resto("ps", "--check").returncode == 0
+
+
+def test_logs_tail_gives_at_most_n_lines_of_the_service(resto):
+    data = resto.json("logs", "traefik", "--tail", "3")
+    assert 1 <= len(data["lines"]) <= 3
+    assert {line["service"] for line in data["lines"]} == {"traefik"}
+    assert all(line["time"] for line in data["lines"])
+
+
+def test_logs_follow_shows_a_request_as_it_comes_and_stops_on_ctrl_c(resto, stack):
+    from harness.deploys import public_request
+
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    follower = subprocess.Popen([sys.executable, "-m", "restobot.cli", "--inventory", str(stack.inventory), "local",
+                                 "logs", "nginx", "--tail", "1", "--follow", "--json"],
+                                cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    lines: queue.Queue[str] = queue.Queue()
+    threading.Thread(target=lambda: [lines.put(line) for line in follower.stdout], daemon=True).start()
+    try:
+        path = f"/{MARK}-follow"
+        seen, deadline = [], time.monotonic() + 60
+        while not any(path in line for line in seen) and time.monotonic() < deadline:
+            public_request(stack, "GET", path)
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    seen.append(lines.get(timeout=1))
+        matches = [json.loads(line) for line in seen if path in line]
+        assert matches, f"no line of {path} within 60 s; the last lines: {seen[-5:]}"
+        assert matches[0]["service"] == "nginx" and matches[0]["time"]
+    finally:
+        follower.send_signal(signal.SIGINT)
+        status = follower.wait(timeout=30)
+    assert status == 0, follower.stderr.read()
+
+
+def test_stats_reads_every_container_and_the_disk(resto):
+    data = resto.json("stats")
+    assert {row["name"] for row in data["containers"]} >= {container_name(s) for s in ("postgres", "nginx", "n8n-main")}
+    assert all(isinstance(row["cpu_percent"], float) for row in data["containers"])
+    assert data["disk"]["total_kib"] > 0
+
+
+def test_audit_shows_the_first_deploy(resto):
+    entries = resto.json("audit", "--tail", "50")["entries"]
+    assert any(e.get("action") == "deploy" and e.get("release", "").startswith("e2e-base-") and e.get("result") == "success"
+               for e in entries), entries
+
+
+def test_migrations_status_has_every_migration_applied(resto):
+    data = resto.json("migrations", "status")
+    assert data["release"] == "e2e-base"
+    files = sorted(path.name for path in (REPO_ROOT / "migrations").glob("*.sql"))
+    assert [(m["filename"], m["state"]) for m in data["migrations"]] == [(name, "applied") for name in files]
+    assert (data["pending"], data["unknown"], data["problems"]) == ([], [], [])
+    assert all(m["applied_at"] for m in data["migrations"])
+
+
+def test_db_size_lists_the_bots_and_n8ns_tables(resto):
+    data = resto.json("db", "size", "--limit", "1000")
+    assert data["database"]["database"] == "n8n" and data["database"]["bytes"] > 0
+    assert {"inbound_messages", "outbound_messages", "execution_entity", "workflow_entity"} <= {
+        t["table"] for t in data["tables"]}
+
+
+@pytest.fixture
+def failed_execution(stack):
+    """An execution of a deployed workflow, recorded as failed (n8n's own table; removed afterwards)."""
+    workflow_id, name = sql(stack, "SELECT id, name FROM workflow_entity ORDER BY name LIMIT 1").split("|")
+    execution = sql(stack, 'INSERT INTO execution_entity (finished, mode, "startedAt", "stoppedAt", "workflowId", '
+                           "status, \"createdAt\") VALUES (false, 'trigger', now(), now(), :'wf', 'error', now()) "
+                           "RETURNING id", wf=workflow_id).splitlines()[0]
+    yield int(execution), workflow_id, name
+    sql(stack, "DELETE FROM execution_entity WHERE id = (:'id')::int", id=execution)
+
+
+def test_failed_executions_carry_their_workflows_name(resto, failed_execution):
+    execution, workflow_id, name = failed_execution
+    rows = resto.json("executions", "--failed", "--limit", "50")["executions"]
+    [row] = [r for r in rows if r["id"] == execution]
+    assert (row["workflow_id"], row["workflow_name"], row["status"]) == (workflow_id, name, "error")
+    assert all(r["status"] in ("error", "crashed") for r in rows)
+
+
+@pytest.fixture
+def dlq_rows(stack):
+    """Two replies in the DLQ on whatsapp and one on messenger, marked by this module (removed afterwards)."""
+    sql(stack, "INSERT INTO outbound_messages (channel, msg_id, conversation_key, recipient, payload, status, "
+               "retry_count, error_code, error_message) SELECT c, :'mark' || '-' || n, :'mark', '33600000099', "
+               "'{}'::jsonb, 'DLQ', 5, '131056', 'e2e: gave up' FROM (VALUES ('whatsapp', 1), ('whatsapp', 2), "
+               "('messenger', 3)) AS v(c, n)", mark=MARK)
+    yield
+    sql(stack, "DELETE FROM outbound_messages WHERE conversation_key = :'mark'", mark=MARK)
+
+
+def test_dlq_count_list_and_messages_show_the_dlq(resto, stack, dlq_rows):
+    before = int(sql(stack, "SELECT count(*) FROM outbound_messages WHERE status = 'DLQ'"))
+    counted = resto.json("dlq", "count")
+    assert counted["count"] == before >= 3
+    assert counted["by_channel"]["messenger"] >= 1 and counted["by_channel"]["whatsapp"] >= 2
+    listed = resto.json("dlq", "list", "--channel", "whatsapp", "--limit", "1000")["messages"]
+    assert {m["msg_id"] for m in listed} >= {f"{MARK}-1", f"{MARK}-2"}
+    assert {m["channel"] for m in listed} == {"whatsapp"}
+    assert len(resto.json("dlq", "list", "--limit", "1")["messages"]) == 1
+    trouble = resto.json("messages", "--limit", "1000")["messages"]
+    assert {m["msg_id"] for m in trouble} >= {f"{MARK}-1", f"{MARK}-2", f"{MARK}-3"}
+    assert all("recipient" not in m and "payload" not in m for m in trouble)  # personal data stays in the database
+
+
+def test_security_counts_a_wrongly_signed_post_of_this_test(resto, stack):
+    from harness.deploys import public_request
+
+    before = {e["event_type"]: e["count"] for e in resto.json("security", "--since", "1h")["events"]}
+    body = meta_payloads.encode(meta_payloads.whatsapp_text("e2e cli wrong signature"))
+    response, _ = public_request(stack, "POST", "/v1/inbound/whatsapp", body=body, headers={
+        "Content-Type": "application/json", "X-Hub-Signature-256": meta_payloads.sign(body, secrets.token_hex(16))})
+    assert response.status == 403
+    deadline = time.monotonic() + 30
+    while True:
+        after = {e["event_type"]: e["count"] for e in resto.json("security", "--since", "1h")["events"]}
+        if after.get("SIGNATURE_INVALID", 0) > before.get("SIGNATURE_INVALID", 0) or time.monotonic() > deadline:
+            break
+        time.sleep(1)
+    assert after.get("SIGNATURE_INVALID", 0) == before.get("SIGNATURE_INVALID", 0) + 1
+
+
+@pytest.fixture
+def flood(stack):
+    """Four messages of one conversation in the last minute (already handled: nothing re-drives them)."""
+    sql(stack, "INSERT INTO inbound_messages (channel, msg_id, conversation_key, sender, payload, status, "
+               "status_reason, processed_at) SELECT 'whatsapp', :'mark' || '-' || n, :'mark', '33600000099', "
+               "'{}'::jsonb, 'DROPPED', 'e2e', now() FROM generate_series(1, 4) AS n", mark=MARK)
+    yield MARK
+    sql(stack, "DELETE FROM inbound_messages WHERE conversation_key = :'mark'", mark=MARK)
+
+
+def test_flooding_names_the_conversation_above_the_threshold(resto, flood):
+    above = resto.json("flooding", "--since", "1m", "--more-than", "3")["conversations"]
+    assert [(c["conversation_key"], c["count"]) for c in above if c["conversation_key"] == flood] == [(flood, 4)]
+    not_above = resto.json("flooding", "--since", "1m", "--more-than", "4")["conversations"]
+    assert flood not in {c["conversation_key"] for c in not_above}
+
+
+# --- the lock: shown while held, reads never take it, changes refuse it ------------------------------------
+
+
+def test_lock_status_shows_a_held_lock_and_its_holder(resto, held_lock):
+    data = resto.json("lock", "status")
+    assert (data["held"], data["holder"], data["action"], data["info"]) == (
+        True, "e2e-deployer@ci-runner", "deploy", held_lock)
+    assert resto.json("lock", "status") == data  # reading it twice changes nothing
+
+
+@pytest.mark.parametrize("argv", READS, ids=[" ".join(argv) for argv in READS])
+def test_a_read_succeeds_under_a_held_lock_and_leaves_host_and_lock_as_they_were(resto, stack, held_lock, argv):
+    before = host_snapshot(stack)
+    proc = resto(*argv, "--json")
+    assert proc.returncode == 0, proc.stderr
+    json.loads(proc.stdout)
+    assert host_snapshot(stack) == before
+
+
+def test_a_change_under_a_held_lock_refuses_with_exit_4_and_changes_nothing(resto, stack, held_lock):
+    before = host_snapshot(stack)
+    proc = resto("restart", "nginx")
+    assert proc.returncode == 4, proc.stderr
+    assert f"the deploy lock is held ({held_lock})" in proc.stderr
+    assert "resto local lock release" in proc.stderr
+    assert host_snapshot(stack) == before
+
+
+def test_lock_release_frees_a_lock_left_behind_and_audits_it(resto, stack):
+    info = hold_lock(stack, Actor("killed-deploy", "laptop"), "deploy")
+    proc = resto("lock", "release")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == f"released the deploy lock ({info})", proc.stdout + proc.stderr
+    assert host_snapshot(stack)["lock"] == "free\n"
+    assert resto.json("lock", "status")["held"] is False
+    last = resto.json("audit", "--tail", "1")["entries"][-1]
+    assert (last["action"], last["result"]) == ("unlock", f"released lock ({info})")
+    assert resto("lock", "release").stdout.strip() == "no deploy lock is held; nothing changed"
+
+
+# --- changes --------------------------------------------------------------------------------------------------
+
+
+def test_restart_gives_a_new_start_time_a_healthy_service_and_an_audit_line(resto, stack):
+    before = inspect(stack, "n8n-main")
+    proc = resto("restart", "n8n-main")
+    assert proc.returncode == 0, proc.stderr + proc.stdout
+    after = inspect(stack, "n8n-main")
+    assert after["StartedAt"] > before["StartedAt"]
+    assert (after["Status"], after["Health"]["Status"]) == ("running", "healthy")
+    last = resto.json("audit", "--tail", "1")["entries"][-1]
+    assert (last["action"], last["by"]) == ("restart n8n-main", str(Actor.current()))
+    assert last["release"].startswith("e2e-base-")
+    assert last["result"] == f"ok started_at={after['StartedAt']}"
+    assert resto.json("lock", "status")["held"] is False
+    assert resto.json("ps")["not_healthy"] == []
+
+
+def test_stop_then_start_a_service(resto, stack):
+    proc = resto("stop", "nginx")
+    assert proc.returncode == 0, proc.stderr
+    assert inspect(stack, "nginx")["Status"] == "exited"
+    assert "nginx" in resto.json("ps")["not_healthy"]
+    assert resto("ps", "--check").returncode == 1
+    proc = resto("start", "nginx")
+    assert proc.returncode == 0, proc.stderr
+    state = inspect(stack, "nginx")
+    assert (state["Status"], state["Health"]["Status"]) == ("running", "healthy")
+    actions = [(e["action"], e["result"].split()[0]) for e in resto.json("audit", "--tail", "2")["entries"]]
+    assert actions == [("stop nginx", "ok"), ("start nginx", "ok")]
+    assert resto.json("lock", "status")["held"] is False
+
+
+# --- bad input and a changed host key: nothing changes -------------------------------------------------------
+
+
+@pytest.mark.parametrize("argv", [
+    ["restart", "nginxx"], ["stop"], ["logs", "--tail", "-1"], ["executions", "--limit", "100000"],
+    ["dlq", "list", "--channel", "sms"], ["security", "--since", "forever"], ["lock", "steal"],
+], ids=lambda argv: " ".join(argv))
+def test_bad_input_exits_2_and_changes_nothing(resto, stack, argv):
+    before = host_snapshot(stack)
+    proc = resto(*argv)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stdout == ""
+    assert host_snapshot(stack) == before
+
+
+def test_an_unknown_stage_exits_2_and_changes_nothing(stack):
+    before = host_snapshot(stack)
+    proc = subprocess.run([sys.executable, "-m", "restobot.cli", "--inventory", str(stack.inventory), "prod",
+                           "restart", "nginx"], cwd=REPO_ROOT, capture_output=True, text=True, timeout=60,
+                          env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    assert proc.returncode == 2
+    assert "STAGE: unknown stage 'prod'" in proc.stderr
+    assert host_snapshot(stack) == before
+
+
+def test_a_host_key_other_than_the_pinned_one_stops_before_login(stack, tmp_path):
+    from harness.deploys import write_inventory
+
+    other_key = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIIEwTIAkrLil+gGv3t3cKkjfxOaU4E/sUqu935MZGZmc"
+    settings = {**stack.settings, "ssh": {**stack.settings["ssh"], "host_key": other_key}}
+    inventory = write_inventory(tmp_path / "wrong_key.py", settings, group="local", name="e2e-vps")
+    before = host_snapshot(stack)
+    proc = Resto(inventory)("restart", "nginx")
+    assert proc.returncode == 3, proc.stderr
+    assert "presented a host key that is not the one pinned for it" in proc.stderr
+    assert host_snapshot(stack) == before
