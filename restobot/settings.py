@@ -504,9 +504,10 @@ class BackupSettings(Section):
 class SftpRepository(Section):
     """The off-site host pgBackRest writes to over SFTP (a storage box or a second small VPS).
 
-    ``host_key`` pins the host's SSH key ("ssh-ed25519 AAAA...", as ``ssh.host_key``): pgBackRest
-    refuses any other key (its fingerprint check). ``private_key_file`` is where the key that logs
-    in as ``user`` lies inside the PostgreSQL container.
+    ``host_key`` pins the host's SSH key ("ecdsa-sha2-nistp256 AAAA...", as ``ssh.host_key``): pgBackRest
+    refuses any other key (its fingerprint check). It must be the key pgBackRest's libssh2 negotiates,
+    which prefers ECDSA, then ed25519, then RSA: the host's ECDSA key when it has one. ``private_key_file``
+    is where the key that logs in as ``user`` lies inside the PostgreSQL container.
     """
 
     host: str
