@@ -44,6 +44,14 @@ MONITORING_FILES: dict[str, tuple[str, int]] = {
     "monitoring/postgres-exporter-queries.yml.j2": ("monitoring/postgres-exporter/queries.yml", CONFIG_MODE),
 }
 
+# pgBackRest's configuration (templates/backup/), rendered from the `offsite_backup` settings; the release
+# does not ship it yet (nothing on the host runs pgBackRest so far). It holds the encryption passphrase: 0600.
+OFFSITE_BACKUP_FILES: dict[str, tuple[str, int]] = {
+    "backup/pgbackrest.conf.j2": ("pgbackrest/pgbackrest.conf", SECRET_MODE),
+}
+# Where the PostgreSQL image (the official one and the stand-in) keeps its cluster.
+PGDATA = "/var/lib/postgresql/data"
+
 # security_events.event_type's allowed values (migrations/0003_security_events.sql's CHECK; a unit
 # test holds the two together): the exporter reports each, zero included.
 SECURITY_EVENT_TYPES = (
@@ -200,6 +208,45 @@ def render_monitoring(settings: Settings, options: MonitoringOptions | None = No
         path: RenderedFile(text=environment.get_template(template).render(**variables), mode=mode)
         for template, (path, mode) in MONITORING_FILES.items()
     }
+
+
+class OffsiteBackupDisabled(ValueError):
+    """offsite_backup.enabled is false: there is no pgBackRest configuration to render."""
+
+
+def render_offsite_backup(settings: Settings) -> dict[str, RenderedFile]:
+    """pgBackRest's configuration file, from the ``offsite_backup`` settings (enabled ones only)."""
+    offsite = settings.offsite_backup
+    if not offsite.enabled:
+        raise OffsiteBackupDisabled("offsite_backup.enabled is false: set it to true (with its repository) "
+                                    "to render pgBackRest's configuration")
+    variables = {
+        "o": offsite,
+        "repo": offsite.sftp if offsite.repository == "sftp" else offsite.s3,
+        "pgdata": PGDATA,
+    }
+    environment = make_environment()
+    return {
+        path: RenderedFile(text=environment.get_template(template).render(**variables), mode=mode)
+        for template, (path, mode) in OFFSITE_BACKUP_FILES.items()
+    }
+
+
+def postgres_archiving_args(settings: Settings) -> tuple[str, ...]:
+    """The ``postgres`` arguments that turn WAL archiving to pgBackRest on (a compose ``command:``'s tail).
+
+    Without an enabled off-site backup: none (no archiving).
+    """
+    offsite = settings.offsite_backup
+    if not offsite.enabled:
+        return ()
+    parameters = {
+        "archive_mode": "on",
+        "archive_command": f"pgbackrest --stanza={offsite.stanza} archive-push %p",
+        "archive_timeout": str(offsite.archive_timeout_seconds),
+        "wal_level": "replica",
+    }
+    return tuple(argument for name, value in parameters.items() for argument in ("-c", f"{name}={value}"))
 
 
 def write_release(files: dict[str, RenderedFile], directory: Path) -> None:

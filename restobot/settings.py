@@ -501,6 +501,125 @@ class BackupSettings(Section):
         return cron_period_seconds(self.schedule)
 
 
+class SftpRepository(Section):
+    """The off-site host pgBackRest writes to over SFTP (a storage box or a second small VPS).
+
+    ``host_key`` pins the host's SSH key ("ecdsa-sha2-nistp256 AAAA...", as ``ssh.host_key``): pgBackRest
+    refuses any other key (its fingerprint check). It must be the key pgBackRest's libssh2 negotiates,
+    which prefers ECDSA, then ed25519, then RSA: the host's ECDSA key when it has one. ``private_key_file``
+    is where the key that logs in as ``user`` lies inside the PostgreSQL container.
+    """
+
+    host: str
+    port: int = Field(22, ge=1, le=65535)
+    user: str = Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
+    path: str = "/restobot"
+    host_key: str
+    private_key_file: str = "/etc/pgbackrest/sftp_key"
+
+    @field_validator("host")
+    @classmethod
+    def host_is_a_name_or_address(cls, value: str) -> str:
+        return SshTarget.host_is_a_name_or_address(value)
+
+    @field_validator("host_key")
+    @classmethod
+    def host_key_is_an_openssh_public_key(cls, value: str) -> str:
+        return SshTarget.host_key_is_an_openssh_public_key(value) or value
+
+    @field_validator("path", "private_key_file")
+    @classmethod
+    def path_is_absolute(cls, value: str) -> str:
+        if not re.fullmatch(r"(/[A-Za-z0-9._-]+)+", value) or "/../" in f"{value}/" or "/./" in f"{value}/":
+            raise ValueError("must be an absolute path such as /restobot (letters, digits, . _ - only; not /)")
+        return value
+
+    @property
+    def host_key_sha256(self) -> str:
+        """The hex SHA-256 of the pinned key's blob: pgBackRest's ``repo1-sftp-host-fingerprint``."""
+        return hashlib.sha256(base64.b64decode(self.host_key.split()[1])).hexdigest()
+
+
+class S3Repository(Section):
+    """An S3-compatible bucket pgBackRest writes to (its access key pair: ``offsite_backup.s3_key``, ``s3_key_secret``)."""
+
+    endpoint: str
+    bucket: str = Field(pattern=r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+    region: str = Field(pattern=r"^[a-z0-9-]{1,32}$")
+    path: str = "/restobot"
+    uri_style: Literal["host", "path"] = "host"
+
+    @field_validator("endpoint")
+    @classmethod
+    def endpoint_is_a_hostname(cls, value: str) -> str:
+        if not HOSTNAME_PATTERN.match(value):
+            raise ValueError("must be the endpoint's host name without scheme, such as s3.eu-west-3.amazonaws.com")
+        return value
+
+    @field_validator("path")
+    @classmethod
+    def path_is_absolute(cls, value: str) -> str:
+        return SftpRepository.path_is_absolute(value)
+
+
+class OffsiteBackupSettings(Section):
+    """Continuous, encrypted, off-site backups with pgBackRest: WAL archiving plus weekly full backups.
+
+    The point-in-time window is ``pitr_days``: WAL is kept from the oldest full backup that covers it
+    (``archive_fulls``); older full backups (``full_backups_kept`` in all) stay restorable to their end.
+    The data is encrypted on the VPS (aes-256-cbc) with ``cipher_passphrase`` before it leaves: the
+    off-site host never sees it in plain, and without the passphrase no backup can be restored.
+    """
+
+    enabled: bool = False
+    repository: Literal["sftp", "s3"] = "sftp"
+    stanza: str = Field("restobot", pattern=r"^[a-z][a-z0-9_-]{0,62}$")
+    sftp: SftpRepository | None = None
+    s3: S3Repository | None = None
+    pitr_days: int = Field(7, ge=1, le=400)
+    full_interval_days: int = Field(7, ge=1, le=31)
+    full_backups_kept: int = Field(4, ge=1, le=100)
+    # PostgreSQL switches to a new WAL segment (and archives it) at least this often: the RPO.
+    archive_timeout_seconds: int = Field(60, ge=10, le=3600)
+    cipher_passphrase: SecretStr | None = None
+    # The bucket's access key pair, issued by its provider (never generated).
+    s3_key: SecretStr | None = None
+    s3_key_secret: SecretStr | None = None
+
+    _passphrase = field_validator("cipher_passphrase")(secret_rule(32))
+    _s3_keys = field_validator("s3_key", "s3_key_secret")(secret_rule(16))
+
+    @property
+    def archive_fulls(self) -> int:
+        """How many full backups keep their WAL: enough that the newest ``pitr_days`` are all covered."""
+        return -(-self.pitr_days // self.full_interval_days) + 1
+
+    @model_validator(mode="after")
+    def enabled_repository_is_described(self) -> OffsiteBackupSettings:
+        if not self.enabled:
+            return self
+        if self.repository == "sftp" and self.sftp is None:
+            raise ValueError("sftp: required while enabled is true and repository is 'sftp' "
+                             "(host, user, host_key; or set enabled: false)")
+        if self.repository == "s3" and self.s3 is None:
+            raise ValueError("s3: required while enabled is true and repository is 's3' "
+                             "(endpoint, bucket, region; or set enabled: false)")
+        if self.repository == "s3" and (self.s3_key is None or self.s3_key_secret is None):
+            raise ValueError("s3_key and s3_key_secret: required for an s3 repository (set OFFSITE_S3_KEY and "
+                             "OFFSITE_S3_KEY_SECRET, the bucket's access key pair, in the environment or in "
+                             "secrets/<stage>.env)")
+        if self.cipher_passphrase is None:
+            raise ValueError("cipher_passphrase: required while enabled is true (set OFFSITE_BACKUP_PASSPHRASE in "
+                             "the environment or in secrets/<stage>.env; keep a copy off the VPS)")
+        if self.full_backups_kept < self.archive_fulls:
+            raise ValueError(
+                f"full_backups_kept: {self.full_backups_kept} full backups every {self.full_interval_days} days "
+                f"cannot hold a {self.pitr_days}-day point-in-time window (it needs {self.archive_fulls}); "
+                "raise full_backups_kept or lower pitr_days"
+            )
+        return self
+
+
 def cron_period_seconds(schedule: str) -> int:
     """How often a 5-field cron schedule fires at least, in seconds (the longest gap, coarsely)."""
     minute, hour, day, month, weekday = schedule.split()
@@ -776,6 +895,7 @@ class Settings(Section):
     admin: AdminSettings
     console: ConsoleSettings
     backup: BackupSettings = BackupSettings()
+    offsite_backup: OffsiteBackupSettings = OffsiteBackupSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
     host: HostSettings = HostSettings()
     checks: ChecksSettings = ChecksSettings()
@@ -872,6 +992,9 @@ SECRET_ENV: dict[str, tuple[str, str]] = {
     "N8N_OWNER_PASSWORD": ("n8n", "owner_password"),
     "REDIS_PASSWORD": ("redis", "password"),
     "ADMIN_API_TOKEN": ("admin", "api_token"),
+    "OFFSITE_BACKUP_PASSPHRASE": ("offsite_backup", "cipher_passphrase"),
+    "OFFSITE_S3_KEY": ("offsite_backup", "s3_key"),
+    "OFFSITE_S3_KEY_SECRET": ("offsite_backup", "s3_key_secret"),
 }
 # Settings from the runbook's table that are not secret but that operators
 # habitually set in the environment; the environment wins over the inventory.

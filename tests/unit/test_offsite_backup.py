@@ -1,0 +1,237 @@
+"""The off-site backup's settings (offsite_backup) and what is rendered from them (pgBackRest, postgres)."""
+
+from __future__ import annotations
+
+import base64
+import secrets
+
+import pytest
+
+from restobot.render import (
+    SECRET_MODE,
+    OffsiteBackupDisabled,
+    postgres_archiving_args,
+    render_offsite_backup,
+    render_release,
+)
+from restobot.secrets import generate_secrets
+from restobot.settings import SettingsError, load_settings
+
+# A real ed25519 public key (public: not a secret) and the fingerprint `ssh-keygen -lf` prints for it.
+HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINsycvnFokzgwk+wg/3g55PO3cJm/0hW975MP6JNfpp8"  # pragma: allowlist secret
+HOST_KEY_SSH_KEYGEN_SHA256 = "Xmw04Vi16OrIUw5THAgCpL1ur//iCcf8Qrs8oJnfMZI"  # pragma: allowlist secret
+SFTP = {"host": "backup.example.net", "port": 23, "user": "u12345", "path": "/backups/resto", "host_key": HOST_KEY}
+S3 = {"endpoint": "s3.eu-west-3.amazonaws.com", "bucket": "resto-backups", "region": "eu-west-3"}
+
+
+def offsite(production_data: dict, **values) -> dict:
+    production_data["offsite_backup"] = values
+    return production_data
+
+
+def problems_of(data: dict, environ: dict) -> list[str]:
+    with pytest.raises(SettingsError) as caught:
+        load_settings(data, environ)
+    return caught.value.problems
+
+
+# --- settings ---------------------------------------------------------------
+
+
+def test_defaults_are_the_issue_ones(production_data, secret_env):
+    settings = load_settings(production_data, secret_env).offsite_backup
+    assert (settings.enabled, settings.repository, settings.stanza) == (False, "sftp", "restobot")
+    assert (settings.pitr_days, settings.full_interval_days, settings.full_backups_kept) == (7, 7, 4)
+    assert settings.archive_timeout_seconds == 60
+
+
+def test_generated_secrets_hold_a_passphrase_but_no_bucket_keys():
+    generated = generate_secrets()
+    assert len(generated["OFFSITE_BACKUP_PASSPHRASE"]) >= 32
+    assert "OFFSITE_S3_KEY" not in generated and "OFFSITE_S3_KEY_SECRET" not in generated
+    assert generate_secrets()["OFFSITE_BACKUP_PASSPHRASE"] != generated["OFFSITE_BACKUP_PASSPHRASE"]
+
+
+def test_enabled_sftp_loads(production_data, secret_env):
+    settings = load_settings(offsite(production_data, enabled=True, sftp=SFTP), secret_env).offsite_backup
+    assert settings.sftp is not None and settings.sftp.host_key == HOST_KEY
+    assert settings.cipher_passphrase is not None
+    assert settings.cipher_passphrase.get_secret_value() == secret_env["OFFSITE_BACKUP_PASSPHRASE"]
+
+
+def test_enabled_sftp_without_its_host_is_refused(production_data, secret_env):
+    assert problems_of(offsite(production_data, enabled=True), secret_env) == [
+        "offsite_backup: sftp: required while enabled is true and repository is 'sftp' "
+        "(host, user, host_key; or set enabled: false)"
+    ]
+
+
+def test_enabled_without_passphrase_names_the_variable(production_data, secret_env):
+    del secret_env["OFFSITE_BACKUP_PASSPHRASE"]
+    [problem] = problems_of(offsite(production_data, enabled=True, sftp=SFTP), secret_env)
+    assert problem.startswith("offsite_backup: cipher_passphrase: required while enabled is true (set "
+                              "OFFSITE_BACKUP_PASSPHRASE")
+    assert "keep a copy off the VPS" in problem
+
+
+def test_disabled_needs_no_passphrase(production_data, secret_env):
+    del secret_env["OFFSITE_BACKUP_PASSPHRASE"]
+    assert load_settings(production_data, secret_env).offsite_backup.cipher_passphrase is None
+
+
+@pytest.mark.parametrize("passphrase, rule", [
+    ("Zq9-short-Zq9", "must be at least 32 characters long"),
+    ("changeme-" + "Zq9" * 10, "looks like a placeholder; generate a real value"),
+    ("Zq9'" + "a" * 40, "must not contain quotes, backslashes or line breaks"),
+])
+def test_weak_passphrase_is_refused_without_showing_it(production_data, secret_env, passphrase, rule):
+    secret_env["OFFSITE_BACKUP_PASSPHRASE"] = passphrase
+    with pytest.raises(SettingsError) as caught:
+        load_settings(offsite(production_data, enabled=True, sftp=SFTP), secret_env)
+    assert caught.value.problems == [f"offsite_backup.cipher_passphrase: {rule}"]
+    assert "Zq9" not in str(caught.value)
+
+
+def test_host_key_must_be_an_openssh_key(production_data, secret_env):
+    [problem] = problems_of(offsite(production_data, enabled=True, sftp={**SFTP, "host_key": "AAAAC3Nza"}),
+                            secret_env)
+    assert problem.startswith("offsite_backup.sftp.host_key: must be an OpenSSH public host key such as "
+                              "'ssh-ed25519 AAAA...'")
+
+
+def test_host_key_with_the_host_name_in_front_is_refused(production_data, secret_env):
+    [problem] = problems_of(
+        offsite(production_data, enabled=True, sftp={**SFTP, "host_key": f"backup.example.net {HOST_KEY}"}),
+        secret_env)
+    assert problem.startswith("offsite_backup.sftp.host_key: starts with a host name ('backup.example.net')")
+
+
+def test_host_key_is_required(production_data, secret_env):
+    sftp = {key: value for key, value in SFTP.items() if key != "host_key"}
+    assert problems_of(offsite(production_data, enabled=True, sftp=sftp), secret_env) == [
+        "offsite_backup.sftp.host_key: required"
+    ]
+
+
+def test_relative_repository_path_is_refused(production_data, secret_env):
+    [problem] = problems_of(offsite(production_data, enabled=True, sftp={**SFTP, "path": "backups"}), secret_env)
+    assert problem.startswith("offsite_backup.sftp.path: must be an absolute path")
+
+
+def test_retention_that_cannot_hold_the_window_is_refused(production_data, secret_env):
+    data = offsite(production_data, enabled=True, sftp=SFTP, pitr_days=30, full_backups_kept=4)
+    assert problems_of(data, secret_env) == [
+        "offsite_backup: full_backups_kept: 4 full backups every 7 days cannot hold a 30-day point-in-time "
+        "window (it needs 6); raise full_backups_kept or lower pitr_days"
+    ]
+
+
+@pytest.mark.parametrize("seconds", [0, 5, 3601])
+def test_archive_timeout_out_of_range_is_refused(production_data, secret_env, seconds):
+    [problem] = problems_of(offsite(production_data, archive_timeout_seconds=seconds), secret_env)
+    assert problem.startswith("offsite_backup.archive_timeout_seconds: Input should be")
+
+
+def test_unknown_repository_type_is_refused(production_data, secret_env):
+    [problem] = problems_of(offsite(production_data, repository="ftp"), secret_env)
+    assert problem == "offsite_backup.repository: Input should be 'sftp' or 's3'"
+
+
+def test_s3_needs_its_key_pair(production_data, secret_env):
+    [problem] = problems_of(offsite(production_data, enabled=True, repository="s3", s3=S3), secret_env)
+    assert problem.startswith("offsite_backup: s3_key and s3_key_secret: required for an s3 repository "
+                              "(set OFFSITE_S3_KEY and OFFSITE_S3_KEY_SECRET")
+
+
+def test_unknown_key_in_the_sftp_section_is_refused(production_data, secret_env):
+    [problem] = problems_of(offsite(production_data, enabled=True, sftp={**SFTP, "hostkey": HOST_KEY}), secret_env)
+    assert problem.startswith("offsite_backup.sftp.hostkey: unknown key")
+
+
+# --- rendering --------------------------------------------------------------
+
+
+def test_sftp_configuration_by_value(production_data, secret_env):
+    settings = load_settings(offsite(production_data, enabled=True, sftp=SFTP), secret_env)
+    [(path, rendered)] = render_offsite_backup(settings).items()
+    assert (path, rendered.mode) == ("pgbackrest/pgbackrest.conf", SECRET_MODE)
+    lines = [line for line in rendered.text.splitlines() if line and not line.startswith("#")]
+    fingerprint = settings.offsite_backup.sftp.host_key_sha256
+    assert lines == [
+        "[global]",
+        "repo1-type=sftp",
+        "repo1-path=/backups/resto",
+        "repo1-sftp-host=backup.example.net",
+        "repo1-sftp-host-port=23",
+        "repo1-sftp-host-user=u12345",
+        "repo1-sftp-private-key-file=/etc/pgbackrest/sftp_key",
+        "repo1-sftp-host-key-check-type=fingerprint",
+        "repo1-sftp-host-key-hash-type=sha256",
+        f"repo1-sftp-host-fingerprint={fingerprint}",
+        "repo1-cipher-type=aes-256-cbc",
+        f"repo1-cipher-pass={secret_env['OFFSITE_BACKUP_PASSPHRASE']}",
+        "repo1-retention-full-type=count",
+        "repo1-retention-full=4",
+        "repo1-retention-archive-type=full",
+        "repo1-retention-archive=2",
+        "archive-async=n",
+        "compress-type=zst",
+        "start-fast=y",
+        "log-level-console=info",
+        "log-level-file=off",
+        "[restobot]",
+        "pg1-path=/var/lib/postgresql/data",
+    ]
+
+
+def test_pinned_fingerprint_is_the_one_ssh_keygen_shows():
+    from restobot.settings import SftpRepository
+
+    fingerprint = SftpRepository(host="backup.example.net", user="u1", host_key=HOST_KEY).host_key_sha256
+    assert base64.b64encode(bytes.fromhex(fingerprint)).decode().rstrip("=") == HOST_KEY_SSH_KEYGEN_SHA256
+
+
+@pytest.mark.parametrize("pitr_days, archive", [(1, 2), (7, 2), (8, 3), (14, 3), (21, 4)])
+def test_wal_is_kept_for_enough_fulls_to_cover_the_window(production_data, secret_env, pitr_days, archive):
+    settings = load_settings(offsite(production_data, enabled=True, sftp=SFTP, pitr_days=pitr_days), secret_env)
+    text = render_offsite_backup(settings)["pgbackrest/pgbackrest.conf"].text
+    assert f"\nrepo1-retention-archive={archive}\n" in text
+    assert "\nrepo1-retention-full=4\n" in text
+
+
+def test_s3_configuration_by_value(production_data, secret_env):
+    key, key_secret = secrets.token_hex(10).upper(), secrets.token_urlsafe(30)
+    secret_env.update(OFFSITE_S3_KEY=key, OFFSITE_S3_KEY_SECRET=key_secret)
+    settings = load_settings(offsite(production_data, enabled=True, repository="s3", s3=S3, stanza="resto"),
+                             secret_env)
+    text = render_offsite_backup(settings)["pgbackrest/pgbackrest.conf"].text
+    for line in ("repo1-type=s3", "repo1-path=/restobot", "repo1-s3-endpoint=s3.eu-west-3.amazonaws.com",
+                 "repo1-s3-bucket=resto-backups", "repo1-s3-region=eu-west-3", "repo1-s3-uri-style=host",
+                 f"repo1-s3-key={key}", f"repo1-s3-key-secret={key_secret}",
+                 "repo1-cipher-type=aes-256-cbc", "[resto]"):
+        assert f"\n{line}\n" in text
+    assert "sftp" not in text
+
+
+def test_disabled_renders_nothing_and_says_how_to_enable(production_data, secret_env):
+    settings = load_settings(production_data, secret_env)
+    with pytest.raises(OffsiteBackupDisabled, match=r"offsite_backup\.enabled is false: set it to true"):
+        render_offsite_backup(settings)
+    assert postgres_archiving_args(settings) == ()
+
+
+def test_postgres_archives_to_pgbackrest(production_data, secret_env):
+    settings = load_settings(
+        offsite(production_data, enabled=True, sftp=SFTP, stanza="resto", archive_timeout_seconds=30), secret_env)
+    assert postgres_archiving_args(settings) == (
+        "-c", "archive_mode=on",
+        "-c", "archive_command=pgbackrest --stanza=resto archive-push %p",
+        "-c", "archive_timeout=30",
+        "-c", "wal_level=replica",
+    )
+
+
+def test_passphrase_is_in_no_release_file(production_data, secret_env):
+    settings = load_settings(offsite(production_data, enabled=True, sftp=SFTP), secret_env)
+    for path, rendered in render_release(settings).items():
+        assert secret_env["OFFSITE_BACKUP_PASSPHRASE"] not in rendered.text, path
