@@ -317,12 +317,27 @@ def check_stage(stage: str, inventory: Path | None, root: Path = REPO_ROOT) -> P
     return path
 
 
+@contextlib.contextmanager
+def project_importable(inventory: Path):
+    """The checkout holding ``inventory/`` first on ``sys.path`` while the inventory runs, as under
+    ``pyinfra`` or ``python -m`` from that checkout: the ``resto`` script runs from any directory,
+    and an inventory may import its checkout's modules (``inventory/local.py`` imports ``harness``)."""
+    folder = inventory.resolve().parent
+    root = str(folder.parent if folder.name == "inventory" else folder)
+    sys.path.insert(0, root)
+    try:
+        yield
+    finally:
+        sys.path.remove(root)
+
+
 def load_target(stage: str, inventory: Path) -> Target:
     """Execute the inventory as pyinfra does (its settings validated there) and take its one host."""
     from restobot.golive import inventory_hosts
 
     try:
-        namespace = runpy.run_path(str(inventory))
+        with project_importable(inventory):
+            namespace = runpy.run_path(str(inventory))
         hosts = inventory_hosts(namespace)
         if len(hosts) != 1:
             names = ", ".join(host.name for host in hosts) or "none"

@@ -8,6 +8,8 @@ connection, the real stack and the real lock are exercised in tests/e2e/test_cli
 from __future__ import annotations
 
 import json
+import runpy
+import sys
 from collections.abc import Callable, Sequence
 
 import pytest
@@ -509,3 +511,16 @@ def test_an_interrupted_change_is_audited_and_the_lock_released(capsys, host, mo
     [audit] = [argv for argv in host.remote.calls if LAYOUT.audit_log in argv]
     assert "restart redis release=v7-abc" in audit[-1] and "result=interrupted (KeyboardInterrupt)" in audit[-1]
     assert host.remote.calls[-1] == tuple(commands.remove_tree(LAYOUT.lock_dir))
+
+
+def test_an_inventory_imports_its_own_checkout_from_any_working_directory(tmp_path, monkeypatch):
+    """The ``resto`` console script has no checkout on sys.path; the local inventory imports ``harness``."""
+    (tmp_path / "inventory").mkdir()
+    (tmp_path / "checkout_module_for_resto_test.py").write_text("VALUE = 'from the checkout'\n")
+    inventory = tmp_path / "inventory" / "local.py"
+    inventory.write_text("import checkout_module_for_resto_test as m\nSEEN = m.VALUE\n")
+    monkeypatch.chdir("/")
+    path_before = list(sys.path)
+    with cli.project_importable(inventory):
+        assert runpy.run_path(str(inventory))["SEEN"] == "from the checkout"
+    assert sys.path == path_before
