@@ -41,6 +41,7 @@ SOURCE_GLOBS = (
     "migrations/*.sql",
     "workflows/*.json",
     "docker/migrate/*",
+    "docker/n8n/*",
     *REMOTE_GLOBS,
     "templates/smoke.sh",
 )

@@ -395,6 +395,17 @@ class N8nSettings(Section):
     # Saved executions hold customers' messages: pruned by age and by count.
     executions_max_age_hours: int = Field(168, ge=1, le=24 * 365)
     executions_max_count: int = Field(10_000, ge=100, le=1_000_000)
+    # A stopping n8n main refuses new webhooks (503) and waits this long for those it
+    # accepted to be answered (docker/n8n/drain-hooks.js); n8n and docker wait longer.
+    drain_seconds: int = Field(15, ge=1, le=60)
+
+    @property
+    def graceful_shutdown_seconds(self) -> int:
+        return self.drain_seconds + 30
+
+    @property
+    def stop_grace_seconds(self) -> int:
+        return self.graceful_shutdown_seconds + 10
 
     _key = field_validator("encryption_key")(secret_rule(32))
     _owner_password = field_validator("owner_password")(secret_rule(16))

@@ -498,8 +498,13 @@ def status(target: Target, directory: Path = WORKFLOWS_DIR, service: str = MAIN_
     return plan_import(load_workflows(directory), read_deployed(target, service))
 
 
+# n8n main restarted on a loaded 2-CPU VPS took up to 3 min to register its webhooks again under
+# traffic; giving up sooner turns a slow start into a revert, which restarts it once more.
+LIVE_TIMEOUT = 300.0
+
+
 def import_workflows(target: Target, directory: Path = WORKFLOWS_DIR, service: str = MAIN_SERVICE,
-                     say: Callable[[str], None] = lambda _: None, live_timeout: float = 180.0) -> ImportPlan:
+                     say: Callable[[str], None] = lambda _: None, live_timeout: float = LIVE_TIMEOUT) -> ImportPlan:
     """Import what changed, publish, restart main if anything changed, and wait until live."""
     desired = load_workflows(directory)
     plan = plan_import(desired, read_deployed(target, service))

@@ -14,14 +14,12 @@ from harness.traffic import MetaLikeSender, outcome
 pytestmark = pytest.mark.e2e
 
 BEFORE, AFTER = 6.0, 10.0  # seconds of traffic around the fault
-# A graceful stop of n8n main (docker stop; or n8n exiting by itself when Redis is gone longer than
-# QUEUE_BULL_REDIS_TIMEOUT_THRESHOLD) answers the webhook requests it was still waiting on with n8n's
-# fallback "200, no data" (webhooks/webhook-helpers.js: an execution that ended without reaching the
-# Respond node answers the webhook node's response code, 200 in responseNode mode, which n8n does not
-# let a workflow change). bench_faults measured 1 message in 104 answered 200 and never stored with
-# n8n main stopped, 1 to 10 in 123 in 2 of 6 runs with Redis stopped. Open in issue #12.
-N8N_MAIN_SHUTDOWN_ANSWERS_200 = pytest.mark.xfail(
-    reason="n8n main's graceful shutdown answers waiting webhooks 200 without the workflow's answer (issue #12)",
+# With Redis stopped, n8n main may answer a webhook it was waiting on with n8n's fallback "200, no
+# data" (a job-finished without the worker's respond-to-webhook message, scaling.service.js):
+# bench_faults measured 1 to 10 in 123 in 2 of 6 runs. Open in issue #12. (A graceful stop of n8n
+# main did the same until docker/n8n/drain-hooks.js: that case is now a plain test below.)
+REDIS_GONE_ANSWERS_200 = pytest.mark.xfail(
+    reason="with Redis gone, n8n main may answer a waiting webhook 200 without the workflow's answer (issue #12)",
     strict=False,
 )
 # The worker killed between the Graph API's answer and W3's record of it: the reply's lease runs out
@@ -32,8 +30,8 @@ WORKER_KILLED_MID_SEND_REPLIES_TWICE = pytest.mark.xfail(
     strict=False,
 )
 FAULTS = [
-    pytest.param(Fault("redis", "stop"), marks=N8N_MAIN_SHUTDOWN_ANSWERS_200, id="redis stopped"),
-    pytest.param(Fault("n8n-main", "stop"), marks=N8N_MAIN_SHUTDOWN_ANSWERS_200, id="n8n-main stopped"),
+    pytest.param(Fault("redis", "stop"), marks=REDIS_GONE_ANSWERS_200, id="redis stopped"),
+    Fault("n8n-main", "stop"),
     Fault("postgres", "stop"),
     Fault("nginx", "stop"),
     Fault("traefik", "stop"),

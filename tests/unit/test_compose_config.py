@@ -145,3 +145,14 @@ def test_redis_password_is_in_no_command_line(parsed):
     assert redis["environment"]["REDIS_PASSWORD"] == secrets["REDIS_PASSWORD"]
     n8n = config["services"]["n8n-main"]["environment"]
     assert n8n["QUEUE_BULL_REDIS_PASSWORD"] == secrets["REDIS_PASSWORD"]
+
+
+def test_n8n_main_loads_the_drain_hooks_and_outlasts_them_before_dockers_kill(parsed):
+    main = parsed[0]["services"]["n8n-main"]
+    hooks = main["environment"]["EXTERNAL_HOOK_FILES"]
+    binds = {volume["target"]: volume["source"] for volume in main["volumes"] if volume["type"] == "bind"}
+    assert binds[hooks].endswith("/docker/n8n/drain-hooks.js")
+    drain = int(main["environment"]["RESTOBOT_DRAIN_SECONDS"])
+    n8n_shutdown = int(main["environment"]["N8N_GRACEFUL_SHUTDOWN_TIMEOUT"])
+    docker_kill = int(main["stop_grace_period"].rstrip("s"))
+    assert drain < n8n_shutdown < docker_kill

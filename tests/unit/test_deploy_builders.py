@@ -190,7 +190,7 @@ def test_archive_is_reproducible_and_keeps_modes(secret_env):
     assert members["env/n8n.env"].mode == 0o600
     assert members["compose.yml"].mode == 0o644
     assert members["bin/smoke"].mode == 0o755
-    assert {"RELEASE.json", "docker/migrate/Dockerfile", "restobot/remote/migrate/runner.py"} <= set(members)
+    assert {"RELEASE.json", "docker/migrate/Dockerfile", "docker/n8n/drain-hooks.js", "restobot/remote/migrate/runner.py"} <= set(members)
     assert all(m.mtime == 0 and m.uid == 0 for m in members.values())
 
 
