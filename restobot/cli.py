@@ -12,7 +12,7 @@ one. Every argument is checked before anything connects. The commands it runs on
 host are restobot/commands.py's builders (SQL is fixed text, values are psql variables).
 
 Read commands never take the deploy lock and take ``--json``; commands that change the
-host (``start``, ``stop``, ``restart``, ``lock release``) take the lock first (or
+host (``start``, ``stop``, ``restart``, ``dlq replay``, ``lock release``) take the lock first (or
 release it, on purpose) and append one line to the host's audit log.
 
 Exit status, for scripts:
@@ -377,12 +377,16 @@ class Remote:
     def __init__(self, client) -> None:
         self.client = client
 
-    def run(self, argv: Sequence[str], timeout: float = 120) -> Result:
-        """Run ``argv``, its output read to the end of both streams (sshd may report the exit
-        status before the last output: waiting for the status alone loses lines)."""
+    def run(self, argv: Sequence[str], timeout: float = 120, stdin: str | None = None) -> Result:
+        """Run ``argv`` (``stdin``, if any, written to it then closed: how a secret reaches a command),
+        its output read to the end of both streams (sshd may report the exit status before the last
+        output: waiting for the status alone loses lines)."""
         channel = self.client.get_transport().open_session(timeout=15)
         channel.settimeout(timeout)
         channel.exec_command(shell_text(argv))
+        if stdin is not None:
+            channel.sendall(stdin.encode())
+            channel.shutdown_write()
         err = bytearray()
 
         def drain_stderr() -> None:
@@ -428,9 +432,9 @@ class Remote:
         finally:
             channel.close()
 
-    def check(self, argv: Sequence[str], what: str, timeout: float = 120) -> Result:
+    def check(self, argv: Sequence[str], what: str, timeout: float = 120, stdin: str | None = None) -> Result:
         """Run ``argv``; a non-zero exit is a CliError naming ``what`` with the command's stderr."""
-        result = self.run(argv, timeout)
+        result = self.run(argv, timeout, stdin)
         if not result.ok:
             detail = (result.stderr.strip() or result.stdout.strip() or "no output")[-2000:]
             raise CliError(f"{what} failed on the host (exit {result.exit_status}):\n{detail}")
@@ -872,6 +876,85 @@ def dlq_list(session: Session, channel: str | None, limit: int, as_json: bool) -
                 " ".join(filter(None, [r["error_code"], r["error_message"]])), r["created_at"]) for r in rows])
 
     emit(as_json, {"stage": session.stage, "channel": channel, "messages": rows}, render)
+
+
+MAX_REPLAY = 500  # the admin API's own bound on max_messages (workflows/W9_ADMIN_DLQ_REPLAY.json)
+ADMIN_API_HINTS = {
+    401: "the admin API does not know ADMIN_API_TOKEN: the deploy stores its hash; deploy with this token "
+         "(scripts/deploy STAGE) or use the stage's secrets",
+    403: "the admin client lacks the scope admin:dlq: the deploy grants it; deploy again (scripts/deploy STAGE)",
+}
+
+
+def parse_http_answer(stdout: str) -> tuple[int, str]:
+    """``admin_api_post``'s output -> (HTTP status, body); ValueError when the status line is missing."""
+    body, _, status = stdout.rstrip("\n").rpartition("\n")
+    if not re.fullmatch(r"[0-9]{3}", status):
+        raise ValueError(f"no HTTP status at the end of curl's output: {stdout[-200:]!r}")
+    return int(status), body
+
+
+def replay_request(dry_run: bool, channel: str | None, max_messages: int) -> str:
+    """The body of ``POST /v1/admin/dlq/replay``."""
+    return json.dumps({"dry_run": dry_run, "channel": channel, "max_messages": max_messages})
+
+
+def admin_api(session: Session, path: str, body: str, what: str) -> dict[str, Any]:
+    """POST ``body`` to the deployed admin API with the deployed token (on stdin, never in an argv)."""
+    settings = session.target.settings
+    result = session.remote.check(commands.admin_api_post(settings.domains.api_host, path, body), what, timeout=180,
+                                  stdin=commands.admin_token_config(settings.admin.api_token.get_secret_value()))
+    try:
+        status, text = parse_http_answer(result.stdout)
+        answer = json.loads(text) if text.strip() else {}
+    except ValueError as error:
+        raise CliError(f"{what}: the admin API's answer is not understood ({error})") from None
+    if status != 200:
+        detail = answer.get("error") if isinstance(answer, dict) else None
+        hint = ADMIN_API_HINTS.get(status, f"see: resto {session.stage} logs nginx n8n-main")
+        raise CliError(f"{what}: the admin API answered {status} ({detail or text[:200]}); {hint}")
+    return answer
+
+
+@dlq.command("replay")
+@click.option("--dry-run", is_flag=True, help="list what would be replayed; change nothing (no lock, no audit)")
+@click.option("--channel", type=CHANNEL, default=None, help="only this channel")
+@click.option("--max", "max_messages", type=click.IntRange(1, MAX_REPLAY), default=10, show_default=True,
+              help=f"at most this many replies, oldest first (1 to {MAX_REPLAY})")
+@json_option
+@pass_session
+def dlq_replay(session: Session, dry_run: bool, channel: str | None, max_messages: int, as_json: bool) -> None:
+    """Send the DLQ's replies again through the deployed admin API (POST /v1/admin/dlq/replay with
+    ADMIN_API_TOKEN): each goes back to RETRY and the sender sends it at once. Only replies whose
+    conversation wrote within Meta's 24 h window are replayed; the others are listed as skipped.
+    Takes the deploy lock and is audited, unless --dry-run."""
+    body = replay_request(dry_run, channel, max_messages)
+    if dry_run:
+        answer = admin_api(session, commands.ADMIN_DLQ_REPLAY_PATH, body, "the DLQ replay (dry run)")
+    else:
+        answers: list[dict[str, Any]] = []
+
+        def change(release: str) -> str:
+            answers.append(admin_api(session, commands.ADMIN_DLQ_REPLAY_PATH, body, "the DLQ replay"))
+            return f"ok replayed={len(answers[0].get('ids') or [])}"
+
+        locked_change(session, f"dlq replay channel={channel or 'all'} max={max_messages}", change)
+        answer = answers[0]
+    ids = [int(i) for i in answer.get("ids") or []]
+    skipped = [int(i) for i in answer.get("skipped_outside_24h_window") or []]
+    data = {"stage": session.stage, "dry_run": dry_run, "channel": channel, "max": max_messages,
+            "replayed": [] if dry_run else ids, "would_replay": ids if dry_run else [],
+            "skipped_outside_24h_window": skipped}
+
+    def render():
+        verb = "would replay" if dry_run else "replayed"
+        say(f"{verb} {len(ids)} from the DLQ" + (f" (ids {', '.join(map(str, ids))})" if ids else ""))
+        if skipped:
+            say(f"skipped {len(skipped)} outside Meta's 24 h window (ids {', '.join(map(str, skipped))})")
+        if not dry_run:
+            say(f"recorded in {session.target.layout.audit_log}")
+
+    emit(as_json, data, render)
 
 
 @cli.group()

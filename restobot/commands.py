@@ -610,3 +610,23 @@ LEDGER_ROWS_SQL = json_rows(
 def database_read(sql: str, variables: Mapping[str, str] | None = None) -> list[str]:
     """A fixed read of the live database (``psql`` in the postgres container), its values as variables."""
     return container_exec(POSTGRES_CONTAINER, psql(sql, variables))
+
+
+ADMIN_DLQ_REPLAY_PATH = "/v1/admin/dlq/replay"
+
+
+def admin_api_post(api_host: str, path: str, body: str) -> list[str]:
+    """POST the JSON ``body`` to the admin API through the host's own edge (Traefik on 127.0.0.1:443,
+    as the smoke checks reach it): the answer's body, then its HTTP status alone on the last line.
+
+    The token is not here: it comes on stdin as curl configuration (:func:`admin_token_config`),
+    never on a command line. TLS is not verified (``-k``): the request never leaves the host."""
+    return ["curl", "-sS", "-k", "--max-time", "120", "--resolve", f"{api_host}:443:127.0.0.1", "--config", "-",
+            "--request", "POST", "--header", "Content-Type: application/json", "--data-binary", body,
+            "--write-out", "\\n%{http_code}", f"https://{api_host}{path}"]
+
+
+def admin_token_config(token: str) -> str:
+    """The curl configuration (read on stdin) that sends the admin token; secrets hold no quote,
+    backslash or line break (settings.secret_rule), so the quoted value is taken as it is."""
+    return f'header = "x-api-token: {token}"\n'

@@ -341,6 +341,82 @@ def test_stop_then_start_a_service(resto, stack):
     assert resto.json("lock", "status")["held"] is False
 
 
+@pytest.fixture
+def replayable(stack):
+    """Two whatsapp replies and one messenger reply in the DLQ, each of a conversation that wrote a minute
+    ago (inside Meta's 24 h window, so the admin API replays them); their texts carry this module's
+    marker. Returns {text: row id}; the rows are removed afterwards."""
+    key = f"{MARK}-replay"
+    sql(stack, "INSERT INTO inbound_messages (channel, msg_id, conversation_key, sender, payload, status, "
+               "status_reason, processed_at, received_at) SELECT c, :'key' || '-in-' || c, :'key' || '-' || c, "
+               "'33600000098', '{}'::jsonb, 'DROPPED', 'e2e', now(), now() - interval '1 minute' "
+               "FROM (VALUES ('whatsapp'), ('messenger')) AS v(c)", key=key)
+    rows = sql(stack, "INSERT INTO outbound_messages (channel, msg_id, conversation_key, recipient, payload, status, "
+                      "retry_count, error_code, error_message) SELECT c, :'key' || '-out-' || n, :'key' || '-' || c, "
+                      "'33600000098', jsonb_build_object('messaging_product', 'whatsapp', 'to', '33600000098', "
+                      "'type', 'text', 'text', jsonb_build_object('body', :'key' || '-' || n)), 'DLQ', 5, '131056', "
+                      "'e2e: gave up' FROM (VALUES ('whatsapp', 1), ('whatsapp', 2), ('messenger', 3)) AS v(c, n) "
+                      "RETURNING payload->'text'->>'body', id", key=key)
+    # psql prints the returned rows, then the command tag (INSERT 0 3).
+    yield {text: int(row_id) for text, row_id in (line.split("|") for line in rows.splitlines() if "|" in line)}
+    sql(stack, "DELETE FROM outbound_messages WHERE conversation_key LIKE :'key' || '-%'", key=key)
+    sql(stack, "DELETE FROM inbound_messages WHERE conversation_key LIKE :'key' || '-%'", key=key)
+
+
+def statuses(stack, ids) -> dict[int, str]:
+    out = sql(stack, "SELECT id, status FROM outbound_messages WHERE id = ANY(string_to_array(:'ids', ',')::bigint[])",
+              ids=",".join(map(str, ids)))
+    return {int(i): status for i, status in (line.split("|") for line in out.splitlines())}
+
+
+def graph_texts(stack) -> list[str]:
+    return [r["body"]["text"]["body"] for r in stack.meta.requests()
+            if isinstance(r.get("body"), dict) and MARK in str(r["body"].get("text", {}).get("body", ""))]
+
+
+@pytest.mark.parametrize("argv", [
+    ["dlq", "replay", "--channel", "sms"], ["dlq", "replay", "--max", "-1"], ["dlq", "replay", "--max", "0"],
+    ["dlq", "replay", "--max", "100000"],
+], ids=lambda argv: " ".join(argv))
+def test_a_bad_replay_exits_2_and_leaves_the_dlq_as_it_was(resto, stack, replayable, argv):
+    before = host_snapshot(stack)
+    proc = resto(*argv)
+    assert proc.returncode == 2, proc.stderr
+    assert host_snapshot(stack) == before
+    assert set(statuses(stack, replayable.values()).values()) == {"DLQ"}
+    assert graph_texts(stack) == []
+
+
+def test_dlq_replay_dry_run_lists_the_replies_and_changes_nothing(resto, stack, replayable):
+    whatsapp = {replayable[f"{MARK}-replay-1"], replayable[f"{MARK}-replay-2"]}
+    before = host_snapshot(stack)
+    data = resto.json("dlq", "replay", "--dry-run", "--channel", "whatsapp", "--max", "500")
+    assert (data["dry_run"], data["channel"], data["replayed"]) == (True, "whatsapp", [])
+    assert whatsapp <= set(data["would_replay"])
+    assert replayable[f"{MARK}-replay-3"] not in data["would_replay"]
+    assert host_snapshot(stack) == before  # no lock taken, no audit line
+    assert set(statuses(stack, replayable.values()).values()) == {"DLQ"}
+    assert graph_texts(stack) == []
+
+
+def test_dlq_replay_moves_the_channels_rows_and_the_graph_api_receives_them(resto, stack, replayable):
+    from harness.poll import poll
+
+    whatsapp = {replayable[f"{MARK}-replay-1"], replayable[f"{MARK}-replay-2"]}
+    messenger = replayable[f"{MARK}-replay-3"]
+    data = resto.json("dlq", "replay", "--channel", "whatsapp", "--max", "500")
+    assert (data["dry_run"], data["channel"], data["would_replay"]) == (False, "whatsapp", [])
+    assert whatsapp <= set(data["replayed"]) and messenger not in data["replayed"]
+    sent = poll(lambda: statuses(stack, replayable.values()), until=lambda s: all(s[i] == "SENT" for i in whatsapp),
+                timeout=120, interval=2, what="the replayed replies SENT by the outbound sender")
+    assert sent[messenger] == "DLQ"
+    assert sorted(graph_texts(stack)) == [f"{MARK}-replay-1", f"{MARK}-replay-2"]
+    last = resto.json("audit", "--tail", "1")["entries"][-1]
+    assert (last["action"], last["by"]) == ("dlq replay channel=whatsapp max=500", str(Actor.current()))
+    assert last["result"] == f"ok replayed={len(data['replayed'])}"
+    assert resto.json("lock", "status")["held"] is False
+
+
 # --- bad input and a changed host key: nothing changes -------------------------------------------------------
 
 

@@ -30,9 +30,12 @@ class ScriptedRemote(cli.Remote):
         self.answer = answer
         self.followed: list[str] = []
         self.calls: list[tuple[str, ...]] = []
+        self.stdins: dict[tuple[str, ...], str] = {}
 
-    def run(self, argv, timeout: float = 120) -> cli.Result:
+    def run(self, argv, timeout: float = 120, stdin: str | None = None) -> cli.Result:
         self.calls.append(tuple(argv))
+        if stdin is not None:
+            self.stdins[tuple(argv)] = stdin
         status, out, err = self.answer(argv)
         return cli.Result(tuple(argv), status, out, err)
 
@@ -131,6 +134,11 @@ def test_unknown_stage_names_the_stages_and_connects_nowhere(capsys, no_connecti
         (["start", "postgres", "redis"], "unexpected extra argument"),
         (["reboot"], "No such command 'reboot'"),
         (["lock", "steal"], "No such command 'steal'"),
+        (["dlq", "replay", "--channel", "sms"], "'sms' is not one of 'whatsapp', 'instagram', 'messenger'"),
+        (["dlq", "replay", "--max", "0"], "'--max': 0 is not in the range 1<=x<=500"),
+        (["dlq", "replay", "--max", "-3"], "'--max': -3 is not in the range 1<=x<=500"),
+        (["dlq", "replay", "--max", "501"], "'--max': 501 is not in the range 1<=x<=500"),
+        (["dlq", "replay", "--max", "99999999999999999999"], "'--max'"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field_and_connects_nowhere(capsys, no_connection, with_secrets, argv, named):
@@ -331,6 +339,73 @@ def test_a_failed_change_is_audited_and_the_lock_released(capsys, host):
     audit = [argv for argv in host.remote.calls if LAYOUT.audit_log in argv]
     assert len(audit) == 1 and "result=failed: start redis failed on the host (exit 1):" in audit[0][-1]
     assert host.remote.calls[-1] == tuple(commands.remove_tree(LAYOUT.lock_dir))
+
+
+REPLAY_URL = "https://api.resto.example.com/v1/admin/dlq/replay"
+
+
+def admin_api_answers(host, status: int, body: dict) -> None:
+    host.on(lambda argv: argv[0] == "curl", out=json.dumps(body) + f"\n{status}")
+
+
+def curl_calls(host) -> list[tuple[str, ...]]:
+    return [argv for argv in host.remote.calls if argv[0] == "curl"]
+
+
+def test_dlq_replay_posts_to_the_admin_api_under_the_lock_with_the_token_on_stdin(capsys, host, with_secrets):
+    admin_api_answers(host, 200, {"dry_run": False, "channel": "whatsapp", "max_messages": 5, "replayed": 2,
+                                  "ids": [4, 7], "skipped_outside_24h_window": [9]})
+    status, out, err = run(capsys, "production", "dlq", "replay", "--channel", "whatsapp", "--max", "5", "--json")
+    assert status == cli.EXIT_OK, err
+    assert json.loads(out) == {"stage": "production", "dry_run": False, "channel": "whatsapp", "max": 5,
+                               "replayed": [4, 7], "would_replay": [], "skipped_outside_24h_window": [9]}
+    [post] = curl_calls(host)
+    assert post == tuple(commands.admin_api_post("api.resto.example.com", "/v1/admin/dlq/replay",
+                                                 '{"dry_run": false, "channel": "whatsapp", "max_messages": 5}'))
+    assert post[-1] == REPLAY_URL
+    token = with_secrets["ADMIN_API_TOKEN"]
+    assert host.remote.stdins[post] == f'header = "x-api-token: {token}"\n'
+    assert not any(token in part for argv in host.remote.calls for part in argv)
+    calls = host.remote.calls
+    mkdir = calls.index(tuple(commands.make_directory(LAYOUT.lock_dir)))
+    audit = next(i for i, argv in enumerate(calls) if argv[-2:-1] == (LAYOUT.audit_log,))
+    release = calls.index(tuple(commands.remove_tree(LAYOUT.lock_dir)))
+    assert mkdir < calls.index(post) < audit < release
+    assert " dlq replay channel=whatsapp max=5 release=v7-abc by=" in calls[audit][-1]
+    assert "result=ok replayed=2 duration=" in calls[audit][-1]
+
+
+def test_dlq_replay_dry_run_takes_no_lock_and_writes_no_audit(capsys, host):
+    admin_api_answers(host, 200, {"dry_run": True, "would_replay": 1, "ids": [4], "skipped_outside_24h_window": []})
+    status, out, err = run(capsys, "production", "dlq", "replay", "--dry-run")
+    assert status == cli.EXIT_OK, err
+    assert out.strip() == "would replay 1 from the DLQ (ids 4)"
+    [post] = curl_calls(host)
+    assert '{"dry_run": true, "channel": null, "max_messages": 10}' in post
+    assert [argv for argv in host.remote.calls if argv[0] in ("mkdir", "rm") or LAYOUT.audit_log in argv] == []
+
+
+@pytest.mark.parametrize(("answer", "named"), [
+    (401, "the admin API answered 401 (invalid token); the admin API does not know ADMIN_API_TOKEN"),
+    (403, "the admin API answered 403 (scope admin:dlq required); the admin client lacks the scope admin:dlq"),
+    (503, "the admin API answered 503 (unavailable); see: resto production logs nginx n8n-main"),
+])
+def test_a_refused_replay_exits_1_is_audited_failed_and_releases_the_lock(capsys, host, answer, named):
+    error = {401: "invalid token", 403: "scope admin:dlq required", 503: "unavailable"}[answer]
+    admin_api_answers(host, answer, {"error": error})
+    status, _, err = run(capsys, "production", "dlq", "replay")
+    assert status == cli.EXIT_FAILED
+    assert f"error: the DLQ replay: {named}" in err
+    [audit] = [argv for argv in host.remote.calls if LAYOUT.audit_log in argv]
+    assert f"result=failed: the DLQ replay: the admin API answered {answer}" in audit[-1]
+    assert host.remote.calls[-1] == tuple(commands.remove_tree(LAYOUT.lock_dir))
+
+
+def test_parse_http_answer():
+    assert cli.parse_http_answer('{"ids": []}\n200') == (200, '{"ids": []}')
+    assert cli.parse_http_answer("\n401\n") == (401, "")
+    with pytest.raises(ValueError, match="no HTTP status"):
+        cli.parse_http_answer("curl: (7) Failed to connect")
 
 
 def test_lock_release_audits_who_held_it(capsys, host):
