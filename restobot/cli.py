@@ -12,7 +12,7 @@ one. Every argument is checked before anything connects. The commands it runs on
 host are restobot/commands.py's builders (SQL is fixed text, values are psql variables).
 
 Read commands never take the deploy lock and take ``--json``; commands that change the
-host (``start``, ``stop``, ``restart``, ``dlq replay``, ``lock release``) take the lock first (or
+host (``start``, ``stop``, ``restart``, ``dlq replay``, ``cleanup``, ``lock release``) take the lock first (or
 release it, on purpose) and append one line to the host's audit log.
 
 Exit status, for scripts:
@@ -764,6 +764,29 @@ def migrations_status(session: Session, as_json: bool) -> None:
     emit(as_json, data, render)
 
 
+@migrations.command("log")
+@json_option
+@pass_session
+def migrations_log(session: Session, as_json: bool) -> None:
+    """What the migration runner printed the last time a deploy migrated the database (the deploy keeps
+    it on the host, one file per release: BASE_DIR/logs/migrations/RELEASE.log)."""
+    layout = session.target.layout
+    lines = session.remote.check(commands.latest_migration_log(layout), "reading the migration log").lines
+    path = lines[0] if lines else None
+    release = path.rsplit("/", 1)[-1].removesuffix(".log") if path else None
+    data = {"stage": session.stage, "release": release, "file": path, "lines": lines[1:]}
+
+    def render():
+        if path is None:
+            say(f"no migration log in {layout.migration_logs_dir}: no deploy has migrated the database since "
+                "deploys keep the runner's output")
+            return
+        say(f"release {release} ({path}):")
+        click.echo("\n".join(data["lines"]))
+
+    emit(as_json, data, render)
+
+
 @cli.command()
 @click.option("--failed", is_flag=True, help="only executions that ended in error or crashed")
 @limit_option(20, "executions, newest first")
@@ -1070,6 +1093,51 @@ def stop(session: Session, service: str) -> None:
 def start(session: Session, service: str) -> None:
     """Start a stopped SERVICE and wait until it is healthy (takes the deploy lock, audited)."""
     service_change(session, "start", service)
+
+
+def retention_variables(settings: Settings) -> dict[str, str]:
+    """The ages past which ``cleanup`` deletes, as ``commands.PAST_RETENTION``'s psql variables."""
+    return {"inbound_days": str(settings.retention.inbound_messages_days),
+            "outbound_days": str(settings.retention.outbound_messages_days),
+            "security_days": str(settings.retention.security_events_days),
+            "executions_hours": str(settings.n8n.executions_max_age_hours)}
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="count the rows past their retention; delete nothing (no lock, no audit)")
+@json_option
+@pass_session
+def cleanup(session: Session, dry_run: bool, as_json: bool) -> None:
+    """Delete the rows kept past their retention: inbound and outbound messages and security events
+    (retention.*_days), n8n's ended executions (n8n.executions_max_age_hours); prints how many rows of
+    each table went. Takes the deploy lock and is audited, unless --dry-run. PostgreSQL reuses the
+    space (autovacuum); it does not give it back to the file system."""
+    settings = session.target.settings
+    variables = retention_variables(settings)
+    if dry_run:
+        rows = session.database(commands.CLEANUP_COUNT_SQL, variables, "counting the rows past their retention")
+    else:
+        deleted: list[dict[str, int]] = []
+
+        def change(release: str) -> str:
+            deleted.append(session.database(commands.CLEANUP_SQL, variables, "deleting the rows past their retention"))
+            return "ok deleted " + " ".join(f"{table}={count}" for table, count in deleted[0].items())
+
+        locked_change(session, "cleanup", change)
+        rows = deleted[0]
+    data = {"stage": session.stage, "dry_run": dry_run, "rows": rows, "total": sum(rows.values()),
+            "retention": {"inbound_messages_days": settings.retention.inbound_messages_days,
+                          "outbound_messages_days": settings.retention.outbound_messages_days,
+                          "security_events_days": settings.retention.security_events_days,
+                          "executions_max_age_hours": settings.n8n.executions_max_age_hours}}
+
+    def render():
+        table("rows past their retention, " + ("that would be deleted (dry run)" if dry_run else "deleted"),
+              ["table", "rows"], [(name, count) for name, count in rows.items()])
+        if not dry_run:
+            say(f"recorded in {session.target.layout.audit_log}")
+
+    emit(as_json, data, render)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -39,6 +39,7 @@ READS = [
     ["ps"], ["logs", "nginx", "--tail", "3"], ["stats"], ["lock", "status"], ["audit", "--tail", "5"],
     ["migrations", "status"], ["executions", "--failed"], ["messages"], ["security", "--since", "1h"],
     ["flooding", "--since", "1m"], ["dlq", "count"], ["dlq", "list"], ["db", "size"],
+    ["dlq", "replay", "--dry-run"], ["cleanup", "--dry-run"], ["migrations", "log"],
 ]
 
 
@@ -181,6 +182,15 @@ def test_migrations_status_has_every_migration_applied(resto):
     assert [(m["filename"], m["state"]) for m in data["migrations"]] == [(name, "applied") for name in files]
     assert (data["pending"], data["unknown"], data["problems"]) == ([], [], [])
     assert all(m["applied_at"] for m in data["migrations"])
+
+
+def test_migrations_log_is_what_the_first_deploys_runner_printed(resto, stack):
+    data = resto.json("migrations", "log")
+    assert data["release"] == resto.json("ps")["release"]  # the first deploy, the only one that migrated
+    assert data["file"] == LAYOUT.migration_log(data["release"])
+    assert data["lines"] == host_file(stack, data["file"]).splitlines()
+    text = "\n".join(data["lines"])
+    assert all(path.name in text for path in (REPO_ROOT / "migrations").glob("*.sql")), text
 
 
 def test_db_size_lists_the_bots_and_n8ns_tables(resto):
@@ -414,6 +424,69 @@ def test_dlq_replay_moves_the_channels_rows_and_the_graph_api_receives_them(rest
     last = resto.json("audit", "--tail", "1")["entries"][-1]
     assert (last["action"], last["by"]) == ("dlq replay channel=whatsapp max=500", str(Actor.current()))
     assert last["result"] == f"ok replayed={len(data['replayed'])}"
+    assert resto.json("lock", "status")["held"] is False
+
+
+TABLES = ("inbound_messages", "outbound_messages", "security_events", "execution_entity")
+AGED_ROWS = {  # table -> INSERT of one row of this module aged :'age' (an interval)
+    "inbound_messages": "INSERT INTO inbound_messages (channel, msg_id, conversation_key, sender, payload, status, "
+                        "status_reason, processed_at, received_at) VALUES ('whatsapp', :'mark' || '-' || :'age', "
+                        ":'mark' || '-cleanup', '33600000097', '{}'::jsonb, 'DROPPED', 'e2e', now(), "
+                        "now() - (:'age')::interval) RETURNING id",
+    "outbound_messages": "INSERT INTO outbound_messages (channel, msg_id, conversation_key, recipient, payload, status, "
+                         "created_at) VALUES ('whatsapp', :'mark' || '-' || :'age', :'mark' || '-cleanup', "
+                         "'33600000097', '{}'::jsonb, 'DLQ', now() - (:'age')::interval) RETURNING id",
+    "security_events": "INSERT INTO security_events (event_type, channel, detail, created_at) VALUES ('RATE_LIMIT', "
+                       "'whatsapp', jsonb_build_object('mark', :'mark'), now() - (:'age')::interval) RETURNING id",
+    "execution_entity": 'INSERT INTO execution_entity (finished, mode, "startedAt", "stoppedAt", "workflowId", status, '
+                        '"createdAt") SELECT true, \'trigger\', now() - (:\'age\')::interval, '
+                        "now() - (:'age')::interval, id, 'success', now() - (:'age')::interval FROM workflow_entity "
+                        "ORDER BY name LIMIT 1 RETURNING id",
+}
+
+
+def insert_aged(stack, table: str, age: str) -> int:
+    return int(sql(stack, AGED_ROWS[table], mark=MARK, age=age).splitlines()[0])
+
+
+def row_exists(stack, table: str, row_id: int) -> bool:
+    return sql(stack, f"SELECT count(*) FROM {table} WHERE id = (:'id')::bigint", id=str(row_id)) == "1"  # nosec B608
+
+
+@pytest.fixture
+def aged_rows(stack, resto):
+    """For each table, a row an hour past its retention and one an hour short of it (removed afterwards);
+    with what a dry run counted before they were added."""
+    baseline = resto.json("cleanup", "--dry-run")
+    retention = baseline["retention"]
+    days = {"inbound_messages": retention["inbound_messages_days"],
+            "outbound_messages": retention["outbound_messages_days"],
+            "security_events": retention["security_events_days"]}
+    hours = {**{table: d * 24 for table, d in days.items()}, "execution_entity": retention["executions_max_age_hours"]}
+    rows = {table: (insert_aged(stack, table, f"{hours[table] + 1} hours"),
+                    insert_aged(stack, table, f"{hours[table] - 1} hours")) for table in TABLES}
+    yield rows, baseline["rows"]
+    for table, ids in rows.items():
+        sql(stack, f"DELETE FROM {table} WHERE id = ANY(string_to_array(:'ids', ',')::bigint[])",  # nosec B608
+            ids=",".join(map(str, ids)))
+
+
+def test_cleanup_removes_exactly_the_rows_past_their_retention_and_dry_run_changes_nothing(resto, stack, aged_rows):
+    rows, baseline = aged_rows
+    before = host_snapshot(stack)
+    counted = resto.json("cleanup", "--dry-run")
+    assert counted["rows"] == {table: baseline[table] + 1 for table in TABLES}
+    assert host_snapshot(stack) == before  # no lock, no audit line
+    assert all(row_exists(stack, table, old) for table, (old, _) in rows.items())
+
+    done = resto.json("cleanup")
+    assert (done["dry_run"], done["rows"]) == (False, counted["rows"])
+    for table, (old, young) in rows.items():
+        assert (row_exists(stack, table, old), row_exists(stack, table, young)) == (False, True), table
+    assert resto.json("cleanup", "--dry-run")["rows"] == dict.fromkeys(TABLES, 0)
+    last = resto.json("audit", "--tail", "1")["entries"][-1]
+    assert (last["action"], last["by"]) == ("cleanup", str(Actor.current()))
+    assert last["result"] == "ok deleted " + " ".join(f"{t}={counted['rows'][t]}" for t in TABLES)
     assert resto.json("lock", "status")["held"] is False
 
 

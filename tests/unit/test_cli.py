@@ -139,6 +139,8 @@ def test_unknown_stage_names_the_stages_and_connects_nowhere(capsys, no_connecti
         (["dlq", "replay", "--max", "-3"], "'--max': -3 is not in the range 1<=x<=500"),
         (["dlq", "replay", "--max", "501"], "'--max': 501 is not in the range 1<=x<=500"),
         (["dlq", "replay", "--max", "99999999999999999999"], "'--max'"),
+        (["cleanup", "--older-than", "1d"], "No such option '--older-than'"),
+        (["cleanup", "now"], "unexpected extra argument"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field_and_connects_nowhere(capsys, no_connection, with_secrets, argv, named):
@@ -179,7 +181,7 @@ def test_help_needs_no_inventory_and_no_connection(capsys, no_connection):
 
 def test_every_read_command_takes_json():
     reads = {"ps", "logs", "stats", "audit", "executions", "messages", "security", "flooding"}
-    groups = {"lock": {"status"}, "migrations": {"status"}, "dlq": {"count", "list"}, "db": {"size"}}
+    groups = {"lock": {"status"}, "migrations": {"status", "log"}, "dlq": {"count", "list"}, "db": {"size"}}
     for name in reads:
         assert "as_json" in {p.name for p in cli.cli.commands[name].params}, name
     for group, subcommands in groups.items():
@@ -399,6 +401,59 @@ def test_a_refused_replay_exits_1_is_audited_failed_and_releases_the_lock(capsys
     [audit] = [argv for argv in host.remote.calls if LAYOUT.audit_log in argv]
     assert f"result=failed: the DLQ replay: the admin API answered {answer}" in audit[-1]
     assert host.remote.calls[-1] == tuple(commands.remove_tree(LAYOUT.lock_dir))
+
+
+RETENTION = {"inbound_days": "90", "outbound_days": "90", "security_days": "90", "executions_hours": "168"}
+PAST = {"inbound_messages": 2, "outbound_messages": 1, "security_events": 0, "execution_entity": 7}
+
+
+def test_cleanup_dry_run_counts_with_the_retention_settings_and_changes_nothing(capsys, host):
+    host.on(lambda argv: argv == commands.database_read(commands.CLEANUP_COUNT_SQL, RETENTION), out=json.dumps(PAST))
+    status, out, err = run(capsys, "production", "cleanup", "--dry-run", "--json")
+    assert status == cli.EXIT_OK, err
+    data = json.loads(out)
+    assert (data["dry_run"], data["rows"], data["total"]) == (True, PAST, 10)
+    assert data["retention"] == {"inbound_messages_days": 90, "outbound_messages_days": 90,
+                                 "security_events_days": 90, "executions_max_age_hours": 168}
+    assert [argv for argv in host.remote.calls if argv[0] in ("mkdir", "rm") or LAYOUT.audit_log in argv] == []
+    assert tuple(commands.database_read(commands.CLEANUP_SQL, RETENTION)) not in host.remote.calls
+
+
+def test_cleanup_deletes_under_the_lock_and_audits_what_went(capsys, host):
+    delete = tuple(commands.database_read(commands.CLEANUP_SQL, RETENTION))
+    host.on(lambda argv: tuple(argv) == delete, out=json.dumps(PAST))
+    status, out, err = run(capsys, "production", "cleanup", "--json")
+    assert status == cli.EXIT_OK, err
+    assert (json.loads(out)["dry_run"], json.loads(out)["rows"]) == (False, PAST)
+    calls = host.remote.calls
+    mkdir = calls.index(tuple(commands.make_directory(LAYOUT.lock_dir)))
+    audit = next(i for i, argv in enumerate(calls) if argv[-2:-1] == (LAYOUT.audit_log,))
+    assert mkdir < calls.index(delete) < audit < calls.index(tuple(commands.remove_tree(LAYOUT.lock_dir)))
+    assert (" cleanup release=v7-abc by=" in calls[audit][-1] and "result=ok deleted inbound_messages=2 "
+            "outbound_messages=1 security_events=0 execution_entity=7 duration=" in calls[audit][-1])
+
+
+def test_cleanup_sql_deletes_only_past_the_retention_variables():
+    assert commands.CLEANUP_SQL.count("DELETE FROM") == 4
+    for table, rows in commands.PAST_RETENTION.items():
+        assert f"gone_{table} AS (DELETE {rows} RETURNING 1)" in commands.CLEANUP_SQL
+        assert f"'{table}', (SELECT count(*) {rows})" in commands.CLEANUP_COUNT_SQL
+    assert '"stoppedAt" < now() - make_interval(hours => (:\'executions_hours\')::int)' in commands.CLEANUP_SQL
+
+
+def test_migrations_log_shows_the_newest_log_and_its_release(capsys, host):
+    path = f"{LAYOUT.migration_logs_dir}/v7-abc.log"
+    host.on(lambda argv: argv == commands.latest_migration_log(LAYOUT), out=f"{path}\napplied 0001_init.sql\ndone\n")
+    status, out, err = run(capsys, "production", "migrations", "log", "--json")
+    assert status == cli.EXIT_OK, err
+    assert json.loads(out) == {"stage": "production", "release": "v7-abc", "file": path,
+                               "lines": ["applied 0001_init.sql", "done"]}
+
+
+def test_migrations_log_without_any_log_says_so(capsys, host):
+    status, out, _ = run(capsys, "production", "migrations", "log")
+    assert status == cli.EXIT_OK
+    assert out.startswith("no migration log in /opt/resto/logs/migrations: no deploy has migrated the database")
 
 
 def test_parse_http_answer():
