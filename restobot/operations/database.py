@@ -98,7 +98,6 @@ def database_backed_up(layout: HostLayout, identifier: str, release_migrations: 
     + layout: where backups live
     + identifier: the release id the backup is taken before
     + release_migrations: the release manifest's migrations
-    + log: keep what the runner printed in this file (``HostLayout.migration_log``; ``resto STAGE migrations log``)
 
     **Example:**
 
@@ -134,6 +133,7 @@ def schema_migrated(release_dir: str, release_migrations: Sequence[MigrationInfo
 
     + release_dir: the release whose db-migrate image and migrations apply
     + release_migrations: the release manifest's migrations
+    + log: keep what the runner printed in this file (``HostLayout.migration_log``; ``resto STAGE migrations log``)
 
     **Example:**
 
