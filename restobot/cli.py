@@ -12,7 +12,8 @@ one. Every argument is checked before anything connects. The commands it runs on
 host are restobot/commands.py's builders (SQL is fixed text, values are psql variables).
 
 Read commands never take the deploy lock and take ``--json``; commands that change the
-host (``start``, ``stop``, ``restart``, ``dlq replay``, ``cleanup``, ``lock release``) take the lock first (or
+host (``start``, ``stop``, ``restart``, ``dlq replay``, ``cleanup``, ``migrations apply``,
+``lock release``) take the lock first (or
 release it, on purpose) and append one line to the host's audit log.
 
 Exit status, for scripts:
@@ -783,6 +784,43 @@ def migrations_log(session: Session, as_json: bool) -> None:
             return
         say(f"release {release} ({path}):")
         click.echo("\n".join(data["lines"]))
+
+    emit(as_json, data, render)
+
+
+@migrations.command("apply")
+@click.option("--dry-run", is_flag=True, help="list the pending migrations; change nothing (no lock, no audit)")
+@json_option
+@pass_session
+def migrations_apply(session: Session, dry_run: bool, as_json: bool) -> None:
+    """Apply the current release's pending migrations with its db-migrate runner, as the deploy does
+    (each file in its transaction, stopping at the first failure; the runner's output kept as
+    ``migrations log`` shows it). Takes the deploy lock and is audited, unless --dry-run. The deploy's
+    backup before the release (``backups/before-RELEASE.dump``) is the way back."""
+    layout = session.target.layout
+    if dry_run:
+        release = session.require_release()
+        result = session.remote.check(commands.compose_run_migrations(layout.current, "apply", "--dry-run"),
+                                      "the migrations' dry run", timeout=600)
+        lines = result.lines
+    else:
+        outputs: list[list[str]] = []
+
+        def change(release: str) -> str:
+            argv = commands.output_kept(layout.migration_log(release),
+                                        commands.compose_run_migrations(layout.current, "apply"))
+            outputs.append(session.remote.check(argv, "applying the migrations", timeout=1800).lines)
+            return "ok " + (outputs[0][-1].strip() if outputs[0] else "")
+
+        release = session.require_release()
+        locked_change(session, "migrations apply", change)
+        lines = outputs[0]
+    data = {"stage": session.stage, "release": release, "dry_run": dry_run, "lines": lines}
+
+    def render():
+        click.echo("\n".join(lines))
+        if not dry_run:
+            say(f"kept in {layout.migration_log(release)}; recorded in {layout.audit_log}")
 
     emit(as_json, data, render)
 

@@ -427,6 +427,23 @@ def test_dlq_replay_moves_the_channels_rows_and_the_graph_api_receives_them(rest
     assert resto.json("lock", "status")["held"] is False
 
 
+def test_migrations_apply_dry_run_then_apply_with_nothing_pending(resto, stack):
+    files = sorted(path.name for path in (REPO_ROOT / "migrations").glob("*.sql"))
+    before = host_snapshot(stack)
+    dry = resto.json("migrations", "apply", "--dry-run")
+    assert dry["lines"][-1] == f"Dry run: 0 pending, {len(files)} applied; nothing was changed.", dry["lines"]
+    assert host_snapshot(stack) == before  # no lock, no audit line, no service touched
+
+    done = resto.json("migrations", "apply")
+    summary = f"Nothing to apply: {len(files)} migration(s) already applied (latest {files[-1]})."
+    assert done["lines"][-1] == summary, done["lines"]
+    assert host_file(stack, LAYOUT.migration_log(done["release"])).splitlines() == done["lines"]
+    assert resto.json("migrations", "log")["lines"] == done["lines"]
+    last = resto.json("audit", "--tail", "1")["entries"][-1]
+    assert (last["action"], last["result"]) == ("migrations apply", f"ok {summary}")
+    assert resto.json("lock", "status")["held"] is False
+
+
 TABLES = ("inbound_messages", "outbound_messages", "security_events", "execution_entity")
 AGED_ROWS = {  # table -> INSERT of one row of this module aged :'age' (an interval)
     "inbound_messages": "INSERT INTO inbound_messages (channel, msg_id, conversation_key, sender, payload, status, "

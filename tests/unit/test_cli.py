@@ -456,6 +456,42 @@ def test_migrations_log_without_any_log_says_so(capsys, host):
     assert out.startswith("no migration log in /opt/resto/logs/migrations: no deploy has migrated the database")
 
 
+def test_migrations_apply_dry_run_runs_the_runners_dry_run_without_the_lock(capsys, host):
+    dry = tuple(commands.compose_run_migrations(LAYOUT.current, "apply", "--dry-run"))
+    host.on(lambda argv: tuple(argv) == dry, out="Would apply 0007_x.sql\nDry run: 1 pending, 6 applied; nothing was changed.\n")
+    status, out, err = run(capsys, "production", "migrations", "apply", "--dry-run", "--json")
+    assert status == cli.EXIT_OK, err
+    assert json.loads(out) == {"stage": "production", "release": "v7-abc", "dry_run": True, "lines": [
+        "Would apply 0007_x.sql", "Dry run: 1 pending, 6 applied; nothing was changed."]}
+    assert [argv for argv in host.remote.calls if argv[0] in ("mkdir", "rm") or LAYOUT.audit_log in argv] == []
+
+
+def test_migrations_apply_runs_under_the_lock_keeps_the_output_and_audits_its_last_line(capsys, host):
+    apply = tuple(commands.output_kept(LAYOUT.migration_log("v7-abc"),
+                                       commands.compose_run_migrations(LAYOUT.current, "apply")))
+    host.on(lambda argv: tuple(argv) == apply, out="Applied 0007_x.sql\nApplied 1 migration(s) in 12 ms; the schema is up to date.\n")
+    status, out, err = run(capsys, "production", "migrations", "apply")
+    assert status == cli.EXIT_OK, err
+    calls = host.remote.calls
+    mkdir = calls.index(tuple(commands.make_directory(LAYOUT.lock_dir)))
+    audit = next(i for i, argv in enumerate(calls) if argv[-2:-1] == (LAYOUT.audit_log,))
+    assert mkdir < calls.index(apply) < audit < calls.index(tuple(commands.remove_tree(LAYOUT.lock_dir)))
+    assert " migrations apply release=v7-abc by=" in calls[audit][-1]
+    assert "result=ok Applied 1 migration(s) in 12 ms; the schema is up to date. duration=" in calls[audit][-1]
+    assert out.startswith("Applied 0007_x.sql\n")
+
+
+def test_a_failing_migration_exits_1_with_the_runners_output_and_is_audited(capsys, host):
+    host.on(lambda argv: argv[0] == "sh" and LAYOUT.migration_log("v7-abc") in argv, status=1,
+            out="migrate: error: 0007_x.sql failed: relation exists\n")
+    status, _, err = run(capsys, "production", "migrations", "apply")
+    assert status == cli.EXIT_FAILED
+    assert "applying the migrations failed on the host (exit 1):\nmigrate: error: 0007_x.sql failed" in err
+    [audit] = [argv for argv in host.remote.calls if LAYOUT.audit_log in argv]
+    assert "result=failed: applying the migrations failed on the host (exit 1): duration=" in audit[-1]
+    assert host.remote.calls[-1] == tuple(commands.remove_tree(LAYOUT.lock_dir))
+
+
 def test_parse_http_answer():
     assert cli.parse_http_answer('{"ids": []}\n200') == (200, '{"ids": []}')
     assert cli.parse_http_answer("\n401\n") == (401, "")
