@@ -667,6 +667,44 @@ def stats(session: Session, as_json: bool) -> None:
     emit(as_json, data, render)
 
 
+def parse_smoke(lines: Sequence[str]) -> list[dict[str, Any]]:
+    """The smoke script's ``PASS name detail`` / ``FAIL name detail`` lines -> checks (other lines left out)."""
+    checks = []
+    for line in lines:
+        verdict, _, rest = line.strip().partition(" ")
+        if verdict in ("PASS", "FAIL"):
+            name, _, detail = rest.partition(" ")
+            checks.append({"name": name, "passed": verdict == "PASS", "detail": detail})
+    return checks
+
+
+@cli.command()
+@click.option("--attempts", type=click.IntRange(1, 60), default=1, show_default=True,
+              help="tries of the first check, 2 s apart (the deploy gives a new release 45)")
+@json_option
+@pass_session
+def smoke(session: Session, attempts: int, as_json: bool) -> None:
+    """The deploy's smoke checks alone, on the current release: the gateway's /healthz and the Meta
+    verify handshake of each channel through Traefik, and the n8n console behind the gateway.
+    Exit 1 when one fails."""
+    release = session.require_release()
+    result = session.remote.check(commands.smoke_checks(session.target.layout.current, attempts), "the smoke checks",
+                                  timeout=600)
+    checks = parse_smoke(result.lines)
+    failed = [check["name"] for check in checks if not check["passed"]] or ([] if checks else ["(no result)"])
+    data = {"stage": session.stage, "release": release, "checks": checks, "failed": failed}
+
+    def render():
+        table(f"smoke checks of {release}", ["check", "result", "detail"],
+              [(c["name"], "PASS" if c["passed"] else "FAIL", c["detail"]) for c in checks])
+        if failed:
+            say(f"failed: {', '.join(failed)}")
+
+    emit(as_json, data, render)
+    if failed:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
 @cli.group()
 def lock() -> None:
     """The deploy lock: who holds it; release one left by a killed run."""

@@ -39,7 +39,7 @@ READS = [
     ["ps"], ["logs", "nginx", "--tail", "3"], ["stats"], ["lock", "status"], ["audit", "--tail", "5"],
     ["migrations", "status"], ["executions", "--failed"], ["messages"], ["security", "--since", "1h"],
     ["flooding", "--since", "1m"], ["dlq", "count"], ["dlq", "list"], ["db", "size"],
-    ["dlq", "replay", "--dry-run"], ["cleanup", "--dry-run"], ["migrations", "log"],
+    ["dlq", "replay", "--dry-run"], ["cleanup", "--dry-run"], ["migrations", "log"], ["smoke"],
 ]
 
 
@@ -425,6 +425,22 @@ def test_dlq_replay_moves_the_channels_rows_and_the_graph_api_receives_them(rest
     assert (last["action"], last["by"]) == ("dlq replay channel=whatsapp max=500", str(Actor.current()))
     assert last["result"] == f"ok replayed={len(data['replayed'])}"
     assert resto.json("lock", "status")["held"] is False
+
+
+def test_smoke_passes_on_the_running_stack_and_fails_with_the_gateway_stopped(resto, stack):
+    data = resto.json("smoke")
+    assert [(c["name"], c["passed"]) for c in data["checks"]] == [
+        ("healthz", True), ("verify-whatsapp", True), ("verify-instagram", True), ("verify-messenger", True),
+        ("console", True)]
+    assert data["failed"] == []
+    stack.ssh("docker", "stop", container_name("nginx"))
+    try:
+        proc = resto("smoke", "--json")
+        assert proc.returncode == 1, proc.stderr
+        assert {"healthz", "verify-whatsapp", "console"} <= set(json.loads(proc.stdout)["failed"])
+    finally:
+        assert resto("start", "nginx").returncode == 0
+    assert resto.json("smoke")["failed"] == []
 
 
 def test_migrations_apply_dry_run_then_apply_with_nothing_pending(resto, stack):

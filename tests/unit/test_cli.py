@@ -141,6 +141,8 @@ def test_unknown_stage_names_the_stages_and_connects_nowhere(capsys, no_connecti
         (["dlq", "replay", "--max", "99999999999999999999"], "'--max'"),
         (["cleanup", "--older-than", "1d"], "No such option '--older-than'"),
         (["cleanup", "now"], "unexpected extra argument"),
+        (["smoke", "--attempts", "0"], "'--attempts': 0 is not in the range 1<=x<=60"),
+        (["smoke", "--attempts", "61"], "'--attempts': 61 is not in the range 1<=x<=60"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field_and_connects_nowhere(capsys, no_connection, with_secrets, argv, named):
@@ -180,7 +182,7 @@ def test_help_needs_no_inventory_and_no_connection(capsys, no_connection):
 
 
 def test_every_read_command_takes_json():
-    reads = {"ps", "logs", "stats", "audit", "executions", "messages", "security", "flooding"}
+    reads = {"ps", "logs", "stats", "audit", "executions", "messages", "security", "flooding", "smoke"}
     groups = {"lock": {"status"}, "migrations": {"status", "log"}, "dlq": {"count", "list"}, "db": {"size"}}
     for name in reads:
         assert "as_json" in {p.name for p in cli.cli.commands[name].params}, name
@@ -490,6 +492,28 @@ def test_a_failing_migration_exits_1_with_the_runners_output_and_is_audited(caps
     [audit] = [argv for argv in host.remote.calls if LAYOUT.audit_log in argv]
     assert "result=failed: applying the migrations failed on the host (exit 1): duration=" in audit[-1]
     assert host.remote.calls[-1] == tuple(commands.remove_tree(LAYOUT.lock_dir))
+
+
+SMOKE_OUT = ("PASS healthz answered ok\nPASS verify-whatsapp answered smoke-1\n"
+             "FAIL console n8n editor does not answer at http://n8n-main:5678/\n")
+
+
+def test_smoke_runs_the_releases_script_and_exits_1_on_a_failed_check(capsys, host):
+    host.on(lambda argv: argv == commands.smoke_checks(LAYOUT.current, 3), out=SMOKE_OUT)
+    status, out, _ = run(capsys, "production", "smoke", "--attempts", "3", "--json")
+    assert status == cli.EXIT_FAILED
+    data = json.loads(out)
+    assert (data["release"], data["failed"]) == ("v7-abc", ["console"])
+    assert data["checks"][0] == {"name": "healthz", "passed": True, "detail": "answered ok"}
+    assert [argv for argv in host.remote.calls if argv[0] in ("mkdir", "rm") or LAYOUT.audit_log in argv] == []
+
+
+def test_smoke_passes_when_every_check_passes_and_fails_without_any_result(capsys, host):
+    host.on(lambda argv: argv == commands.smoke_checks(LAYOUT.current, 1), out="PASS healthz answered ok\n")
+    assert run(capsys, "production", "smoke")[0] == cli.EXIT_OK
+    host.on(lambda argv: argv == commands.smoke_checks(LAYOUT.current, 1), out="")
+    status, out, _ = run(capsys, "production", "smoke")
+    assert status == cli.EXIT_FAILED and "failed: (no result)" in out
 
 
 def test_parse_http_answer():
