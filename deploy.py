@@ -54,7 +54,8 @@ database.database_backed_up(
     layout=layout, identifier=identifier, release_migrations=built.manifest.migrations,
 )
 database.schema_migrated(
-    name="Ensure every migration is applied", release_dir=release_dir, release_migrations=built.manifest.migrations
+    name="Ensure every migration is applied", release_dir=release_dir, release_migrations=built.manifest.migrations,
+    log=layout.migration_log(identifier),
 )
 
 database.api_client_present(

@@ -12,7 +12,8 @@ one. Every argument is checked before anything connects. The commands it runs on
 host are restobot/commands.py's builders (SQL is fixed text, values are psql variables).
 
 Read commands never take the deploy lock and take ``--json``; commands that change the
-host (``start``, ``stop``, ``restart``, ``lock release``) take the lock first (or
+host (``start``, ``stop``, ``restart``, ``dlq replay``, ``cleanup``, ``migrations apply``,
+``lock release``) take the lock first (or
 release it, on purpose) and append one line to the host's audit log.
 
 Exit status, for scripts:
@@ -377,12 +378,16 @@ class Remote:
     def __init__(self, client) -> None:
         self.client = client
 
-    def run(self, argv: Sequence[str], timeout: float = 120) -> Result:
-        """Run ``argv``, its output read to the end of both streams (sshd may report the exit
-        status before the last output: waiting for the status alone loses lines)."""
+    def run(self, argv: Sequence[str], timeout: float = 120, stdin: str | None = None) -> Result:
+        """Run ``argv`` (``stdin``, if any, written to it then closed: how a secret reaches a command),
+        its output read to the end of both streams (sshd may report the exit status before the last
+        output: waiting for the status alone loses lines)."""
         channel = self.client.get_transport().open_session(timeout=15)
         channel.settimeout(timeout)
         channel.exec_command(shell_text(argv))
+        if stdin is not None:
+            channel.sendall(stdin.encode())
+            channel.shutdown_write()
         err = bytearray()
 
         def drain_stderr() -> None:
@@ -428,9 +433,9 @@ class Remote:
         finally:
             channel.close()
 
-    def check(self, argv: Sequence[str], what: str, timeout: float = 120) -> Result:
+    def check(self, argv: Sequence[str], what: str, timeout: float = 120, stdin: str | None = None) -> Result:
         """Run ``argv``; a non-zero exit is a CliError naming ``what`` with the command's stderr."""
-        result = self.run(argv, timeout)
+        result = self.run(argv, timeout, stdin)
         if not result.ok:
             detail = (result.stderr.strip() or result.stdout.strip() or "no output")[-2000:]
             raise CliError(f"{what} failed on the host (exit {result.exit_status}):\n{detail}")
@@ -662,6 +667,44 @@ def stats(session: Session, as_json: bool) -> None:
     emit(as_json, data, render)
 
 
+def parse_smoke(lines: Sequence[str]) -> list[dict[str, Any]]:
+    """The smoke script's ``PASS name detail`` / ``FAIL name detail`` lines -> checks (other lines left out)."""
+    checks = []
+    for line in lines:
+        verdict, _, rest = line.strip().partition(" ")
+        if verdict in ("PASS", "FAIL"):
+            name, _, detail = rest.partition(" ")
+            checks.append({"name": name, "passed": verdict == "PASS", "detail": detail})
+    return checks
+
+
+@cli.command()
+@click.option("--attempts", type=click.IntRange(1, 60), default=1, show_default=True,
+              help="tries of the first check, 2 s apart (the deploy gives a new release 45)")
+@json_option
+@pass_session
+def smoke(session: Session, attempts: int, as_json: bool) -> None:
+    """The deploy's smoke checks alone, on the current release: the gateway's /healthz and the Meta
+    verify handshake of each channel through Traefik, and the n8n console behind the gateway.
+    Exit 1 when one fails."""
+    release = session.require_release()
+    result = session.remote.check(commands.smoke_checks(session.target.layout.current, attempts), "the smoke checks",
+                                  timeout=600)
+    checks = parse_smoke(result.lines)
+    failed = [check["name"] for check in checks if not check["passed"]] or ([] if checks else ["(no result)"])
+    data = {"stage": session.stage, "release": release, "checks": checks, "failed": failed}
+
+    def render():
+        table(f"smoke checks of {release}", ["check", "result", "detail"],
+              [(c["name"], "PASS" if c["passed"] else "FAIL", c["detail"]) for c in checks])
+        if failed:
+            say(f"failed: {', '.join(failed)}")
+
+    emit(as_json, data, render)
+    if failed:
+        raise click.exceptions.Exit(EXIT_FAILED)
+
+
 @cli.group()
 def lock() -> None:
     """The deploy lock: who holds it; release one left by a killed run."""
@@ -756,6 +799,66 @@ def migrations_status(session: Session, as_json: bool) -> None:
             say(f"applied but not in this release: {name}")
         for problem in data["problems"]:
             say(f"problem: {problem}")
+
+    emit(as_json, data, render)
+
+
+@migrations.command("log")
+@json_option
+@pass_session
+def migrations_log(session: Session, as_json: bool) -> None:
+    """What the migration runner printed the last time a deploy migrated the database (the deploy keeps
+    it on the host, one file per release: BASE_DIR/logs/migrations/RELEASE.log)."""
+    layout = session.target.layout
+    lines = session.remote.check(commands.latest_migration_log(layout), "reading the migration log").lines
+    path = lines[0] if lines else None
+    release = path.rsplit("/", 1)[-1].removesuffix(".log") if path else None
+    data = {"stage": session.stage, "release": release, "file": path, "lines": lines[1:]}
+
+    def render():
+        if path is None:
+            say(f"no migration log in {layout.migration_logs_dir}: no deploy has migrated the database since "
+                "deploys keep the runner's output")
+            return
+        say(f"release {release} ({path}):")
+        click.echo("\n".join(data["lines"]))
+
+    emit(as_json, data, render)
+
+
+@migrations.command("apply")
+@click.option("--dry-run", is_flag=True, help="list the pending migrations; change nothing (no lock, no audit)")
+@json_option
+@pass_session
+def migrations_apply(session: Session, dry_run: bool, as_json: bool) -> None:
+    """Apply the current release's pending migrations with its db-migrate runner, as the deploy does
+    (each file in its transaction, stopping at the first failure; the runner's output kept as
+    ``migrations log`` shows it). Takes the deploy lock and is audited, unless --dry-run. The deploy's
+    backup before the release (``backups/before-RELEASE.dump``) is the way back."""
+    layout = session.target.layout
+    if dry_run:
+        release = session.require_release()
+        result = session.remote.check(commands.compose_run_migrations(layout.current, "apply", "--dry-run"),
+                                      "the migrations' dry run", timeout=600)
+        lines = result.lines
+    else:
+        outputs: list[list[str]] = []
+
+        def change(release: str) -> str:
+            argv = commands.output_kept(layout.migration_log(release),
+                                        commands.compose_run_migrations(layout.current, "apply"))
+            outputs.append(session.remote.check(argv, "applying the migrations", timeout=1800).lines)
+            return "ok " + (outputs[0][-1].strip() if outputs[0] else "")
+
+        release = session.require_release()
+        locked_change(session, "migrations apply", change)
+        lines = outputs[0]
+    data = {"stage": session.stage, "release": release, "dry_run": dry_run, "lines": lines}
+
+    def render():
+        click.echo("\n".join(lines))
+        if not dry_run:
+            say(f"kept in {layout.migration_log(release)}; recorded in {layout.audit_log}")
 
     emit(as_json, data, render)
 
@@ -874,6 +977,85 @@ def dlq_list(session: Session, channel: str | None, limit: int, as_json: bool) -
     emit(as_json, {"stage": session.stage, "channel": channel, "messages": rows}, render)
 
 
+MAX_REPLAY = 500  # the admin API's own bound on max_messages (workflows/W9_ADMIN_DLQ_REPLAY.json)
+ADMIN_API_HINTS = {
+    401: "the admin API does not know ADMIN_API_TOKEN: the deploy stores its hash; deploy with this token "
+         "(scripts/deploy STAGE) or use the stage's secrets",
+    403: "the admin client lacks the scope admin:dlq: the deploy grants it; deploy again (scripts/deploy STAGE)",
+}
+
+
+def parse_http_answer(stdout: str) -> tuple[int, str]:
+    """``admin_api_post``'s output -> (HTTP status, body); ValueError when the status line is missing."""
+    body, _, status = stdout.rstrip("\n").rpartition("\n")
+    if not re.fullmatch(r"[0-9]{3}", status):
+        raise ValueError(f"no HTTP status at the end of curl's output: {stdout[-200:]!r}")
+    return int(status), body
+
+
+def replay_request(dry_run: bool, channel: str | None, max_messages: int) -> str:
+    """The body of ``POST /v1/admin/dlq/replay``."""
+    return json.dumps({"dry_run": dry_run, "channel": channel, "max_messages": max_messages})
+
+
+def admin_api(session: Session, path: str, body: str, what: str) -> dict[str, Any]:
+    """POST ``body`` to the deployed admin API with the deployed token (on stdin, never in an argv)."""
+    settings = session.target.settings
+    result = session.remote.check(commands.admin_api_post(settings.domains.api_host, path, body), what, timeout=180,
+                                  stdin=commands.admin_token_config(settings.admin.api_token.get_secret_value()))
+    try:
+        status, text = parse_http_answer(result.stdout)
+        answer = json.loads(text) if text.strip() else {}
+    except ValueError as error:
+        raise CliError(f"{what}: the admin API's answer is not understood ({error})") from None
+    if status != 200:
+        detail = answer.get("error") if isinstance(answer, dict) else None
+        hint = ADMIN_API_HINTS.get(status, f"see: resto {session.stage} logs nginx n8n-main")
+        raise CliError(f"{what}: the admin API answered {status} ({detail or text[:200]}); {hint}")
+    return answer
+
+
+@dlq.command("replay")
+@click.option("--dry-run", is_flag=True, help="list what would be replayed; change nothing (no lock, no audit)")
+@click.option("--channel", type=CHANNEL, default=None, help="only this channel")
+@click.option("--max", "max_messages", type=click.IntRange(1, MAX_REPLAY), default=10, show_default=True,
+              help=f"at most this many replies, oldest first (1 to {MAX_REPLAY})")
+@json_option
+@pass_session
+def dlq_replay(session: Session, dry_run: bool, channel: str | None, max_messages: int, as_json: bool) -> None:
+    """Send the DLQ's replies again through the deployed admin API (POST /v1/admin/dlq/replay with
+    ADMIN_API_TOKEN): each goes back to RETRY and the sender sends it at once. Only replies whose
+    conversation wrote within Meta's 24 h window are replayed; the others are listed as skipped.
+    Takes the deploy lock and is audited, unless --dry-run."""
+    body = replay_request(dry_run, channel, max_messages)
+    if dry_run:
+        answer = admin_api(session, commands.ADMIN_DLQ_REPLAY_PATH, body, "the DLQ replay (dry run)")
+    else:
+        answers: list[dict[str, Any]] = []
+
+        def change(release: str) -> str:
+            answers.append(admin_api(session, commands.ADMIN_DLQ_REPLAY_PATH, body, "the DLQ replay"))
+            return f"ok replayed={len(answers[0].get('ids') or [])}"
+
+        locked_change(session, f"dlq replay channel={channel or 'all'} max={max_messages}", change)
+        answer = answers[0]
+    ids = [int(i) for i in answer.get("ids") or []]
+    skipped = [int(i) for i in answer.get("skipped_outside_24h_window") or []]
+    data = {"stage": session.stage, "dry_run": dry_run, "channel": channel, "max": max_messages,
+            "replayed": [] if dry_run else ids, "would_replay": ids if dry_run else [],
+            "skipped_outside_24h_window": skipped}
+
+    def render():
+        verb = "would replay" if dry_run else "replayed"
+        say(f"{verb} {len(ids)} from the DLQ" + (f" (ids {', '.join(map(str, ids))})" if ids else ""))
+        if skipped:
+            say(f"skipped {len(skipped)} outside Meta's 24 h window (ids {', '.join(map(str, skipped))})")
+        if not dry_run:
+            say(f"recorded in {session.target.layout.audit_log}")
+
+    emit(as_json, data, render)
+
+
 @cli.group()
 def db() -> None:
     """The database."""
@@ -987,6 +1169,51 @@ def stop(session: Session, service: str) -> None:
 def start(session: Session, service: str) -> None:
     """Start a stopped SERVICE and wait until it is healthy (takes the deploy lock, audited)."""
     service_change(session, "start", service)
+
+
+def retention_variables(settings: Settings) -> dict[str, str]:
+    """The ages past which ``cleanup`` deletes, as ``commands.PAST_RETENTION``'s psql variables."""
+    return {"inbound_days": str(settings.retention.inbound_messages_days),
+            "outbound_days": str(settings.retention.outbound_messages_days),
+            "security_days": str(settings.retention.security_events_days),
+            "executions_hours": str(settings.n8n.executions_max_age_hours)}
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="count the rows past their retention; delete nothing (no lock, no audit)")
+@json_option
+@pass_session
+def cleanup(session: Session, dry_run: bool, as_json: bool) -> None:
+    """Delete the rows kept past their retention: inbound and outbound messages and security events
+    (retention.*_days), n8n's ended executions (n8n.executions_max_age_hours); prints how many rows of
+    each table went. Takes the deploy lock and is audited, unless --dry-run. PostgreSQL reuses the
+    space (autovacuum); it does not give it back to the file system."""
+    settings = session.target.settings
+    variables = retention_variables(settings)
+    if dry_run:
+        rows = session.database(commands.CLEANUP_COUNT_SQL, variables, "counting the rows past their retention")
+    else:
+        deleted: list[dict[str, int]] = []
+
+        def change(release: str) -> str:
+            deleted.append(session.database(commands.CLEANUP_SQL, variables, "deleting the rows past their retention"))
+            return "ok deleted " + " ".join(f"{table}={count}" for table, count in deleted[0].items())
+
+        locked_change(session, "cleanup", change)
+        rows = deleted[0]
+    data = {"stage": session.stage, "dry_run": dry_run, "rows": rows, "total": sum(rows.values()),
+            "retention": {"inbound_messages_days": settings.retention.inbound_messages_days,
+                          "outbound_messages_days": settings.retention.outbound_messages_days,
+                          "security_events_days": settings.retention.security_events_days,
+                          "executions_max_age_hours": settings.n8n.executions_max_age_hours}}
+
+    def render():
+        table("rows past their retention, " + ("that would be deleted (dry run)" if dry_run else "deleted"),
+              ["table", "rows"], [(name, count) for name, count in rows.items()])
+        if not dry_run:
+            say(f"recorded in {session.target.layout.audit_log}")
+
+    emit(as_json, data, render)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -79,6 +79,14 @@ class HostLayout:
         return f"{self.state_dir}/workflows.sha256"
 
     @property
+    def migration_logs_dir(self) -> str:
+        return f"{self.base_dir}/logs/migrations"
+
+    def migration_log(self, identifier: str) -> str:
+        """What the migration runner printed when release ``identifier`` migrated the database."""
+        return f"{self.migration_logs_dir}/{identifier}.log"
+
+    @property
     def lock_dir(self) -> str:
         return f"{self.base_dir}/deploy.lock"
 
@@ -231,6 +239,18 @@ def compose_stop(release_dir: str, *services: str) -> list[str]:
 def compose_run_migrations(release_dir: str, *args: str) -> list[str]:
     """Run the release's db-migrate once, outside ``up``, so a failure leaves n8n untouched."""
     return compose(release_dir, "run", "--rm", "--no-TTY", "db-migrate", *args)
+
+
+def output_kept(path: str, argv: Sequence[str]) -> list[str]:
+    """Run ``argv`` with its output (both streams) written to ``path``, then printed; its exit status kept
+    (a ``compose run --rm`` container is gone afterwards, and its output with it)."""
+    return ["sh", "-c", '"$@" > "$0" 2>&1; status=$?; cat "$0"; exit "$status"', path, *argv]
+
+
+def latest_migration_log(layout: HostLayout) -> list[str]:
+    """The newest migration log's path on the first line, then its text; nothing when there is none."""
+    script = 'f=$(ls -1t "$0"/*.log 2>/dev/null | head -n 1); [ -z "$f" ] || { echo "$f"; cat "$f"; }'
+    return ["sh", "-c", script, layout.migration_logs_dir]
 
 
 def compose_build_migrate(release_dir: str) -> list[str]:
@@ -606,7 +626,43 @@ LEDGER_ROWS_SQL = json_rows(
     "SELECT filename, checksum, applied_at, duration_ms, backward_compatible FROM schema_migrations ORDER BY filename"
 )
 
+# What ``cleanup`` deletes: each table's rows past their retention (settings.retention, n8n's executions
+# after n8n.executions_max_age_hours, only those that ended); the ages travel as psql variables.
+PAST_RETENTION = {
+    "inbound_messages": "FROM inbound_messages WHERE received_at < now() - make_interval(days => (:'inbound_days')::int)",
+    "outbound_messages": "FROM outbound_messages WHERE created_at < now() - make_interval(days => (:'outbound_days')::int)",
+    "security_events": "FROM security_events WHERE created_at < now() - make_interval(days => (:'security_days')::int)",
+    "execution_entity": 'FROM execution_entity WHERE "stoppedAt" < now() - make_interval(hours => (:\'executions_hours\')::int)',
+}
+CLEANUP_COUNT_SQL = "SELECT json_build_object({})".format(  # nosec B608 # fixed SQL texts only
+    ", ".join(f"'{table}', (SELECT count(*) {rows})" for table, rows in PAST_RETENTION.items()))
+# One statement: every table's rows go in one transaction (n8n's execution_data and metadata follow
+# their execution by their foreign keys' ON DELETE CASCADE; outbound replies lose their inbound link).
+CLEANUP_SQL = "WITH {} SELECT json_build_object({})".format(  # nosec B608 # fixed SQL texts only
+    ", ".join(f"gone_{table} AS (DELETE {rows} RETURNING 1)" for table, rows in PAST_RETENTION.items()),
+    ", ".join(f"'{table}', (SELECT count(*) FROM gone_{table})" for table in PAST_RETENTION))  # nosec B608
+
 
 def database_read(sql: str, variables: Mapping[str, str] | None = None) -> list[str]:
     """A fixed read of the live database (``psql`` in the postgres container), its values as variables."""
     return container_exec(POSTGRES_CONTAINER, psql(sql, variables))
+
+
+ADMIN_DLQ_REPLAY_PATH = "/v1/admin/dlq/replay"
+
+
+def admin_api_post(api_host: str, path: str, body: str) -> list[str]:
+    """POST the JSON ``body`` to the admin API through the host's own edge (Traefik on 127.0.0.1:443,
+    as the smoke checks reach it): the answer's body, then its HTTP status alone on the last line.
+
+    The token is not here: it comes on stdin as curl configuration (:func:`admin_token_config`),
+    never on a command line. TLS is not verified (``-k``): the request never leaves the host."""
+    return ["curl", "-sS", "-k", "--max-time", "120", "--resolve", f"{api_host}:443:127.0.0.1", "--config", "-",
+            "--request", "POST", "--header", "Content-Type: application/json", "--data-binary", body,
+            "--write-out", "\\n%{http_code}", f"https://{api_host}{path}"]
+
+
+def admin_token_config(token: str) -> str:
+    """The curl configuration (read on stdin) that sends the admin token; secrets hold no quote,
+    backslash or line break (settings.secret_rule), so the quoted value is taken as it is."""
+    return f'header = "x-api-token: {token}"\n'

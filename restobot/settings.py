@@ -684,6 +684,19 @@ class MonitoringSettings(Section):
     repeat_interval_hours: int = Field(4, ge=1, le=168)
 
 
+class RetentionSettings(Section):
+    """How long the bot's own rows are kept (``resto STAGE cleanup`` deletes older ones).
+
+    Inbound and outbound messages hold customers' messages and phone numbers, security events
+    their addresses: kept long enough to answer a complaint or follow an incident, not for ever.
+    n8n's executions follow ``n8n.executions_max_age_hours``.
+    """
+
+    inbound_messages_days: int = Field(90, ge=1, le=3650)
+    outbound_messages_days: int = Field(90, ge=1, le=3650)
+    security_events_days: int = Field(90, ge=1, le=3650)
+
+
 CHANNELS = ("whatsapp", "instagram", "messenger")
 
 
@@ -908,6 +921,7 @@ class Settings(Section):
     backup: BackupSettings = BackupSettings()
     offsite_backup: OffsiteBackupSettings = OffsiteBackupSettings()
     monitoring: MonitoringSettings = MonitoringSettings()
+    retention: RetentionSettings = RetentionSettings()
     host: HostSettings = HostSettings()
     checks: ChecksSettings = ChecksSettings()
 

@@ -27,8 +27,10 @@ from restobot.commands import (
     database_replaced,
     dump_contents,
     file_age_seconds,
+    make_directory,
     n8n_started_again,
     n8n_stopped,
+    output_kept,
     predeploy_backup,
     remove_file,
     restore_from_file,
@@ -123,7 +125,7 @@ def database_backed_up(layout: HostLayout, identifier: str, release_migrations: 
 
 
 @operation()
-def schema_migrated(release_dir: str, release_migrations: Sequence[MigrationInfo]):
+def schema_migrated(release_dir: str, release_migrations: Sequence[MigrationInfo], log: str | None = None):
     """
     Ensure every migration of the release is applied, running db-migrate once if any is pending.
 
@@ -131,13 +133,14 @@ def schema_migrated(release_dir: str, release_migrations: Sequence[MigrationInfo
 
     + release_dir: the release whose db-migrate image and migrations apply
     + release_migrations: the release manifest's migrations
+    + log: keep what the runner printed in this file (``HostLayout.migration_log``; ``resto STAGE migrations log``)
 
     **Example:**
 
     .. code:: python
 
         schema_migrated(name="Ensure every migration is applied", release_dir=release_dir,
-                        release_migrations=built.manifest.migrations)
+                        release_migrations=built.manifest.migrations, log=HostLayout().migration_log(identifier))
     """
     ledger = host.get_fact(AppliedMigrations)
     if isinstance(ledger, DatabaseUnreadable):
@@ -148,7 +151,11 @@ def schema_migrated(release_dir: str, release_migrations: Sequence[MigrationInfo
         host.noop(f"all {len(release_migrations)} migrations applied")
         return
     yield shell(compose_up(release_dir, "postgres", "redis"))
-    yield shell(compose_run_migrations(release_dir, "apply"))
+    if log is None:
+        yield shell(compose_run_migrations(release_dir, "apply"))
+        return
+    yield shell(make_directory(log.rsplit("/", 1)[0], parents=True))
+    yield shell(output_kept(log, compose_run_migrations(release_dir, "apply")))
 
 
 def check_api_client(client: str, token_hash: str, scopes: Sequence[str]) -> None:

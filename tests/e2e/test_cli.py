@@ -39,6 +39,7 @@ READS = [
     ["ps"], ["logs", "nginx", "--tail", "3"], ["stats"], ["lock", "status"], ["audit", "--tail", "5"],
     ["migrations", "status"], ["executions", "--failed"], ["messages"], ["security", "--since", "1h"],
     ["flooding", "--since", "1m"], ["dlq", "count"], ["dlq", "list"], ["db", "size"],
+    ["dlq", "replay", "--dry-run"], ["cleanup", "--dry-run"], ["migrations", "log"], ["smoke"],
 ]
 
 
@@ -181,6 +182,15 @@ def test_migrations_status_has_every_migration_applied(resto):
     assert [(m["filename"], m["state"]) for m in data["migrations"]] == [(name, "applied") for name in files]
     assert (data["pending"], data["unknown"], data["problems"]) == ([], [], [])
     assert all(m["applied_at"] for m in data["migrations"])
+
+
+def test_migrations_log_is_what_the_first_deploys_runner_printed(resto, stack):
+    data = resto.json("migrations", "log")
+    assert data["release"] == resto.json("ps")["release"]  # the first deploy, the only one that migrated
+    assert data["file"] == LAYOUT.migration_log(data["release"])
+    assert data["lines"] == host_file(stack, data["file"]).splitlines()
+    text = "\n".join(data["lines"])
+    assert all(path.name in text for path in (REPO_ROOT / "migrations").glob("*.sql")), text
 
 
 def test_db_size_lists_the_bots_and_n8ns_tables(resto):
@@ -338,6 +348,178 @@ def test_stop_then_start_a_service(resto, stack):
     assert (state["Status"], state["Health"]["Status"]) == ("running", "healthy")
     actions = [(e["action"], e["result"].split()[0]) for e in resto.json("audit", "--tail", "2")["entries"]]
     assert actions == [("stop nginx", "ok"), ("start nginx", "ok")]
+    assert resto.json("lock", "status")["held"] is False
+
+
+@pytest.fixture
+def replayable(stack):
+    """Two whatsapp replies and one messenger reply in the DLQ, each of a conversation that wrote a minute
+    ago (inside Meta's 24 h window, so the admin API replays them); their texts carry this module's
+    marker. Returns {text: row id}; the rows are removed afterwards."""
+    key = f"{MARK}-replay"
+    sql(stack, "INSERT INTO inbound_messages (channel, msg_id, conversation_key, sender, payload, status, "
+               "status_reason, processed_at, received_at) SELECT c, :'key' || '-in-' || c, :'key' || '-' || c, "
+               "'33600000098', '{}'::jsonb, 'DROPPED', 'e2e', now(), now() - interval '1 minute' "
+               "FROM (VALUES ('whatsapp'), ('messenger')) AS v(c)", key=key)
+    rows = sql(stack, "INSERT INTO outbound_messages (channel, msg_id, conversation_key, recipient, payload, status, "
+                      "retry_count, error_code, error_message) SELECT c, :'key' || '-out-' || n, :'key' || '-' || c, "
+                      "'33600000098', jsonb_build_object('messaging_product', 'whatsapp', 'to', '33600000098', "
+                      "'type', 'text', 'text', jsonb_build_object('body', :'key' || '-' || n)), 'DLQ', 5, '131056', "
+                      "'e2e: gave up' FROM (VALUES ('whatsapp', 1), ('whatsapp', 2), ('messenger', 3)) AS v(c, n) "
+                      "RETURNING payload->'text'->>'body', id", key=key)
+    # psql prints the returned rows, then the command tag (INSERT 0 3).
+    yield {text: int(row_id) for text, row_id in (line.split("|") for line in rows.splitlines() if "|" in line)}
+    sql(stack, "DELETE FROM outbound_messages WHERE conversation_key LIKE :'key' || '-%'", key=key)
+    sql(stack, "DELETE FROM inbound_messages WHERE conversation_key LIKE :'key' || '-%'", key=key)
+
+
+def statuses(stack, ids) -> dict[int, str]:
+    out = sql(stack, "SELECT id, status FROM outbound_messages WHERE id = ANY(string_to_array(:'ids', ',')::bigint[])",
+              ids=",".join(map(str, ids)))
+    return {int(i): status for i, status in (line.split("|") for line in out.splitlines())}
+
+
+def graph_texts(stack) -> list[str]:
+    return [r["body"]["text"]["body"] for r in stack.meta.requests()
+            if isinstance(r.get("body"), dict) and MARK in str(r["body"].get("text", {}).get("body", ""))]
+
+
+@pytest.mark.parametrize("argv", [
+    ["dlq", "replay", "--channel", "sms"], ["dlq", "replay", "--max", "-1"], ["dlq", "replay", "--max", "0"],
+    ["dlq", "replay", "--max", "100000"],
+], ids=lambda argv: " ".join(argv))
+def test_a_bad_replay_exits_2_and_leaves_the_dlq_as_it_was(resto, stack, replayable, argv):
+    before = host_snapshot(stack)
+    proc = resto(*argv)
+    assert proc.returncode == 2, proc.stderr
+    assert host_snapshot(stack) == before
+    assert set(statuses(stack, replayable.values()).values()) == {"DLQ"}
+    assert graph_texts(stack) == []
+
+
+def test_dlq_replay_dry_run_lists_the_replies_and_changes_nothing(resto, stack, replayable):
+    whatsapp = {replayable[f"{MARK}-replay-1"], replayable[f"{MARK}-replay-2"]}
+    before = host_snapshot(stack)
+    data = resto.json("dlq", "replay", "--dry-run", "--channel", "whatsapp", "--max", "500")
+    assert (data["dry_run"], data["channel"], data["replayed"]) == (True, "whatsapp", [])
+    assert whatsapp <= set(data["would_replay"])
+    assert replayable[f"{MARK}-replay-3"] not in data["would_replay"]
+    assert host_snapshot(stack) == before  # no lock taken, no audit line
+    assert set(statuses(stack, replayable.values()).values()) == {"DLQ"}
+    assert graph_texts(stack) == []
+
+
+def test_dlq_replay_moves_the_channels_rows_and_the_graph_api_receives_them(resto, stack, replayable):
+    from harness.poll import poll
+
+    whatsapp = {replayable[f"{MARK}-replay-1"], replayable[f"{MARK}-replay-2"]}
+    messenger = replayable[f"{MARK}-replay-3"]
+    data = resto.json("dlq", "replay", "--channel", "whatsapp", "--max", "500")
+    assert (data["dry_run"], data["channel"], data["would_replay"]) == (False, "whatsapp", [])
+    assert whatsapp <= set(data["replayed"]) and messenger not in data["replayed"]
+    sent = poll(lambda: statuses(stack, replayable.values()), until=lambda s: all(s[i] == "SENT" for i in whatsapp),
+                timeout=120, interval=2, what="the replayed replies SENT by the outbound sender")
+    assert sent[messenger] == "DLQ"
+    assert sorted(graph_texts(stack)) == [f"{MARK}-replay-1", f"{MARK}-replay-2"]
+    last = resto.json("audit", "--tail", "1")["entries"][-1]
+    assert (last["action"], last["by"]) == ("dlq replay channel=whatsapp max=500", str(Actor.current()))
+    assert last["result"] == f"ok replayed={len(data['replayed'])}"
+    assert resto.json("lock", "status")["held"] is False
+
+
+def test_smoke_passes_on_the_running_stack_and_fails_with_the_gateway_stopped(resto, stack):
+    data = resto.json("smoke")
+    assert [(c["name"], c["passed"]) for c in data["checks"]] == [
+        ("healthz", True), ("verify-whatsapp", True), ("verify-instagram", True), ("verify-messenger", True),
+        ("console", True)]
+    assert data["failed"] == []
+    stack.ssh("docker", "stop", container_name("nginx"))
+    try:
+        proc = resto("smoke", "--json")
+        assert proc.returncode == 1, proc.stderr
+        assert {"healthz", "verify-whatsapp", "console"} <= set(json.loads(proc.stdout)["failed"])
+    finally:
+        assert resto("start", "nginx").returncode == 0
+    assert resto.json("smoke")["failed"] == []
+
+
+def test_migrations_apply_dry_run_then_apply_with_nothing_pending(resto, stack):
+    files = sorted(path.name for path in (REPO_ROOT / "migrations").glob("*.sql"))
+    before = host_snapshot(stack)
+    dry = resto.json("migrations", "apply", "--dry-run")
+    assert dry["lines"][-1] == f"Dry run: 0 pending, {len(files)} applied; nothing was changed.", dry["lines"]
+    assert host_snapshot(stack) == before  # no lock, no audit line, no service touched
+
+    done = resto.json("migrations", "apply")
+    summary = f"Nothing to apply: {len(files)} migration(s) already applied (latest {files[-1]})."
+    assert done["lines"][-1] == summary, done["lines"]
+    assert host_file(stack, LAYOUT.migration_log(done["release"])).splitlines() == done["lines"]
+    assert resto.json("migrations", "log")["lines"] == done["lines"]
+    last = resto.json("audit", "--tail", "1")["entries"][-1]
+    assert (last["action"], last["result"]) == ("migrations apply", f"ok {summary}")
+    assert resto.json("lock", "status")["held"] is False
+
+
+TABLES = ("inbound_messages", "outbound_messages", "security_events", "execution_entity")
+AGED_ROWS = {  # table -> INSERT of one row of this module aged :'age' (an interval)
+    "inbound_messages": "INSERT INTO inbound_messages (channel, msg_id, conversation_key, sender, payload, status, "
+                        "status_reason, processed_at, received_at) VALUES ('whatsapp', :'mark' || '-' || :'age', "
+                        ":'mark' || '-cleanup', '33600000097', '{}'::jsonb, 'DROPPED', 'e2e', now(), "
+                        "now() - (:'age')::interval) RETURNING id",
+    "outbound_messages": "INSERT INTO outbound_messages (channel, msg_id, conversation_key, recipient, payload, status, "
+                         "created_at) VALUES ('whatsapp', :'mark' || '-' || :'age', :'mark' || '-cleanup', "
+                         "'33600000097', '{}'::jsonb, 'DLQ', now() - (:'age')::interval) RETURNING id",
+    "security_events": "INSERT INTO security_events (event_type, channel, detail, created_at) VALUES ('RATE_LIMIT', "
+                       "'whatsapp', jsonb_build_object('mark', :'mark'), now() - (:'age')::interval) RETURNING id",
+    "execution_entity": 'INSERT INTO execution_entity (finished, mode, "startedAt", "stoppedAt", "workflowId", status, '
+                        '"createdAt") SELECT true, \'trigger\', now() - (:\'age\')::interval, '
+                        "now() - (:'age')::interval, id, 'success', now() - (:'age')::interval FROM workflow_entity "
+                        "ORDER BY name LIMIT 1 RETURNING id",
+}
+
+
+def insert_aged(stack, table: str, age: str) -> int:
+    return int(sql(stack, AGED_ROWS[table], mark=MARK, age=age).splitlines()[0])
+
+
+def row_exists(stack, table: str, row_id: int) -> bool:
+    return sql(stack, f"SELECT count(*) FROM {table} WHERE id = (:'id')::bigint", id=str(row_id)) == "1"  # nosec B608
+
+
+@pytest.fixture
+def aged_rows(stack, resto):
+    """For each table, a row an hour past its retention and one an hour short of it (removed afterwards);
+    with what a dry run counted before they were added."""
+    baseline = resto.json("cleanup", "--dry-run")
+    retention = baseline["retention"]
+    days = {"inbound_messages": retention["inbound_messages_days"],
+            "outbound_messages": retention["outbound_messages_days"],
+            "security_events": retention["security_events_days"]}
+    hours = {**{table: d * 24 for table, d in days.items()}, "execution_entity": retention["executions_max_age_hours"]}
+    rows = {table: (insert_aged(stack, table, f"{hours[table] + 1} hours"),
+                    insert_aged(stack, table, f"{hours[table] - 1} hours")) for table in TABLES}
+    yield rows, baseline["rows"]
+    for table, ids in rows.items():
+        sql(stack, f"DELETE FROM {table} WHERE id = ANY(string_to_array(:'ids', ',')::bigint[])",  # nosec B608
+            ids=",".join(map(str, ids)))
+
+
+def test_cleanup_removes_exactly_the_rows_past_their_retention_and_dry_run_changes_nothing(resto, stack, aged_rows):
+    rows, baseline = aged_rows
+    before = host_snapshot(stack)
+    counted = resto.json("cleanup", "--dry-run")
+    assert counted["rows"] == {table: baseline[table] + 1 for table in TABLES}
+    assert host_snapshot(stack) == before  # no lock, no audit line
+    assert all(row_exists(stack, table, old) for table, (old, _) in rows.items())
+
+    done = resto.json("cleanup")
+    assert (done["dry_run"], done["rows"]) == (False, counted["rows"])
+    for table, (old, young) in rows.items():
+        assert (row_exists(stack, table, old), row_exists(stack, table, young)) == (False, True), table
+    assert resto.json("cleanup", "--dry-run")["rows"] == dict.fromkeys(TABLES, 0)
+    last = resto.json("audit", "--tail", "1")["entries"][-1]
+    assert (last["action"], last["by"]) == ("cleanup", str(Actor.current()))
+    assert last["result"] == "ok deleted " + " ".join(f"{t}={counted['rows'][t]}" for t in TABLES)
     assert resto.json("lock", "status")["held"] is False
 
 

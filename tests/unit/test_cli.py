@@ -30,9 +30,12 @@ class ScriptedRemote(cli.Remote):
         self.answer = answer
         self.followed: list[str] = []
         self.calls: list[tuple[str, ...]] = []
+        self.stdins: dict[tuple[str, ...], str] = {}
 
-    def run(self, argv, timeout: float = 120) -> cli.Result:
+    def run(self, argv, timeout: float = 120, stdin: str | None = None) -> cli.Result:
         self.calls.append(tuple(argv))
+        if stdin is not None:
+            self.stdins[tuple(argv)] = stdin
         status, out, err = self.answer(argv)
         return cli.Result(tuple(argv), status, out, err)
 
@@ -131,6 +134,15 @@ def test_unknown_stage_names_the_stages_and_connects_nowhere(capsys, no_connecti
         (["start", "postgres", "redis"], "unexpected extra argument"),
         (["reboot"], "No such command 'reboot'"),
         (["lock", "steal"], "No such command 'steal'"),
+        (["dlq", "replay", "--channel", "sms"], "'sms' is not one of 'whatsapp', 'instagram', 'messenger'"),
+        (["dlq", "replay", "--max", "0"], "'--max': 0 is not in the range 1<=x<=500"),
+        (["dlq", "replay", "--max", "-3"], "'--max': -3 is not in the range 1<=x<=500"),
+        (["dlq", "replay", "--max", "501"], "'--max': 501 is not in the range 1<=x<=500"),
+        (["dlq", "replay", "--max", "99999999999999999999"], "'--max'"),
+        (["cleanup", "--older-than", "1d"], "No such option '--older-than'"),
+        (["cleanup", "now"], "unexpected extra argument"),
+        (["smoke", "--attempts", "0"], "'--attempts': 0 is not in the range 1<=x<=60"),
+        (["smoke", "--attempts", "61"], "'--attempts': 61 is not in the range 1<=x<=60"),
     ],
 )
 def test_bad_input_exits_2_naming_the_field_and_connects_nowhere(capsys, no_connection, with_secrets, argv, named):
@@ -170,8 +182,8 @@ def test_help_needs_no_inventory_and_no_connection(capsys, no_connection):
 
 
 def test_every_read_command_takes_json():
-    reads = {"ps", "logs", "stats", "audit", "executions", "messages", "security", "flooding"}
-    groups = {"lock": {"status"}, "migrations": {"status"}, "dlq": {"count", "list"}, "db": {"size"}}
+    reads = {"ps", "logs", "stats", "audit", "executions", "messages", "security", "flooding", "smoke"}
+    groups = {"lock": {"status"}, "migrations": {"status", "log"}, "dlq": {"count", "list"}, "db": {"size"}}
     for name in reads:
         assert "as_json" in {p.name for p in cli.cli.commands[name].params}, name
     for group, subcommands in groups.items():
@@ -331,6 +343,184 @@ def test_a_failed_change_is_audited_and_the_lock_released(capsys, host):
     audit = [argv for argv in host.remote.calls if LAYOUT.audit_log in argv]
     assert len(audit) == 1 and "result=failed: start redis failed on the host (exit 1):" in audit[0][-1]
     assert host.remote.calls[-1] == tuple(commands.remove_tree(LAYOUT.lock_dir))
+
+
+REPLAY_URL = "https://api.resto.example.com/v1/admin/dlq/replay"
+
+
+def admin_api_answers(host, status: int, body: dict) -> None:
+    host.on(lambda argv: argv[0] == "curl", out=json.dumps(body) + f"\n{status}")
+
+
+def curl_calls(host) -> list[tuple[str, ...]]:
+    return [argv for argv in host.remote.calls if argv[0] == "curl"]
+
+
+def test_dlq_replay_posts_to_the_admin_api_under_the_lock_with_the_token_on_stdin(capsys, host, with_secrets):
+    admin_api_answers(host, 200, {"dry_run": False, "channel": "whatsapp", "max_messages": 5, "replayed": 2,
+                                  "ids": [4, 7], "skipped_outside_24h_window": [9]})
+    status, out, err = run(capsys, "production", "dlq", "replay", "--channel", "whatsapp", "--max", "5", "--json")
+    assert status == cli.EXIT_OK, err
+    assert json.loads(out) == {"stage": "production", "dry_run": False, "channel": "whatsapp", "max": 5,
+                               "replayed": [4, 7], "would_replay": [], "skipped_outside_24h_window": [9]}
+    [post] = curl_calls(host)
+    assert post == tuple(commands.admin_api_post("api.resto.example.com", "/v1/admin/dlq/replay",
+                                                 '{"dry_run": false, "channel": "whatsapp", "max_messages": 5}'))
+    assert post[-1] == REPLAY_URL
+    token = with_secrets["ADMIN_API_TOKEN"]
+    assert host.remote.stdins[post] == f'header = "x-api-token: {token}"\n'
+    assert not any(token in part for argv in host.remote.calls for part in argv)
+    calls = host.remote.calls
+    mkdir = calls.index(tuple(commands.make_directory(LAYOUT.lock_dir)))
+    audit = next(i for i, argv in enumerate(calls) if argv[-2:-1] == (LAYOUT.audit_log,))
+    release = calls.index(tuple(commands.remove_tree(LAYOUT.lock_dir)))
+    assert mkdir < calls.index(post) < audit < release
+    assert " dlq replay channel=whatsapp max=5 release=v7-abc by=" in calls[audit][-1]
+    assert "result=ok replayed=2 duration=" in calls[audit][-1]
+
+
+def test_dlq_replay_dry_run_takes_no_lock_and_writes_no_audit(capsys, host):
+    admin_api_answers(host, 200, {"dry_run": True, "would_replay": 1, "ids": [4], "skipped_outside_24h_window": []})
+    status, out, err = run(capsys, "production", "dlq", "replay", "--dry-run")
+    assert status == cli.EXIT_OK, err
+    assert out.strip() == "would replay 1 from the DLQ (ids 4)"
+    [post] = curl_calls(host)
+    assert '{"dry_run": true, "channel": null, "max_messages": 10}' in post
+    assert [argv for argv in host.remote.calls if argv[0] in ("mkdir", "rm") or LAYOUT.audit_log in argv] == []
+
+
+@pytest.mark.parametrize(("answer", "named"), [
+    (401, "the admin API answered 401 (invalid token); the admin API does not know ADMIN_API_TOKEN"),
+    (403, "the admin API answered 403 (scope admin:dlq required); the admin client lacks the scope admin:dlq"),
+    (503, "the admin API answered 503 (unavailable); see: resto production logs nginx n8n-main"),
+])
+def test_a_refused_replay_exits_1_is_audited_failed_and_releases_the_lock(capsys, host, answer, named):
+    error = {401: "invalid token", 403: "scope admin:dlq required", 503: "unavailable"}[answer]
+    admin_api_answers(host, answer, {"error": error})
+    status, _, err = run(capsys, "production", "dlq", "replay")
+    assert status == cli.EXIT_FAILED
+    assert f"error: the DLQ replay: {named}" in err
+    [audit] = [argv for argv in host.remote.calls if LAYOUT.audit_log in argv]
+    assert f"result=failed: the DLQ replay: the admin API answered {answer}" in audit[-1]
+    assert host.remote.calls[-1] == tuple(commands.remove_tree(LAYOUT.lock_dir))
+
+
+RETENTION = {"inbound_days": "90", "outbound_days": "90", "security_days": "90", "executions_hours": "168"}
+PAST = {"inbound_messages": 2, "outbound_messages": 1, "security_events": 0, "execution_entity": 7}
+
+
+def test_cleanup_dry_run_counts_with_the_retention_settings_and_changes_nothing(capsys, host):
+    host.on(lambda argv: argv == commands.database_read(commands.CLEANUP_COUNT_SQL, RETENTION), out=json.dumps(PAST))
+    status, out, err = run(capsys, "production", "cleanup", "--dry-run", "--json")
+    assert status == cli.EXIT_OK, err
+    data = json.loads(out)
+    assert (data["dry_run"], data["rows"], data["total"]) == (True, PAST, 10)
+    assert data["retention"] == {"inbound_messages_days": 90, "outbound_messages_days": 90,
+                                 "security_events_days": 90, "executions_max_age_hours": 168}
+    assert [argv for argv in host.remote.calls if argv[0] in ("mkdir", "rm") or LAYOUT.audit_log in argv] == []
+    assert tuple(commands.database_read(commands.CLEANUP_SQL, RETENTION)) not in host.remote.calls
+
+
+def test_cleanup_deletes_under_the_lock_and_audits_what_went(capsys, host):
+    delete = tuple(commands.database_read(commands.CLEANUP_SQL, RETENTION))
+    host.on(lambda argv: tuple(argv) == delete, out=json.dumps(PAST))
+    status, out, err = run(capsys, "production", "cleanup", "--json")
+    assert status == cli.EXIT_OK, err
+    assert (json.loads(out)["dry_run"], json.loads(out)["rows"]) == (False, PAST)
+    calls = host.remote.calls
+    mkdir = calls.index(tuple(commands.make_directory(LAYOUT.lock_dir)))
+    audit = next(i for i, argv in enumerate(calls) if argv[-2:-1] == (LAYOUT.audit_log,))
+    assert mkdir < calls.index(delete) < audit < calls.index(tuple(commands.remove_tree(LAYOUT.lock_dir)))
+    assert (" cleanup release=v7-abc by=" in calls[audit][-1] and "result=ok deleted inbound_messages=2 "
+            "outbound_messages=1 security_events=0 execution_entity=7 duration=" in calls[audit][-1])
+
+
+def test_cleanup_sql_deletes_only_past_the_retention_variables():
+    assert commands.CLEANUP_SQL.count("DELETE FROM") == 4
+    for table, rows in commands.PAST_RETENTION.items():
+        assert f"gone_{table} AS (DELETE {rows} RETURNING 1)" in commands.CLEANUP_SQL
+        assert f"'{table}', (SELECT count(*) {rows})" in commands.CLEANUP_COUNT_SQL
+    assert '"stoppedAt" < now() - make_interval(hours => (:\'executions_hours\')::int)' in commands.CLEANUP_SQL
+
+
+def test_migrations_log_shows_the_newest_log_and_its_release(capsys, host):
+    path = f"{LAYOUT.migration_logs_dir}/v7-abc.log"
+    host.on(lambda argv: argv == commands.latest_migration_log(LAYOUT), out=f"{path}\napplied 0001_init.sql\ndone\n")
+    status, out, err = run(capsys, "production", "migrations", "log", "--json")
+    assert status == cli.EXIT_OK, err
+    assert json.loads(out) == {"stage": "production", "release": "v7-abc", "file": path,
+                               "lines": ["applied 0001_init.sql", "done"]}
+
+
+def test_migrations_log_without_any_log_says_so(capsys, host):
+    status, out, _ = run(capsys, "production", "migrations", "log")
+    assert status == cli.EXIT_OK
+    assert out.startswith("no migration log in /opt/resto/logs/migrations: no deploy has migrated the database")
+
+
+def test_migrations_apply_dry_run_runs_the_runners_dry_run_without_the_lock(capsys, host):
+    dry = tuple(commands.compose_run_migrations(LAYOUT.current, "apply", "--dry-run"))
+    host.on(lambda argv: tuple(argv) == dry, out="Would apply 0007_x.sql\nDry run: 1 pending, 6 applied; nothing was changed.\n")
+    status, out, err = run(capsys, "production", "migrations", "apply", "--dry-run", "--json")
+    assert status == cli.EXIT_OK, err
+    assert json.loads(out) == {"stage": "production", "release": "v7-abc", "dry_run": True, "lines": [
+        "Would apply 0007_x.sql", "Dry run: 1 pending, 6 applied; nothing was changed."]}
+    assert [argv for argv in host.remote.calls if argv[0] in ("mkdir", "rm") or LAYOUT.audit_log in argv] == []
+
+
+def test_migrations_apply_runs_under_the_lock_keeps_the_output_and_audits_its_last_line(capsys, host):
+    apply = tuple(commands.output_kept(LAYOUT.migration_log("v7-abc"),
+                                       commands.compose_run_migrations(LAYOUT.current, "apply")))
+    host.on(lambda argv: tuple(argv) == apply, out="Applied 0007_x.sql\nApplied 1 migration(s) in 12 ms; the schema is up to date.\n")
+    status, out, err = run(capsys, "production", "migrations", "apply")
+    assert status == cli.EXIT_OK, err
+    calls = host.remote.calls
+    mkdir = calls.index(tuple(commands.make_directory(LAYOUT.lock_dir)))
+    audit = next(i for i, argv in enumerate(calls) if argv[-2:-1] == (LAYOUT.audit_log,))
+    assert mkdir < calls.index(apply) < audit < calls.index(tuple(commands.remove_tree(LAYOUT.lock_dir)))
+    assert " migrations apply release=v7-abc by=" in calls[audit][-1]
+    assert "result=ok Applied 1 migration(s) in 12 ms; the schema is up to date. duration=" in calls[audit][-1]
+    assert out.startswith("Applied 0007_x.sql\n")
+
+
+def test_a_failing_migration_exits_1_with_the_runners_output_and_is_audited(capsys, host):
+    host.on(lambda argv: argv[0] == "sh" and LAYOUT.migration_log("v7-abc") in argv, status=1,
+            out="migrate: error: 0007_x.sql failed: relation exists\n")
+    status, _, err = run(capsys, "production", "migrations", "apply")
+    assert status == cli.EXIT_FAILED
+    assert "applying the migrations failed on the host (exit 1):\nmigrate: error: 0007_x.sql failed" in err
+    [audit] = [argv for argv in host.remote.calls if LAYOUT.audit_log in argv]
+    assert "result=failed: applying the migrations failed on the host (exit 1): duration=" in audit[-1]
+    assert host.remote.calls[-1] == tuple(commands.remove_tree(LAYOUT.lock_dir))
+
+
+SMOKE_OUT = ("PASS healthz answered ok\nPASS verify-whatsapp answered smoke-1\n"
+             "FAIL console n8n editor does not answer at http://n8n-main:5678/\n")
+
+
+def test_smoke_runs_the_releases_script_and_exits_1_on_a_failed_check(capsys, host):
+    host.on(lambda argv: argv == commands.smoke_checks(LAYOUT.current, 3), out=SMOKE_OUT)
+    status, out, _ = run(capsys, "production", "smoke", "--attempts", "3", "--json")
+    assert status == cli.EXIT_FAILED
+    data = json.loads(out)
+    assert (data["release"], data["failed"]) == ("v7-abc", ["console"])
+    assert data["checks"][0] == {"name": "healthz", "passed": True, "detail": "answered ok"}
+    assert [argv for argv in host.remote.calls if argv[0] in ("mkdir", "rm") or LAYOUT.audit_log in argv] == []
+
+
+def test_smoke_passes_when_every_check_passes_and_fails_without_any_result(capsys, host):
+    host.on(lambda argv: argv == commands.smoke_checks(LAYOUT.current, 1), out="PASS healthz answered ok\n")
+    assert run(capsys, "production", "smoke")[0] == cli.EXIT_OK
+    host.on(lambda argv: argv == commands.smoke_checks(LAYOUT.current, 1), out="")
+    status, out, _ = run(capsys, "production", "smoke")
+    assert status == cli.EXIT_FAILED and "failed: (no result)" in out
+
+
+def test_parse_http_answer():
+    assert cli.parse_http_answer('{"ids": []}\n200') == (200, '{"ids": []}')
+    assert cli.parse_http_answer("\n401\n") == (401, "")
+    with pytest.raises(ValueError, match="no HTTP status"):
+        cli.parse_http_answer("curl: (7) Failed to connect")
 
 
 def test_lock_release_audits_who_held_it(capsys, host):

@@ -362,3 +362,31 @@ def test_safety_dumps_are_named_by_time_and_never_match_a_predeploy_backup():
     assert LAYOUT.safety_dump("20250102T030405Z") == "/opt/resto/backups/before-restore-20250102T030405Z.dump"
     assert LAYOUT.safety_dumps == "/opt/resto/backups/before-restore-*Z.dump"
     assert not fnmatch.fnmatch(LAYOUT.predeploy_backup("restore-v1-0a1b2c3d"), LAYOUT.safety_dumps)
+
+def test_output_kept_writes_both_streams_prints_them_and_keeps_the_exit_status(tmp_path):
+    import subprocess
+
+    from restobot.commands import output_kept
+
+    log = tmp_path / "run.log"
+    proc = subprocess.run(output_kept(str(log), ["sh", "-c", "echo applied; echo failed >&2; exit 3"]),
+                          capture_output=True, text=True, check=False)
+    assert (proc.returncode, proc.stdout) == (3, "applied\nfailed\n")
+    assert log.read_text() == "applied\nfailed\n"
+
+
+def test_latest_migration_log_prints_the_newest_file_then_its_text(tmp_path):
+    import os
+    import subprocess
+
+    from restobot.commands import latest_migration_log
+
+    layout = HostLayout(str(tmp_path))
+    assert subprocess.run(latest_migration_log(layout), capture_output=True, text=True).stdout == ""
+    logs = tmp_path / "logs" / "migrations"
+    logs.mkdir(parents=True)
+    (logs / "v1-aaa.log").write_text("old\n")
+    (logs / "v2-bbb.log").write_text("new\n")
+    os.utime(logs / "v1-aaa.log", (1, 1))
+    out = subprocess.run(latest_migration_log(layout), capture_output=True, text=True).stdout
+    assert out == f"{logs}/v2-bbb.log\nnew\n"

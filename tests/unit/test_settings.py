@@ -271,3 +271,16 @@ def test_monitoring_figure_out_of_range_is_refused(production_data, secret_env, 
     production_data["monitoring"] = {field: value}
     [problem] = problems_of(production_data, secret_env)
     assert problem.startswith(f"monitoring.{field}: Input should be")
+
+
+def test_retention_defaults_keep_the_bots_rows_ninety_days(production_data, secret_env):
+    retention = load_settings(production_data, secret_env).retention
+    assert (retention.inbound_messages_days, retention.outbound_messages_days, retention.security_events_days) == (
+        90, 90, 90)
+
+
+@pytest.mark.parametrize("days", [0, -1, 3651])
+def test_retention_out_of_range_is_refused_naming_the_field(production_data, secret_env, days):
+    production_data["retention"] = {"security_events_days": days}
+    [problem] = problems_of(production_data, secret_env)
+    assert problem.startswith("retention.security_events_days:")
