@@ -28,6 +28,8 @@ from pyinfra.api import QuoteString, StringCommand
 
 COMPOSE_PROJECT = "resto"
 LONG_RUNNING_SERVICES = ("postgres", "redis", "n8n-main", "n8n-worker", "nginx", "traefik")
+MONITORING_SERVICES = ("prometheus", "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter",
+                       "blackbox-exporter")
 PSQL_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 

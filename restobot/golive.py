@@ -361,6 +361,13 @@ def published_ports(docker_ps: str) -> dict[str, list[str]]:
     return published
 
 
+def beyond_loopback(published: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The published ports bound to an address other than the VPS's loopback (``127.0.0.1:9090->...`` is not)."""
+    beyond = {name: [entry for entry in entries if not entry.startswith(("127.0.0.1:", "[::1]:"))]
+              for name, entries in published.items()}
+    return {name: entries for name, entries in beyond.items() if entries}
+
+
 def addresses_outside(allowlist: Sequence[str], addresses: Iterable[str]) -> list[str]:
     """The IPv4 addresses not in any allowlisted network (loopback excluded), in the given order."""
     networks = [ipaddress.ip_network(entry) for entry in allowlist]

@@ -675,6 +675,8 @@ class MonitoringSettings(Section):
     scrape_interval_seconds: int = Field(30, ge=1, le=300)
     # How long Prometheus keeps its samples (its volume grows with it: ~1-2 MiB a day here).
     retention_days: int = Field(15, ge=1, le=365)
+    # How often the host samples the containers' states (running, healthy, CPU) for node-exporter.
+    container_state_interval_seconds: int = Field(15, ge=5, le=60)
 
 
 CHANNELS = ("whatsapp", "instagram", "messenger")

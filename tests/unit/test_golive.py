@@ -68,6 +68,14 @@ def test_published_ports_list_only_bound_ones():
     assert golive.published_ports(text) == {"resto-traefik-1": ["0.0.0.0:80->80/tcp", "0.0.0.0:443->443/tcp"]}
 
 
+def test_ports_beyond_loopback_leave_out_loopback_bindings():
+    published = {"resto-traefik-1": ["0.0.0.0:80->80/tcp", "0.0.0.0:443->443/tcp"],
+                 "resto-prometheus-1": ["127.0.0.1:9090->9090/tcp"],
+                 "resto-alertmanager-1": ["127.0.0.1:9093->9093/tcp", ":::9093->9093/tcp"]}
+    assert golive.beyond_loopback(published) == {"resto-traefik-1": ["0.0.0.0:80->80/tcp", "0.0.0.0:443->443/tcp"],
+                                                 "resto-alertmanager-1": [":::9093->9093/tcp"]}
+
+
 def test_addresses_outside_the_allowlist_skip_loopback_and_members():
     addresses = ["127.0.0.1", "172.17.0.3", "10.213.62.200", "203.0.113.10"]
     assert golive.addresses_outside(["127.0.0.1/32", "172.16.0.0/12"], addresses) == ["10.213.62.200",
