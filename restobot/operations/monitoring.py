@@ -7,7 +7,8 @@
 * ``{base_dir}/bin/restobot_container_states.py``: restobot/remote/container_states.py, from the
   checkout the release was built from;
 * ``CRON_FILE``: runs it every minute as root (docker's socket), sampling every
-  ``monitoring.container_state_interval_seconds``.
+  ``monitoring.container_state_interval_seconds``; it also reports when the nightly backup last
+  succeeded (its last-success stamp), which RestobotBackupTooOld reads.
 
 Prometheus, Alertmanager and the exporters themselves are compose services (templates/compose.yml.j2).
 """
@@ -23,6 +24,7 @@ from pyinfra.api import deploy
 from pyinfra.operations import files
 
 from restobot.commands import LONG_RUNNING_SERVICES, MONITORING_SERVICES, HostLayout
+from restobot.operations.backup import BackupPaths
 from restobot.render import COMPOSE_PROJECT
 from restobot.settings import REPO_ROOT, Settings
 
@@ -44,6 +46,7 @@ def states_argv(layout: HostLayout, interval_seconds: int) -> list[str]:
     """The program's command line: every service of the stack and of its monitoring (pure)."""
     return [
         "python3", program_path(layout), "--dir", layout.textfile_dir, "--project", COMPOSE_PROJECT,
+        "--backup-stamp", BackupPaths(layout).last_success,
         "--samples", str(samples_per_minute(interval_seconds)), "--every", str(interval_seconds),
         *(argument for service in CPU_SERVICES for argument in ("--cpu", service)),
         *LONG_RUNNING_SERVICES, *MONITORING_SERVICES,

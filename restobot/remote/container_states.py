@@ -10,9 +10,13 @@ more often than once a minute), and each time replaces ``restobot_containers.pro
     restobot_container_healthy{service="nginx"} 1      0: docker says unhealthy (absent while starting
                                                        or without a healthcheck)
     restobot_container_cpu_percent{service="n8n-main"} 3.5   docker stats, share of one core
+    restobot_backup_last_success_timestamp_seconds 1.79e9  the nightly backup's last-success stamp's time
+                                                       (--backup-stamp; absent while there is none)
+
+One-off containers (``docker compose run``) are left out: they carry their service's label too.
 
     python3 restobot_container_states.py --dir /opt/resto/metrics --project resto \\
-        --samples 4 --every 15 nginx postgres ...
+        --backup-stamp /opt/resto/backups/scheduled/last-success --samples 4 --every 15 nginx postgres ...
 """
 
 from __future__ import annotations
@@ -34,6 +38,10 @@ HEADER = (
     "# HELP restobot_container_cpu_percent The container's CPU use, percent of one core (docker stats).\n"
     "# TYPE restobot_container_cpu_percent gauge\n"
 )
+BACKUP_HEADER = (
+    "# HELP restobot_backup_last_success_timestamp_seconds When the nightly backup last succeeded.\n"
+    "# TYPE restobot_backup_last_success_timestamp_seconds gauge\n"
+)
 
 
 def ps_argv(project: str) -> List[str]:
@@ -46,13 +54,18 @@ def stats_argv(names: Sequence[str]) -> List[str]:
     return ["docker", "stats", "--no-stream", "--format", "{{.Name}}\t{{.CPUPerc}}", *names]
 
 
+def labels_of(container: Dict[str, str]) -> Dict[str, str]:
+    """A ``docker ps`` record's labels (``a=1,b=2``; a value holding a comma keeps only its first part)."""
+    pairs = (label.partition("=") for label in container.get("Labels", "").split(","))
+    return {key: value for key, separator, value in pairs if separator}
+
+
 def service_of(container: Dict[str, str]) -> Optional[str]:
-    """The compose service a ``docker ps`` record belongs to (its label), or None."""
-    for label in container.get("Labels", "").split(","):
-        key, _, value = label.partition("=")
-        if key == "com.docker.compose.service":
-            return value
-    return None
+    """The compose service a ``docker ps`` record belongs to (its label), or None for a one-off container."""
+    labels = labels_of(container)
+    if labels.get("com.docker.compose.oneoff") == "True":
+        return None
+    return labels.get("com.docker.compose.service")
 
 
 def health_of(status: str) -> Optional[int]:
@@ -86,6 +99,22 @@ def metrics(services: Sequence[str], containers: Iterable[Dict[str, str]], cpu: 
     return "\n".join(lines) + "\n"
 
 
+def backup_metrics(stamp_mtime: Optional[float]) -> str:
+    """The backup's last success, from its stamp's modification time; nothing when there is no stamp (pure)."""
+    if stamp_mtime is None:
+        return ""
+    return f"{BACKUP_HEADER}restobot_backup_last_success_timestamp_seconds {stamp_mtime:.0f}\n"
+
+
+def stamp_mtime(path: Optional[str]) -> Optional[float]:
+    if not path:
+        return None
+    try:
+        return os.stat(path).st_mtime
+    except FileNotFoundError:
+        return None
+
+
 def parse_ps(output: str) -> List[Dict[str, str]]:
     return [json.loads(line) for line in output.splitlines() if line.strip().startswith("{")]
 
@@ -115,11 +144,12 @@ def run(argv: List[str]) -> str:
     return subprocess.run(argv, check=True, capture_output=True, text=True, timeout=30).stdout
 
 
-def sample(directory: str, project: str, services: Sequence[str], cpu_services: Sequence[str]) -> None:
+def sample(directory: str, project: str, services: Sequence[str], cpu_services: Sequence[str],
+           backup_stamp: Optional[str]) -> None:
     containers = parse_ps(run(ps_argv(project)))
     names = [c["Names"] for c in containers if service_of(c) in cpu_services and c.get("State") == "running"]
     cpu = parse_stats(run(stats_argv(names))) if names else {}
-    write_atomically(directory, metrics(services, containers, cpu))
+    write_atomically(directory, metrics(services, containers, cpu) + backup_metrics(stamp_mtime(backup_stamp)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -129,12 +159,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--samples", type=int, default=1, help="how many samples this run writes")
     parser.add_argument("--every", type=float, default=15.0, help="seconds between two samples")
     parser.add_argument("--cpu", action="append", default=[], help="a service whose CPU use is reported")
+    parser.add_argument("--backup-stamp", help="the nightly backup's last-success stamp")
     parser.add_argument("services", nargs="+", help="the services expected to run")
     args = parser.parse_args(argv)
     for index in range(args.samples):
         started = time.monotonic()
         try:
-            sample(args.dir, args.project, args.services, args.cpu)
+            sample(args.dir, args.project, args.services, args.cpu, args.backup_stamp)
         except (subprocess.SubprocessError, OSError, ValueError) as error:
             # Left as it was: a stale file keeps its last values, and RestobotContainerStateUnknown
             # fires only when it is gone. cron mails stderr.

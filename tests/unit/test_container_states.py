@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 from restobot.commands import HostLayout
 from restobot.operations import monitoring
@@ -81,7 +82,23 @@ def test_one_cron_run_samples_a_minute_at_the_interval():
 def test_cron_runs_the_program_as_root_every_minute_for_every_service():
     assert monitoring.cron_file(LAYOUT, 15).splitlines()[-1] == (
         "* * * * * root python3 /opt/resto/bin/restobot_container_states.py --dir /opt/resto/metrics "
-        "--project resto --samples 4 --every 15 --cpu n8n-main --cpu n8n-worker postgres redis n8n-main "
+        "--project resto --backup-stamp /opt/resto/backups/scheduled/last-success --samples 4 --every 15 --cpu n8n-main --cpu n8n-worker postgres redis n8n-main "
         "n8n-worker nginx traefik prometheus alertmanager node-exporter postgres-exporter redis-exporter "
         "blackbox-exporter >/dev/null"
     )
+
+
+def test_one_off_containers_are_left_out():
+    one_off = record("n8n-main", "running", "Up 2 seconds (health: starting)")
+    one_off["Labels"] += ",com.docker.compose.oneoff=True"
+    text = states.metrics(["n8n-main"], [record("n8n-main", "exited", "Exited (137) 1 second ago"), one_off], {})
+    assert lines(text) == ['restobot_container_running{service="n8n-main"} 0']
+
+
+def test_the_backup_s_last_success_is_its_stamp_s_time_and_absent_without_one(tmp_path):
+    stamp = tmp_path / "last-success"
+    assert states.backup_metrics(states.stamp_mtime(str(stamp))) == ""
+    stamp.write_text("x")
+    os.utime(stamp, (1796000000, 1796000000))
+    assert lines(states.backup_metrics(states.stamp_mtime(str(stamp)))) == [
+        "restobot_backup_last_success_timestamp_seconds 1796000000"]
