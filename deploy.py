@@ -17,7 +17,7 @@ from pathlib import Path
 from pyinfra import host, state
 
 from restobot.commands import HostLayout
-from restobot.operations import backup, database, images, lock, provision, release, stack
+from restobot.operations import backup, database, images, lock, monitoring, provision, release, stack
 from restobot.release_archive import build_release, private_tempdir, release_name_from_git
 from restobot.settings import REPO_ROOT, settings_for
 
@@ -76,6 +76,9 @@ release.releases_pruned(
 
 # Backups: the nightly dump, its restore check, its cron entry, and a first dump now.
 backup.backups_scheduled(settings, layout)
+
+# Monitoring: Prometheus and its exporters are compose services; the host writes the containers' states.
+monitoring.container_states_scheduled(settings, layout)
 
 lock.audit_logged(
     name=lock.AUDIT, layout=layout, actor=actor, action="deploy", release=identifier, result="success", started=started

@@ -165,12 +165,13 @@ def test_only_public_ports_listen_on_external_addresses(target, evidence):
     evidence(f"external listeners {sorted(ports)}")
 
 
-def test_only_traefik_publishes_ports(target, evidence):
+def test_only_traefik_publishes_ports_beyond_loopback(target, evidence):
+    """Prometheus and Alertmanager publish on the VPS's 127.0.0.1 only (reached through an SSH tunnel)."""
     result = target.run("docker", "ps", "--format", "{{.Names}}\t{{.Ports}}")
     assert result.rc == 0, f"docker ps: {result.stderr.strip()}"
-    published = golive.published_ports(result.stdout)
+    published = golive.beyond_loopback(golive.published_ports(result.stdout))
     others = {name: ports for name, ports in published.items() if name != container("traefik")}
-    assert not others, f"containers publishing ports besides Traefik: {others}"
+    assert not others, f"containers publishing ports beyond loopback besides Traefik: {others}"
     traefik = published.get(container("traefik"), [])
     targets = sorted({entry.rsplit("->", 1)[1] for entry in traefik})
     assert targets == ["443/tcp", "80/tcp"], f"Traefik publishes {traefik}, want 80 and 443 only"

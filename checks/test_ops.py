@@ -6,7 +6,7 @@ import json
 import time
 
 import pytest
-from conftest import container, manual
+from conftest import container
 
 from restobot import golive
 
@@ -105,16 +105,45 @@ def test_alert_destination_answers_a_test_alert(target, evidence):
     evidence(f"test alert answered {answer}")
 
 
-RUNBOOK_ALERTS = {
-    "container-down": "a container stops",
-    "healthcheck-fail": "https://api.../healthz stops answering ok",
-    "signature-errors": "SIGNATURE_INVALID events spike in security_events",
-    "rate-limit": "RATE_LIMIT events are excessive",
-    "disk": "the disk passes 90%",
-}
+PROMETHEUS_RULES_URL = "http://127.0.0.1:9090/api/v1/rules?type=alert"
+ALERTMANAGER_CONFIG = "/etc/alertmanager/alertmanager.yml"
 
 
-@pytest.mark.parametrize("alert", sorted(RUNBOOK_ALERTS))
-def test_runbook_alert_is_wired(target, alert):
-    manual(f"the stack alerts only on the DLQ (W8_DLQ_HANDLER); confirm your external monitoring alerts when "
-           f"{RUNBOOK_ALERTS[alert]}")
+def _loaded_rules(target) -> dict[str, str]:
+    """The alert rules the running Prometheus evaluates, read inside its container (nothing is published)."""
+    result = target.run("docker", "exec", container("prometheus"), "wget", "-q", "-O", "-", PROMETHEUS_RULES_URL)
+    assert result.rc == 0, f"Prometheus's rules API did not answer: {(result.stderr or result.stdout).strip()[-300:]}"
+    return golive.loaded_alert_rules(result.stdout)
+
+
+@pytest.mark.parametrize("alert", sorted(golive.RUNBOOK_ALERT_RULES))
+def test_runbook_alert_rule_is_loaded_in_prometheus(target, alert, evidence):
+    loaded = _loaded_rules(target)
+    wanted = golive.RUNBOOK_ALERT_RULES[alert]
+    missing = [rule for rule in wanted if rule not in loaded]
+    assert not missing, f"{', '.join(missing)} not loaded in the running Prometheus (deploy again)"
+    broken = [f"{rule} ({loaded[rule]})" for rule in wanted if loaded[rule] == "err"]
+    assert not broken, f"rules failing to evaluate: {', '.join(broken)}"
+    evidence(", ".join(f"{rule} {loaded[rule]}" for rule in wanted))
+
+
+@pytest.mark.parametrize("alert", sorted(golive.RUNBOOK_ALERT_RULES))
+def test_runbook_alert_is_routed_to_the_alert_destination(target, alert, evidence):
+    """Alertmanager's own route test on its running configuration, then the receiver's URL against the settings'."""
+    for rule in golive.RUNBOOK_ALERT_RULES[alert]:
+        result = target.run("docker", "exec", container("alertmanager"), "amtool", "config", "routes", "test",
+                            f"--config.file={ALERTMANAGER_CONFIG}", f"alertname={rule}",
+                            f"stage={target.settings.stage.value}")
+        assert result.rc == 0, f"amtool could not test the route: {(result.stderr or result.stdout).strip()[-300:]}"
+        receivers = golive.routed_receivers(result.stdout)
+        assert receivers == [golive.ALERT_RECEIVER], f"{rule} is routed to {receivers}, not {golive.ALERT_RECEIVER}"
+    configured = target.settings.pipeline.alert_webhook_url
+    assert configured is not None, "pipeline.alert_webhook_url (ALERT_WEBHOOK_URL) is not set: alerts go nowhere"
+    running = target.run("docker", "exec", container("alertmanager"), "cat", ALERTMANAGER_CONFIG)
+    assert running.rc == 0, f"cannot read Alertmanager's configuration: {running.stderr.strip()[-200:]}"
+    alert_format = target.settings.monitoring.alert_format
+    urls = golive.receiver_urls(running.stdout, golive.ALERT_RECEIVER, alert_format)
+    assert urls == [str(configured)], (
+        f"{golive.ALERT_RECEIVER} does not post to ALERT_WEBHOOK_URL as {alert_format} with resolves (deploy again)")
+    evidence(f"{', '.join(golive.RUNBOOK_ALERT_RULES[alert])} -> {golive.ALERT_RECEIVER} ({alert_format}, "
+             f"{configured.host})")

@@ -246,13 +246,14 @@ LOCAL_IMAGES: tuple[LocalImage, ...] = (
         name="vps", tag="bookworm", official="(a fresh Debian 12 VPS)",
         parent="debian:bookworm", inputs=_harness_context("vps"),
     ),
-    # Not bundled for the VPS yet: the compose file runs no monitoring service so far.
+    # Bundled for the VPS: the compose file runs them beside the stack.
     *(
         LocalImage(
             name=name, tag=version, official=pin.image, version=version,  # type: ignore[attr-defined]
             parent="debian:bookworm", inputs=_harness_context("monitoring"),
             build_args=(("PACKAGE", package), ("BINARY", binary), ("UPSTREAM_NAME", upstream),
                         ("VERSION", version)),
+            bundle=True,
         )
         for name, package, binary, upstream, pin, version in BOOKWORM_MONITORING
     ),

@@ -28,6 +28,8 @@ from pyinfra.api import QuoteString, StringCommand
 
 COMPOSE_PROJECT = "resto"
 LONG_RUNNING_SERVICES = ("postgres", "redis", "n8n-main", "n8n-worker", "nginx", "traefik")
+MONITORING_SERVICES = ("prometheus", "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter",
+                       "blackbox-exporter")
 PSQL_VARIABLE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
@@ -72,6 +74,11 @@ class HostLayout:
     @property
     def state_dir(self) -> str:
         return f"{self.base_dir}/state"
+
+    @property
+    def textfile_dir(self) -> str:
+        """Where the host writes ``*.prom`` files that node-exporter's textfile collector reads."""
+        return f"{self.base_dir}/metrics"
 
     @property
     def workflows_stamp(self) -> str:
@@ -171,8 +178,13 @@ def run_script(path: str, *args: str) -> list[str]:
 # --- releases ----------------------------------------------------------------------
 
 
-def unpack_release(layout: HostLayout, archive: str, identifier: str, sha256: str, owner: str) -> list[list[str]]:
-    """Unpack into a partial directory, stamp it with the archive hash, then rename it into place in one step."""
+def unpack_release(layout: HostLayout, archive: str, identifier: str, sha256: str, owner: str,
+                   container_owned: Mapping[str, int] | None = None) -> list[list[str]]:
+    """Unpack into a partial directory, stamp it with the archive hash, then rename it into place in one step.
+
+    Files are the deploy user's, but those in ``container_owned`` (release path -> uid): a container
+    running as that uid reads them (a 0600 file it could not read otherwise)."""
+    container_owned = container_owned or {}
     final = layout.release_dir(identifier)
     partial = f"{final}.partial"
     return [
@@ -180,6 +192,7 @@ def unpack_release(layout: HostLayout, archive: str, identifier: str, sha256: st
         make_directory(partial, parents=True),
         ["tar", "--no-same-owner", "-xzf", archive, "-C", partial],
         ["chown", "-R", f"{owner}:{owner}", partial],
+        *(["chown", f"{uid}:{uid}", f"{partial}/{path}"] for path, uid in container_owned.items()),
         ["sh", "-c", 'printf "%s\\n" "$1" > "$0"', f"{partial}/.release.sha256", sha256],
         ["mv", "-T", partial, final],
         remove_file(archive),

@@ -26,6 +26,7 @@ import dataclasses
 import datetime
 import http.client
 import ipaddress
+import json
 import os
 import re
 import runpy
@@ -41,6 +42,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CHECKS_DIR = REPO_ROOT / "checks"
 MANUAL_PREFIX = "manual:"
@@ -53,6 +56,19 @@ RUNBOOK_THRESHOLDS: dict[str, int] = {
     "redis_queue_length": 1000,
     "errors_per_hour": 10,
 }
+
+# The runbook's recommended alerts -> the Prometheus rules (templates/monitoring/alerts.yml.j2) that raise them.
+RUNBOOK_ALERT_RULES: dict[str, tuple[str, ...]] = {
+    "container-down": ("RestobotContainerDown",),
+    "healthcheck-fail": ("RestobotContainerUnhealthy", "RestobotPublicProbeFailing"),
+    "signature-errors": ("RestobotSignatureErrors",),
+    "rate-limit": ("RestobotRateLimitExcessive",),
+    "disk": ("RestobotDiskFull",),
+}
+# Alertmanager's one receiver (templates/monitoring/alertmanager.yml.j2) and its config key per format.
+ALERT_RECEIVER = "alert-destination"
+RECEIVER_CONFIGS = {"webhook": ("webhook_configs", "url"), "slack": ("slack_configs", "api_url"),
+                    "discord": ("discord_configs", "webhook_url")}
 
 # --- inventory ------------------------------------------------------------------
 
@@ -359,6 +375,34 @@ def published_ports(docker_ps: str) -> dict[str, list[str]]:
         if name and bound:
             published[name.strip()] = bound
     return published
+
+
+def beyond_loopback(published: dict[str, list[str]]) -> dict[str, list[str]]:
+    """The published ports bound to an address other than the VPS's loopback (``127.0.0.1:9090->...`` is not)."""
+    beyond = {name: [entry for entry in entries if not entry.startswith(("127.0.0.1:", "[::1]:"))]
+              for name, entries in published.items()}
+    return {name: entries for name, entries in beyond.items() if entries}
+
+
+def loaded_alert_rules(rules_api: str) -> dict[str, str]:
+    """Prometheus's ``/api/v1/rules`` answer -> {alert name: its health ("ok", "err", "unknown")}."""
+    data = json.loads(rules_api)
+    return {rule["name"]: rule.get("health", "unknown")
+            for group in data.get("data", {}).get("groups", []) for rule in group.get("rules", [])
+            if rule.get("type") == "alerting"}
+
+
+def routed_receivers(amtool_output: str) -> list[str]:
+    """``amtool config routes test`` output (``alert-destination``, or several comma-separated) -> names."""
+    return [name.strip() for name in amtool_output.strip().split(",") if name.strip()]
+
+
+def receiver_urls(alertmanager_yml: str, receiver: str, alert_format: str) -> list[str]:
+    """The destination URLs the ``receiver`` of an alertmanager.yml posts to in ``alert_format``'s receiver."""
+    key, field = RECEIVER_CONFIGS[alert_format]
+    config = yaml.safe_load(alertmanager_yml) or {}
+    [wanted] = [item for item in config.get("receivers", []) if item.get("name") == receiver] or [{}]
+    return [str(entry.get(field)) for entry in wanted.get(key) or [] if entry.get("send_resolved")]
 
 
 def addresses_outside(allowlist: Sequence[str], addresses: Iterable[str]) -> list[str]:

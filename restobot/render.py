@@ -12,6 +12,7 @@ from pathlib import Path
 
 import jinja2
 
+from restobot.commands import HostLayout
 from restobot.remote.workflows import credentials_overwrite_data
 from restobot.settings import CHANNELS, REPO_ROOT, Settings
 
@@ -30,11 +31,14 @@ RELEASE_FILES: dict[str, tuple[str, int]] = {
     "env/postgres.env.j2": ("env/postgres.env", SECRET_MODE),
     "env/migrate.env.j2": ("env/migrate.env", SECRET_MODE),
     "env/redis.env.j2": ("env/redis.env", SECRET_MODE),
+    "env/postgres-exporter.env.j2": ("env/postgres-exporter.env", SECRET_MODE),
+    "env/redis-exporter.env.j2": ("env/redis-exporter.env", SECRET_MODE),
 }
 
-# The monitoring stack's files, rendered from the `monitoring` settings; the release does not ship
-# them yet (no compose service runs them so far). alertmanager.yml holds ALERT_WEBHOOK_URL, which
-# carries the destination's token: 0600.
+# The monitoring stack's files, rendered from the `monitoring` settings and shipped in every release
+# beside compose.yml, whose monitoring services mount them. alertmanager.yml holds ALERT_WEBHOOK_URL,
+# which carries the destination's token: 0600, owned on the host by the user Alertmanager runs as
+# (CONTAINER_OWNED_FILES).
 MONITORING_FILES: dict[str, tuple[str, int]] = {
     "monitoring/prometheus.yml.j2": ("monitoring/prometheus/prometheus.yml", CONFIG_MODE),
     "monitoring/alerts.yml.j2": ("monitoring/prometheus/alerts.yml", CONFIG_MODE),
@@ -43,6 +47,11 @@ MONITORING_FILES: dict[str, tuple[str, int]] = {
     "monitoring/blackbox.yml.j2": ("monitoring/blackbox/config.yml", CONFIG_MODE),
     "monitoring/postgres-exporter-queries.yml.j2": ("monitoring/postgres-exporter/queries.yml", CONFIG_MODE),
 }
+
+# Release files a container reads as its own user rather than the deploy user's: path -> uid. The
+# official prom/* images (and their stand-ins) run as nobody; a 0600 file must be nobody's to be read.
+NOBODY_UID = 65534
+CONTAINER_OWNED_FILES: dict[str, int] = {"monitoring/alertmanager/alertmanager.yml": NOBODY_UID}
 
 # pgBackRest's configuration (templates/backup/), rendered from the `offsite_backup` settings; the release
 # does not ship it yet (nothing on the host runs pgBackRest so far). It holds the encryption passphrase: 0600.
@@ -78,8 +87,8 @@ class MonitoringOptions:
 
 
 def monitoring_options(settings: Settings) -> MonitoringOptions:
-    """The production scrape options: the api's health over https, the console's TLS handshake."""
-    return MonitoringOptions(probes=(
+    """The deployed scrape options: the settings' interval, the api's health over https, the console's TLS handshake."""
+    return MonitoringOptions(scrape_interval=f"{settings.monitoring.scrape_interval_seconds}s", probes=(
         Probe("api-healthz", "https_2xx", f"https://{settings.domains.api_host}/healthz"),
         Probe("console-tls", "tls_connect", f"{settings.domains.console_host}:443"),
     ))
@@ -173,6 +182,8 @@ def render_release(settings: Settings, context: RenderContext | None = None) -> 
             db_password=password, redis_host="redis", redis_password=settings.redis.password.get_secret_value(),
         ),
         "s": settings,
+        "m": settings.monitoring,
+        "textfile_dir": HostLayout(settings.host.base_dir).textfile_dir,
         "release": context.release,
         "project": COMPOSE_PROJECT,
         "migrate_image": context.migrate_image,
@@ -184,6 +195,7 @@ def render_release(settings: Settings, context: RenderContext | None = None) -> 
     for template_name, (path, mode) in RELEASE_FILES.items():
         text = environment.get_template(template_name).render(**variables)
         rendered[path] = RenderedFile(text=text, mode=mode)
+    rendered.update(render_monitoring(settings, release=context.release))
     return rendered
 
 

@@ -682,6 +682,12 @@ class MonitoringSettings(Section):
     group_wait_seconds: int = Field(30, ge=0, le=3600)
     group_interval_minutes: int = Field(5, ge=1, le=1440)
     repeat_interval_hours: int = Field(4, ge=1, le=168)
+    # How often Prometheus scrapes its targets and evaluates the rules (a test inventory lowers it).
+    scrape_interval_seconds: int = Field(30, ge=1, le=300)
+    # How long Prometheus keeps its samples (its volume grows with it: ~1-2 MiB a day here).
+    retention_days: int = Field(15, ge=1, le=365)
+    # How often the host samples the containers' states (running, healthy, CPU) for node-exporter.
+    container_state_interval_seconds: int = Field(15, ge=5, le=60)
 
 
 class RetentionSettings(Section):

@@ -18,8 +18,10 @@ from restobot.settings import ImageSettings
 
 
 def service_images(images: ImageSettings) -> tuple[str, ...]:
-    """The images the stack runs, plus the migrate image's base."""
-    return (images.traefik, images.nginx, images.n8n, images.postgres, images.redis, images.migrate_base)
+    """The images the stack runs (its monitoring included), plus the migrate image's base."""
+    return (images.traefik, images.nginx, images.n8n, images.postgres, images.redis, images.migrate_base,
+            images.prometheus, images.alertmanager, images.node_exporter, images.postgres_exporter,
+            images.redis_exporter, images.blackbox_exporter)
 
 
 @operation()

@@ -16,6 +16,7 @@ from pyinfra.operations import files
 
 from restobot.commands import HostLayout, remove_predeploy_backup, remove_tree, shell, unpack_release
 from restobot.facts.deploy import DeployState, PreDeployDump, PreDeployDumps
+from restobot.render import CONTAINER_OWNED_FILES
 
 
 def release_id(name: str, sha256: str) -> str:
@@ -60,7 +61,7 @@ def release_unpacked(layout: HostLayout, release: str, sha256: str, archive: Pat
         return
     remote_archive = f"{layout.incoming_dir}/{identifier}.tar.gz"
     yield from files.put._inner(src=str(archive), dest=remote_archive, mode="600")
-    for argv in unpack_release(layout, remote_archive, identifier, sha256, owner):
+    for argv in unpack_release(layout, remote_archive, identifier, sha256, owner, CONTAINER_OWNED_FILES):
         yield shell(argv)
 
 

@@ -25,6 +25,7 @@ from restobot.settings import REPO_ROOT
 pytestmark = pytest.mark.e2e
 
 CURRENT = "/opt/resto/current"
+ALERTMANAGER_YML = f"{CURRENT}/monitoring/alertmanager/alertmanager.yml"
 
 
 def _vps_address(container: str) -> str:
@@ -191,6 +192,18 @@ BREAKAGES = {
                          f"{CURRENT}/traefik/dynamic/dynamic.yml && rm /tmp/checks-dynamic.yml", check=False),
                    _console_answers_outside(s, refused=True)),
         "allowlist", ["console refuses an address outside the allowlist"],
+    ),
+    "prometheus-stopped": (
+        lambda s: s.ssh("docker", "stop", "resto-prometheus-1"),
+        lambda s: _compose_up(s, "prometheus"),
+        "alert_rule_is_loaded", ["runbook alert rule is loaded in prometheus"],
+    ),
+    "alerts-routed-elsewhere": (
+        lambda s: s.ssh("sh", "-c", f"f={ALERTMANAGER_YML}; cp -p $f $f.checks-saved && "
+                        "sed -i 's#/alerts#/elsewhere#' $f"),
+        lambda s: s.ssh("sh", "-c", f"f={ALERTMANAGER_YML}; [ -e $f.checks-saved ] && mv $f.checks-saved $f",
+                        check=False),
+        "routed_to_the_alert_destination", ["runbook alert is routed to the alert destination"],
     ),
 }
 

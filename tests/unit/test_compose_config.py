@@ -7,12 +7,18 @@ import shutil
 import subprocess
 
 import pytest
+import yaml
 
 from restobot.render import render_release, write_release
 from restobot.secrets import generate_secrets
 from tests.conftest import settings_for_stage
 
-LONG_RUNNING = {"traefik", "nginx", "n8n-main", "n8n-worker", "postgres", "redis"}
+STACK = {"traefik", "nginx", "n8n-main", "n8n-worker", "postgres", "redis"}
+MONITORING = {"prometheus", "alertmanager", "node-exporter", "postgres-exporter", "redis-exporter",
+              "blackbox-exporter"}
+LONG_RUNNING = STACK | MONITORING
+# redis_exporter's official image is FROM scratch: nothing in it can run a healthcheck.
+NO_HEALTHCHECK = {"redis-exporter"}
 STAGES = ["production", "staging"]
 
 pytestmark = pytest.mark.skipif(
@@ -53,11 +59,34 @@ def test_n8n_waits_for_migrations_and_healthy_backends(parsed, service):
     assert depends["redis"]["condition"] == "service_healthy"
 
 
+@pytest.mark.parametrize("service", sorted(LONG_RUNNING - NO_HEALTHCHECK))
+def test_long_running_service_has_a_healthcheck(parsed, service):
+    assert parsed[0]["services"][service]["healthcheck"]["test"], f"{service} has no healthcheck"
+
+
 @pytest.mark.parametrize("service", sorted(LONG_RUNNING))
-def test_long_running_service_has_a_healthcheck_and_restarts(parsed, service):
-    definition = parsed[0]["services"][service]
-    assert definition["healthcheck"]["test"], f"{service} has no healthcheck"
-    assert definition["restart"] == "unless-stopped"
+def test_long_running_service_restarts(parsed, service):
+    assert parsed[0]["services"][service]["restart"] == "unless-stopped"
+
+
+@pytest.mark.parametrize("service", sorted(MONITORING))
+def test_monitoring_service_has_resource_limits(parsed, service):
+    limits = parsed[0]["services"][service]["deploy"]["resources"]["limits"]
+    assert float(limits["cpus"]) <= 0.5 and 0 < int(limits["memory"]) <= 512 * 2**20
+
+
+@pytest.mark.parametrize(("service", "setting"), [
+    ("prometheus", "prometheus"), ("alertmanager", "alertmanager"), ("node-exporter", "node_exporter"),
+    ("postgres-exporter", "postgres_exporter"), ("redis-exporter", "redis_exporter"),
+    ("blackbox-exporter", "blackbox_exporter"),
+])
+def test_monitoring_service_runs_the_image_its_setting_names(service, setting):
+    images = {"prometheus": "example.test/p:1", "alertmanager": "example.test/a:1", "node_exporter": "example.test/n:1",
+              "postgres_exporter": "example.test/pe:1", "redis_exporter": "example.test/re:1",
+              "blackbox_exporter": "example.test/b:1"}
+    settings = settings_for_stage("production", generate_secrets(), images=images)
+    compose = yaml.safe_load(render_release(settings)["compose.yml"].text)
+    assert compose["services"][service]["image"] == images[setting]
 
 
 def test_migrations_run_once(parsed):
@@ -65,13 +94,22 @@ def test_migrations_run_once(parsed):
     assert "healthcheck" not in parsed[0]["services"]["db-migrate"]
 
 
-def test_only_traefik_publishes_ports(parsed):
+def test_only_traefik_publishes_ports_beyond_loopback(parsed):
     published = {
         name: sorted(port["published"] for port in service.get("ports", []))
         for name, service in parsed[0]["services"].items()
-        if service.get("ports")
+        if any(port.get("host_ip") != "127.0.0.1" for port in service.get("ports", []))
     }
     assert published == {"traefik": ["443", "80"]}
+
+
+def test_prometheus_and_alertmanager_listen_on_the_vps_s_loopback_only(parsed):
+    published = {
+        name: [(port.get("host_ip"), port["published"]) for port in service["ports"]]
+        for name, service in parsed[0]["services"].items()
+        if service.get("ports") and name != "traefik"
+    }
+    assert published == {"prometheus": [("127.0.0.1", "9090")], "alertmanager": [("127.0.0.1", "9093")]}
 
 
 @pytest.mark.parametrize("service", sorted(LONG_RUNNING | {"db-migrate"}))
@@ -83,7 +121,8 @@ def test_logs_are_rotated(parsed, service):
 
 def test_state_lives_in_named_volumes(parsed):
     config = parsed[0]
-    assert set(config["volumes"]) == {"postgres_data", "redis_data", "n8n_data", "traefik_acme"}
+    assert set(config["volumes"]) == {"postgres_data", "redis_data", "n8n_data", "traefik_acme", "prometheus_data",
+                                      "alertmanager_data"}
     mounts = {
         (name, volume["source"]): volume["target"]
         for name, service in config["services"].items()
@@ -96,6 +135,8 @@ def test_state_lives_in_named_volumes(parsed):
         ("n8n-main", "n8n_data"): "/home/node/.n8n",
         ("n8n-worker", "n8n_data"): "/home/node/.n8n",
         ("traefik", "traefik_acme"): "/acme",
+        ("prometheus", "prometheus_data"): "/prometheus",
+        ("alertmanager", "alertmanager_data"): "/alertmanager",
     }
 
 
@@ -127,12 +168,18 @@ def test_env_values_reach_the_containers_verbatim(parsed):
     ("postgres", {"backend"}),
     ("redis", {"backend"}),
     ("db-migrate", {"backend"}),
+    ("prometheus", {"monitoring", "monitoring-egress"}),
+    ("alertmanager", {"monitoring", "monitoring-egress"}),
+    ("blackbox-exporter", {"monitoring", "monitoring-egress"}),
+    ("node-exporter", {"monitoring"}),
+    ("postgres-exporter", {"monitoring", "backend"}),
+    ("redis-exporter", {"monitoring", "backend"}),
 ])
 def test_service_sits_on_its_networks_only(parsed, service, networks):
     assert set(parsed[0]["services"][service]["networks"]) == networks
 
 
-@pytest.mark.parametrize("network", ["gateway", "backend"])
+@pytest.mark.parametrize("network", ["gateway", "backend", "monitoring"])
 def test_backend_networks_are_internal(parsed, network):
     assert parsed[0]["networks"][network].get("internal") is True
 
@@ -156,3 +203,18 @@ def test_n8n_main_loads_the_drain_hooks_and_outlasts_them_before_dockers_kill(pa
     n8n_shutdown = int(main["environment"]["N8N_GRACEFUL_SHUTDOWN_TIMEOUT"])
     docker_kill = int(main["stop_grace_period"].rstrip("s"))
     assert drain < n8n_shutdown < docker_kill
+
+
+@pytest.mark.parametrize(("service", "secret"), [("postgres-exporter", "POSTGRES_PASSWORD"),
+                                                 ("redis-exporter", "REDIS_PASSWORD")])
+def test_exporter_password_comes_from_its_env_file_only(parsed, service, secret):
+    config, secrets = parsed
+    definition = config["services"][service]
+    assert secrets[secret] not in json.dumps({k: v for k, v in definition.items() if k != "environment"})
+    assert secrets[secret] in definition["environment"].values()
+
+
+def test_node_exporter_reads_the_host_s_textfile_directory(parsed):
+    mounts = {volume["target"]: volume["source"] for volume in parsed[0]["services"]["node-exporter"]["volumes"]}
+    assert mounts["/textfile"] == "/opt/resto/metrics"
+    assert "--collector.textfile.directory=/textfile" in parsed[0]["services"]["node-exporter"]["command"]

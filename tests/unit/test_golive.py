@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import textwrap
 
 import pytest
+import yaml
 
 from restobot import golive
-from restobot.settings import BackupSettings, ChecksSettings, cron_period_seconds
+from restobot.render import render_monitoring
+from restobot.settings import BackupSettings, ChecksSettings, cron_period_seconds, load_settings
 
 UFW = textwrap.dedent("""\
     Status: active
@@ -66,6 +69,14 @@ def test_external_listeners_exclude_loopback():
 def test_published_ports_list_only_bound_ones():
     text = "resto-traefik-1\t0.0.0.0:80->80/tcp, 0.0.0.0:443->443/tcp\nresto-redis-1\t6379/tcp\n"
     assert golive.published_ports(text) == {"resto-traefik-1": ["0.0.0.0:80->80/tcp", "0.0.0.0:443->443/tcp"]}
+
+
+def test_ports_beyond_loopback_leave_out_loopback_bindings():
+    published = {"resto-traefik-1": ["0.0.0.0:80->80/tcp", "0.0.0.0:443->443/tcp"],
+                 "resto-prometheus-1": ["127.0.0.1:9090->9090/tcp"],
+                 "resto-alertmanager-1": ["127.0.0.1:9093->9093/tcp", ":::9093->9093/tcp"]}
+    assert golive.beyond_loopback(published) == {"resto-traefik-1": ["0.0.0.0:80->80/tcp", "0.0.0.0:443->443/tcp"],
+                                                 "resto-alertmanager-1": [":::9093->9093/tcp"]}
 
 
 def test_addresses_outside_the_allowlist_skip_loopback_and_members():
@@ -171,3 +182,39 @@ def test_pytest_argv_runs_the_checks_dir_with_workers(tmp_path):
     assert argv[1:4] == ["-m", "pytest", str(golive.CHECKS_DIR)]
     assert ["-n", "4"] == argv[argv.index("-n"):argv.index("-n") + 2]
     assert ["-k", "tls"] == argv[-2:]
+
+
+RULES_API = json.dumps({"status": "success", "data": {"groups": [
+    {"name": "restobot-availability", "rules": [
+        {"name": "RestobotContainerDown", "type": "alerting", "health": "ok"},
+        {"name": "RestobotPublicProbeFailing", "type": "alerting", "health": "err"},
+    ]},
+    {"name": "recorded", "rules": [{"name": "job:up:sum", "type": "recording", "health": "ok"}]},
+]}})
+
+
+def test_loaded_alert_rules_are_the_alerting_ones_with_their_health():
+    assert golive.loaded_alert_rules(RULES_API) == {"RestobotContainerDown": "ok", "RestobotPublicProbeFailing": "err"}
+
+
+def test_every_runbook_alert_names_a_rule_of_the_rendered_rules(production_data, secret_env):
+    rules = render_monitoring(load_settings(production_data, secret_env))["monitoring/prometheus/alerts.yml"].text
+    names = {rule["alert"] for group in yaml.safe_load(rules)["groups"] for rule in group["rules"]}
+    assert {rule for wanted in golive.RUNBOOK_ALERT_RULES.values() for rule in wanted} <= names
+
+
+def test_routed_receivers_are_read_from_amtool():
+    assert golive.routed_receivers("alert-destination\n") == ["alert-destination"]
+    assert golive.routed_receivers("a, b\n") == ["a", "b"]
+    assert golive.routed_receivers("\n") == []
+
+
+@pytest.mark.parametrize("alert_format", ["webhook", "slack", "discord"])
+def test_receiver_urls_read_the_rendered_alertmanager_config(production_data, secret_env, alert_format):
+    data = {**production_data, "monitoring": {"alert_format": alert_format},
+            "pipeline": {**production_data.get("pipeline", {}), "alert_webhook_url": "https://hooks.example.test/T/x"}}
+    text = render_monitoring(load_settings(data, secret_env))["monitoring/alertmanager/alertmanager.yml"].text
+    assert golive.receiver_urls(text, golive.ALERT_RECEIVER, alert_format) == ["https://hooks.example.test/T/x"]
+    other = next(name for name in golive.RECEIVER_CONFIGS if name != alert_format)
+    assert golive.receiver_urls(text, golive.ALERT_RECEIVER, other) == []
+    assert golive.receiver_urls(text, "another-receiver", alert_format) == []

@@ -21,7 +21,7 @@ from tests.conftest import settings_for_stage
 REMOTE = REPO_ROOT / "restobot" / "remote"
 PACKAGE_INIT = "restobot/__init__.py"
 # Run on the host as a lone file (python3 FILE, or copied to bin/): nothing of restobot at all.
-LONE_FILES = ("restobot/remote/workflows.py", "restobot/remote/backup.py")
+LONE_FILES = ("restobot/remote/workflows.py", "restobot/remote/backup.py", "restobot/remote/container_states.py")
 THIRD_PARTY = {"psycopg"}
 
 

@@ -5,7 +5,15 @@ from __future__ import annotations
 import jinja2
 import pytest
 
-from restobot.render import RELEASE_FILES, SECRET_MODE, env_quote, make_environment, render_release
+from restobot.render import (
+    CONTAINER_OWNED_FILES,
+    MONITORING_FILES,
+    RELEASE_FILES,
+    SECRET_MODE,
+    env_quote,
+    make_environment,
+    render_release,
+)
 from restobot.settings import load_settings
 
 
@@ -15,19 +23,24 @@ def settings(production_data, secret_env):
 
 
 def test_every_template_is_rendered(settings):
-    assert set(render_release(settings)) == {path for path, _ in RELEASE_FILES.values()}
+    assert set(render_release(settings)) == {path for path, _ in (*RELEASE_FILES.values(), *MONITORING_FILES.values())}
 
 
 def test_env_files_are_private_and_configs_are_not(settings):
     modes = {path: rendered.mode for path, rendered in render_release(settings).items()}
     assert {path for path, mode in modes.items() if mode == SECRET_MODE} == {
-        "env/n8n.env", "env/postgres.env", "env/migrate.env", "env/redis.env"
+        "env/n8n.env", "env/postgres.env", "env/migrate.env", "env/redis.env", "env/postgres-exporter.env",
+        "env/redis-exporter.env", "monitoring/alertmanager/alertmanager.yml",
     }
+
+
+def test_only_alertmanager_s_private_config_is_owned_by_its_container_user():
+    assert CONTAINER_OWNED_FILES == {"monitoring/alertmanager/alertmanager.yml": 65534}
 
 
 def test_secrets_appear_only_in_env_files(settings, secret_env):
     for path, rendered in render_release(settings).items():
-        if path.startswith("env/"):
+        if path.startswith("env/") or path == "monitoring/alertmanager/alertmanager.yml":
             continue
         for name in ("META_APP_SECRET", "POSTGRES_PASSWORD", "N8N_ENCRYPTION_KEY", "ADMIN_API_TOKEN"):
             assert secret_env[name] not in rendered.text, f"{name} leaked into {path}"
