@@ -20,7 +20,8 @@ from restobot.settings import SettingsError, load_settings
 # A real ed25519 public key (public: not a secret) and the fingerprint `ssh-keygen -lf` prints for it.
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINsycvnFokzgwk+wg/3g55PO3cJm/0hW975MP6JNfpp8"  # pragma: allowlist secret
 HOST_KEY_SSH_KEYGEN_SHA256 = "Xmw04Vi16OrIUw5THAgCpL1ur//iCcf8Qrs8oJnfMZI"  # pragma: allowlist secret
-SFTP = {"host": "backup.example.net", "port": 23, "user": "u12345", "path": "/backups/resto", "host_key": HOST_KEY}
+SFTP = {"host": "backup.example.net", "port": 23, "user": "u12345", "path": "/backups/resto", "host_key": HOST_KEY,
+        "key_path": "/home/ops/.ssh/resto-offsite"}
 S3 = {"endpoint": "s3.eu-west-3.amazonaws.com", "bucket": "resto-backups", "region": "eu-west-3"}
 
 
