@@ -9,8 +9,10 @@ pinned, its login key generated here. Messages sent through the stack reach the 
 
 from __future__ import annotations
 
+import json
 import secrets
 import subprocess
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -21,7 +23,7 @@ from harness.offsite import build_offsite_images
 from harness.poll import poll
 from restobot import meta_payloads
 from restobot.commands import POSTGRES_CONTAINER, pgbackrest
-from restobot.settings import read_env_file, secrets_file
+from restobot.settings import REPO_ROOT, read_env_file, secrets_file
 from tests.e2e.conftest import harness_must_deliver
 
 pytestmark = pytest.mark.e2e
@@ -186,6 +188,18 @@ def test_the_offsite_host_holds_no_plain_text_of_the_messages(stack, offsite_hos
     assert any("/archive/restobot/" in path for path in files), files
     found = docker("exec", host.container, "grep", "-rl", sent.marker, REPO_PATH, check=False)
     assert (found.returncode, found.stdout) == (1, "")
+
+
+def test_resto_backup_offsite_info_shows_the_repository(stack, sent):
+    archived_up_to(stack, sent.segment)
+    proc = subprocess.run([sys.executable, "-m", "restobot.cli", "--inventory", str(stack.inventory), "local",
+                           "backup", "offsite", "info", "--json", "--check"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert (info["status"], info["cipher"], info["healthy"]) == ("ok", "aes-256-cbc", True)
+    assert [backup["type"] for backup in info["backups"]] == ["full"]
+    assert info["wal_max"] >= sent.segment
 
 
 def test_a_second_deploy_changes_nothing(stack):

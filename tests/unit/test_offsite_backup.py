@@ -8,6 +8,7 @@ import secrets
 import pytest
 import yaml
 
+from restobot import cli
 from restobot.facts.offsite import OffsiteBackupInfo, OffsiteRepository
 from restobot.release_archive import ReleaseError, build_release, postgres_image_name
 from restobot.render import (
@@ -362,3 +363,44 @@ def test_info_of_a_missing_stanza_says_it_does_not_exist():
 @pytest.mark.parametrize("output", [[], ["ERROR: [039]: HTTP request failed"], ["[]"]])
 def test_info_that_is_not_a_report_means_unknown(output):
     assert OffsiteBackupInfo().process(output) is None
+
+
+# --- resto STAGE backup offsite info ---------------------------------------------------
+
+INFO_REPORT = {
+    "name": "restobot", "cipher": "aes-256-cbc", "status": {"code": 0, "message": "ok"},
+    "archive": [{"id": "17-1", "min": "000000010000000000000003", "max": "000000010000000000000009"}],
+    "backup": [{"label": "20261201-101010F", "type": "full", "timestamp": {"start": 1796119810, "stop": 1796119815},
+                "info": {"size": 30_000_000, "repository": {"size": 3_000_000, "delta": 3_000_000}}}],
+}
+
+
+def test_offsite_info_is_summed_up_for_the_operator():
+    assert cli.offsite_summary([INFO_REPORT]) == {
+        "stanza": "restobot", "status": "ok", "cipher": "aes-256-cbc",
+        "wal_min": "000000010000000000000003", "wal_max": "000000010000000000000009",
+        "backups": [{"label": "20261201-101010F", "type": "full", "started": "2026-12-01T10:10:10Z",
+                     "stopped": "2026-12-01T10:10:15Z", "database_bytes": 30_000_000, "repository_bytes": 3_000_000}],
+        "healthy": True,
+    }
+
+
+@pytest.mark.parametrize("report", [
+    {**INFO_REPORT, "backup": []},
+    {**INFO_REPORT, "status": {"code": 99, "message": "other"}},
+])
+def test_offsite_info_without_a_full_backup_or_ok_status_is_not_healthy(report):
+    assert cli.offsite_summary([report])["healthy"] is False
+
+
+def test_offsite_info_when_disabled_says_how_to_enable_and_connects_nowhere(capsys, monkeypatch, with_secrets):
+    def refuse(target):
+        raise AssertionError(f"connected to {target.address} although offsite_backup is disabled")
+
+    monkeypatch.setattr(cli, "connect", refuse)
+    status = cli.main(["production", "backup", "offsite", "info"])
+    captured = capsys.readouterr()
+    assert status == cli.EXIT_USAGE
+    assert "offsite_backup.enabled is false in " in captured.err
+    assert "nothing is archived off-site; set it to true with its repository (README, Backups) and deploy" in captured.err
+    assert captured.out == ""
