@@ -86,7 +86,13 @@ def stack(offsite_host, tmp_path_factory):
     host, settings = offsite_host
 
     def attach_offsite(endpoint) -> dict:
+        # Joining a user-defined network points the VPS's resolv.conf at docker's embedded 127.0.0.11, which the
+        # VPS's own docker engine cannot hand to its containers (it falls back to public resolvers, unreachable
+        # here, and the postgres image's apt-get fails): the VPS keeps the resolver it had, as a real VPS would.
+        resolver = docker("exec", endpoint.container, "cat", "/etc/resolv.conf").stdout
         docker("network", "connect", host.network, endpoint.container)
+        subprocess.run(["docker", "exec", "-i", endpoint.container, "sh", "-c", "cat > /etc/resolv.conf"],
+                       input=resolver, text=True, check=True, timeout=60)
         return {"offsite_backup": settings}
 
     with harness_must_deliver("the stack with an off-site backup did not come up") as deploys:
