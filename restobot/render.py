@@ -233,6 +233,7 @@ def render_offsite_backup(settings: Settings) -> dict[str, RenderedFile]:
         "o": offsite,
         "repo": offsite.sftp if offsite.repository == "sftp" else offsite.s3,
         "pgdata": PGDATA,
+        "pg_user": settings.database.user,
     }
     environment = make_environment()
     return {

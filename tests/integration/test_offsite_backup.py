@@ -66,6 +66,7 @@ class Offsite:
         command = (["postgres", *postgres_archiving_args(settings)] if archiving
                    else ["--entrypoint", "sleep"])
         run_args = ["create", "--name", name, "--network", self.network,
+                    "-e", f"POSTGRES_USER={settings.database.user}",
                     "-e", f"POSTGRES_PASSWORD={secrets.token_urlsafe(16)}"]
         if archiving:
             docker(*run_args, self.postgres_image, *command)
@@ -89,7 +90,9 @@ class Offsite:
         return buffer.getvalue()
 
     def psql(self, container: str, sql: str) -> str:
+        # The superuser is POSTGRES_USER, as in the deployed stack (pgbackrest.conf's pg1-user).
         return docker("exec", "-u", "postgres", container, "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1",
+                      "-U", self.settings.database.user, "-d", "postgres",
                       "-c", sql).stdout.strip()
 
     def pgbackrest(self, container: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:

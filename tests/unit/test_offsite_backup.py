@@ -188,6 +188,7 @@ def test_sftp_configuration_by_value(production_data, secret_env):
         "log-level-file=off",
         "[restobot]",
         "pg1-path=/var/lib/postgresql/data",
+        f"pg1-user={settings.database.user}",
     ]
 
 
