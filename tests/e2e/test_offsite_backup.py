@@ -190,7 +190,7 @@ def test_messages_reach_the_offsite_host_within_the_archive_timeout(stack, sent)
 def test_the_offsite_host_holds_no_plain_text_of_the_messages(stack, offsite_host, sent):
     host, _ = offsite_host
     # The marker is in the VPS's own database files in plain text: the grep below could find it there.
-    assert in_postgres(stack, "grep", "-rl", sent.marker, "/var/lib/postgresql/data")
+    assert in_postgres(stack, "grep", "-rl", sent.marker, "/var/lib/postgresql/data/pg_wal")
     archived_up_to(stack, sent.segment)
     files = offsite_files(host)
     assert any("/archive/restobot/" in path for path in files), files
