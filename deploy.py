@@ -47,6 +47,9 @@ release.release_unpacked(
 )
 images.images_present(name="Ensure the stack's images are present", images=settings.images)
 images.migrate_image_built(name="Ensure the migrate image is built", release_dir=release_dir, image=built.migrate_image)
+images.postgres_image_built(
+    name="Ensure the postgres image with pgBackRest is built", release_dir=release_dir, image=built.postgres_image
+)
 
 # Migrate: a backup first when the database exists, then fail-fast migrations.
 database.database_backed_up(
@@ -76,6 +79,10 @@ release.releases_pruned(
 
 # Backups: the nightly dump, its restore check, its cron entry, and a first dump now.
 backup.backups_scheduled(settings, layout)
+if settings.offsite_backup.enabled:  # a setting: it cannot change during the run
+    backup.offsite_stanza_created(
+        name="Ensure the off-site repository holds the database", stanza=settings.offsite_backup.stanza
+    )
 
 # Monitoring: Prometheus and its exporters are compose services; the host writes the containers' states.
 monitoring.container_states_scheduled(settings, layout)

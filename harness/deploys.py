@@ -27,7 +27,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -295,12 +295,15 @@ def run_deploy(inventory: Path, *args: str, source: Path | None = None, release:
 
 
 def bring_up_stack(names: StackNames, workdir: Path, *, release: str | None = "e2e-base", source: Path | None = None,
-                   group: str = "e2e", host_name: str = "e2e-vps", keep_on_failure: bool = False) -> DeployedStack:
+                   group: str = "e2e", host_name: str = "e2e-vps", keep_on_failure: bool = False,
+                   prepare: Callable[[Any], Mapping[str, Mapping[str, Any]]] | None = None) -> DeployedStack:
     """A fresh VPS container, the local ACME server and the Meta double beside it, and deploy.py run once onto it.
 
     + release: the first deploy's release name (``--data release=``); None: from ``source``'s git
     + source: the checkout to deploy (default: this repository's working tree)
     + keep_on_failure: leave the containers of a stack that did not come up (default: removed)
+    + prepare: called with the VPS endpoint once it runs, before the deploy; the settings sections it
+      returns are merged into the stage's tree (e.g. an off-site host the test attached to the VPS)
 
     Raises :class:`HarnessError` when a container does not start or the first deploy fails.
     """
@@ -313,6 +316,8 @@ def bring_up_stack(names: StackNames, workdir: Path, *, release: str | None = "e
         except Exception as error:  # noqa: BLE001
             raise HarnessError(f"the local ACME server or the Meta double did not start: {error}") from error
         settings = local_stage_tree(endpoint, acme=acme.settings(), meta=meta.settings())
+        for section, values in (prepare(endpoint) if prepare else {}).items():
+            settings[section] = {**settings.get(section, {}), **values}
         inventory = write_inventory(workdir / f"{group}.py", settings, group=group, name=host_name)
         first = run_deploy(inventory, source=source, release=release)
         if first.returncode != 0:

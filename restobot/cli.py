@@ -39,7 +39,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -248,6 +248,32 @@ class LedgerRecord:
     backward_compatible: bool
     applied_at: datetime | None = None
     duration_ms: int | None = None
+
+
+def offsite_summary(stanzas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """``pgbackrest --output=json info`` of one stanza, as the operator reads it (times in UTC, ISO 8601)."""
+    [stanza] = stanzas
+    archives = stanza.get("archive") or []
+    backups = [
+        {"label": b["label"], "type": b["type"],
+         "started": utc_iso(b["timestamp"]["start"]), "stopped": utc_iso(b["timestamp"]["stop"]),
+         "database_bytes": b["info"]["size"], "repository_bytes": b["info"]["repository"]["delta"]}
+        for b in stanza.get("backup") or []
+    ]
+    status = stanza["status"]
+    return {
+        "stanza": stanza["name"],
+        "status": status["message"],
+        "cipher": stanza.get("cipher", "none"),
+        "wal_min": min((a.get("min") or "" for a in archives), default=""),
+        "wal_max": max((a.get("max") or "" for a in archives), default=""),
+        "backups": backups,
+        "healthy": status["code"] == 0 and any(b["type"] == "full" for b in backups),
+    }
+
+
+def utc_iso(epoch: int) -> str:
+    return datetime.fromtimestamp(epoch, tz=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def migration_status(manifest_json: str, ledger: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -1075,6 +1101,46 @@ def db_size(session: Session, limit: int, as_json: bool) -> None:
               [(t["table"], t["size"], t["rows_estimate"]) for t in tables])
 
     emit(as_json, {"stage": session.stage, "database": database, "tables": tables}, render)
+
+
+@cli.group()
+def backup() -> None:
+    """The backups."""
+
+
+@backup.group("offsite")
+def backup_offsite() -> None:
+    """The off-site repository pgBackRest archives to (offsite_backup settings)."""
+
+
+@backup_offsite.command("info")
+@json_option
+@click.option("--check", is_flag=True, help="exit 1 when the repository's status is not ok or holds no full backup")
+@pass_session
+def backup_offsite_info(session: Session, as_json: bool, check: bool) -> None:
+    """What the off-site repository holds: its status, the full backups, the WAL archived (read only)."""
+    offsite = session.target.settings.offsite_backup
+    if not offsite.enabled:
+        raise UsageProblem(f"offsite_backup.enabled is false in {session.inventory}: nothing is archived off-site; "
+                           "set it to true with its repository (README, Backups) and deploy")
+    result = session.remote.check(commands.pgbackrest(offsite.stanza, "--output=json", "info"),
+                                  "pgbackrest info in the postgres container")
+    try:
+        data = {"stage": session.stage, **offsite_summary(parse_json_document(result.lines))}
+    except (ValueError, KeyError, TypeError) as error:
+        raise CliError(f"pgbackrest info: its answer is not the JSON expected ({error}): {result.stdout[:300]}") from None
+
+    def render():
+        say(f"stanza {data['stanza']}: {data['status']} (cipher {data['cipher']}); "
+            f"WAL archived {data['wal_min'] or '-'} .. {data['wal_max'] or '-'}")
+        table("backups, oldest first", ["label", "type", "started", "stopped", "database", "in the repository"],
+              [(b["label"], b["type"], b["started"], b["stopped"], b["database_bytes"], b["repository_bytes"])
+               for b in data["backups"]])
+
+    emit(as_json, data, render)
+    if check and not data["healthy"]:
+        raise CliError(f"the off-site repository is not healthy: {data['status']}, "
+                       f"{sum(b['type'] == 'full' for b in data['backups'])} full backup(s)")
 
 
 # --- commands that change the host: the deploy lock, then the audit log ------------------------

@@ -272,6 +272,16 @@ def compose_build_migrate(release_dir: str) -> list[str]:
     return ["env", "COMPOSE_BAKE=false", *compose(release_dir, "build", "--quiet", "db-migrate")]
 
 
+def compose_build_postgres(release_dir: str) -> list[str]:
+    """Build the release's postgres image with pgBackRest on the host (offsite_backup enabled)."""
+    return ["env", "COMPOSE_BAKE=false", *compose(release_dir, "build", "--quiet", "postgres")]
+
+
+def pgbackrest(stanza: str, *args: str) -> list[str]:
+    """pgBackRest in the running postgres container, as the postgres user (it reads /etc/pgbackrest)."""
+    return ["docker", "exec", "--user", "postgres", POSTGRES_CONTAINER, "pgbackrest", f"--stanza={stanza}", *args]
+
+
 def compose_logs(release_dir: str, service: str, lines: int = 30) -> list[str]:
     return compose(release_dir, "logs", "--no-color", "--tail", str(lines), service)
 

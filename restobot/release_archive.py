@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pyinfra.api.exceptions import DeployError
 
 from restobot.remote.migrate.lexer import BACKWARD_COMPATIBLE_MARKER, header_has
-from restobot.render import RenderContext, RenderedFile, render_release
+from restobot.render import OffsiteKeyUnreadable, RenderContext, RenderedFile, render_release
 from restobot.settings import REPO_ROOT, Settings
 
 MANIFEST = "RELEASE.json"
@@ -42,11 +42,14 @@ SOURCE_GLOBS = (
     "workflows/*.json",
     "docker/migrate/*",
     "docker/n8n/*",
+    "docker/postgres-pgbackrest/*",
     *REMOTE_GLOBS,
     "templates/smoke.sh",
 )
 # What docker/migrate/Dockerfile copies from the release (its build inputs, which tag the image).
 MIGRATE_CONTEXT = ("docker/migrate/", "migrations/", "restobot/__init__.py", "restobot/remote/")
+# What docker/postgres-pgbackrest/Dockerfile copies (the postgres image when offsite_backup is enabled).
+POSTGRES_PGBACKREST_CONTEXT = ("docker/postgres-pgbackrest/",)
 
 
 class ReleaseError(DeployError, ValueError):
@@ -125,6 +128,8 @@ class Release:
     name: str
     manifest: ReleaseManifest
     archive: bytes = field(repr=False)
+    # The postgres image with pgBackRest the host builds (offsite_backup enabled), else None.
+    postgres_image: str | None = None
 
     @property
     def sha256(self) -> str:
@@ -201,6 +206,12 @@ def migrate_image_name(files: dict[str, bytes], base_image: str) -> str:
     return f"restobot/migrate:{digest(context, base_image)[:12]}"
 
 
+def postgres_image_name(files: dict[str, bytes], base_image: str) -> str:
+    """The postgres-with-pgBackRest image, tagged by its build inputs and base like the migrate image."""
+    context = {path: content for path, content in files.items() if path.startswith(POSTGRES_PGBACKREST_CONTEXT)}
+    return f"restobot/postgres-pgbackrest:{digest(context, base_image)[:12]}"
+
+
 def deterministic_tar(entries: dict[str, tuple[bytes, int]]) -> bytes:
     """A gzip'd tar whose bytes depend only on the entries (no times, owners or order)."""
     raw = io.BytesIO()
@@ -230,9 +241,13 @@ def build_release(settings: Settings, name: str, root: Path = REPO_ROOT) -> Rele
     if missing:
         raise ReleaseError(f"{root}: nothing matches {', '.join(missing)}; is this the repository root?")
     migrate_image = migrate_image_name(files, settings.images.migrate_base)
-    rendered: dict[str, RenderedFile] = render_release(
-        settings, RenderContext(release=name, migrate_image=migrate_image)
-    )
+    postgres_image = postgres_image_name(files, settings.images.postgres)
+    try:
+        rendered: dict[str, RenderedFile] = render_release(
+            settings, RenderContext(release=name, migrate_image=migrate_image, postgres_image=postgres_image)
+        )
+    except OffsiteKeyUnreadable as error:
+        raise ReleaseError(str(error)) from None
     entries: dict[str, tuple[bytes, int]] = {path: (content, 0o644) for path, content in files.items()}
     entries["bin/smoke"] = (entries.pop("templates/smoke.sh")[0], 0o755)
     entries.update({path: (item.text.encode(), item.mode) for path, item in rendered.items()})
@@ -247,7 +262,8 @@ def build_release(settings: Settings, name: str, root: Path = REPO_ROOT) -> Rele
         config_sha256=digest({p: i.text.encode() for p, i in rendered.items()}),
     )
     entries[MANIFEST] = (manifest.to_json().encode(), 0o644)
-    return Release(name=name, manifest=manifest, archive=deterministic_tar(entries))
+    return Release(name=name, manifest=manifest, archive=deterministic_tar(entries),
+                   postgres_image=postgres_image if settings.offsite_backup.enabled else None)
 
 
 _WORKDIRS: list[tempfile.TemporaryDirectory] = []

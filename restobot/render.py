@@ -53,11 +53,14 @@ MONITORING_FILES: dict[str, tuple[str, int]] = {
 NOBODY_UID = 65534
 CONTAINER_OWNED_FILES: dict[str, int] = {"monitoring/alertmanager/alertmanager.yml": NOBODY_UID}
 
-# pgBackRest's configuration (templates/backup/), rendered from the `offsite_backup` settings; the release
-# does not ship it yet (nothing on the host runs pgBackRest so far). It holds the encryption passphrase: 0600.
+
+# pgBackRest's configuration (templates/backup/), rendered from the `offsite_backup` settings; a release
+# ships it when offsite_backup is enabled (compose hands it to postgres as a secret). It holds the
+# encryption passphrase: 0600. So does the SFTP login key beside it.
 OFFSITE_BACKUP_FILES: dict[str, tuple[str, int]] = {
     "backup/pgbackrest.conf.j2": ("pgbackrest/pgbackrest.conf", SECRET_MODE),
 }
+OFFSITE_KEY_PATH = "pgbackrest/sftp_key"
 # Where the PostgreSQL image (the official one and the stand-in) keeps its cluster.
 PGDATA = "/var/lib/postgresql/data"
 
@@ -139,6 +142,8 @@ class RenderedFile:
 class RenderContext:
     release: str = "dev"
     migrate_image: str = "restobot/migrate:dev"
+    # The postgres service's image when offsite_backup is enabled (built on the host, tagged by its inputs).
+    postgres_image: str = "restobot/postgres-pgbackrest:dev"
     gateway: GatewayOptions = field(default_factory=GatewayOptions)
     traefik: TraefikOptions = field(default_factory=TraefikOptions)
 
@@ -187,6 +192,8 @@ def render_release(settings: Settings, context: RenderContext | None = None) -> 
         "release": context.release,
         "project": COMPOSE_PROJECT,
         "migrate_image": context.migrate_image,
+        "postgres_image": context.postgres_image,
+        "postgres_command": ["postgres", *postgres_archiving_args(settings)],
         "gateway": context.gateway,
         "traefik": context.traefik,
         "channels": CHANNELS,
@@ -196,6 +203,9 @@ def render_release(settings: Settings, context: RenderContext | None = None) -> 
         text = environment.get_template(template_name).render(**variables)
         rendered[path] = RenderedFile(text=text, mode=mode)
     rendered.update(render_monitoring(settings, release=context.release))
+    if settings.offsite_backup.enabled:
+        rendered.update(render_offsite_backup(settings))
+        rendered.update(offsite_login_key(settings))
     return rendered
 
 
@@ -236,12 +246,38 @@ def render_offsite_backup(settings: Settings) -> dict[str, RenderedFile]:
         "o": offsite,
         "repo": offsite.sftp if offsite.repository == "sftp" else offsite.s3,
         "pgdata": PGDATA,
+        "pg_user": settings.database.user,
     }
     environment = make_environment()
     return {
         path: RenderedFile(text=environment.get_template(template).render(**variables), mode=mode)
         for template, (path, mode) in OFFSITE_BACKUP_FILES.items()
     }
+
+
+class OffsiteKeyUnreadable(ValueError):
+    """offsite_backup.sftp.key_path names no readable private key."""
+
+
+def offsite_login_key(settings: Settings) -> dict[str, RenderedFile]:
+    """The SFTP login key (``offsite_backup.sftp.key_path``, read on this machine), for the release, 0600.
+
+    None for an S3 repository (its key pair is in pgbackrest.conf).
+    """
+    sftp = settings.offsite_backup.sftp
+    if settings.offsite_backup.repository != "sftp" or sftp is None or sftp.key_path is None:
+        return {}
+    try:
+        text = sftp.key_path.read_text()
+    except (OSError, UnicodeDecodeError) as error:
+        raise OffsiteKeyUnreadable(
+            f"offsite_backup.sftp.key_path: {sftp.key_path} cannot be read ({error.__class__.__name__}); "
+            "point it at the private key whose public half the off-site host accepts") from None
+    if "PRIVATE KEY-----" not in text:
+        raise OffsiteKeyUnreadable(
+            f"offsite_backup.sftp.key_path: {sftp.key_path} is not a private key (no 'PRIVATE KEY' block); "
+            "point it at the private key, not its .pub") from None
+    return {OFFSITE_KEY_PATH: RenderedFile(text=text, mode=SECRET_MODE)}
 
 
 def postgres_archiving_args(settings: Settings) -> tuple[str, ...]:

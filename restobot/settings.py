@@ -517,8 +517,10 @@ class SftpRepository(Section):
 
     ``host_key`` pins the host's SSH key ("ecdsa-sha2-nistp256 AAAA...", as ``ssh.host_key``): pgBackRest
     refuses any other key (its fingerprint check). It must be the key pgBackRest's libssh2 negotiates,
-    which prefers ECDSA, then ed25519, then RSA: the host's ECDSA key when it has one. ``private_key_file``
-    is where the key that logs in as ``user`` lies inside the PostgreSQL container.
+    which prefers ECDSA, then ed25519, then RSA: the host's ECDSA key when it has one. ``key_path`` is the
+    private key that logs in as ``user``, on the operator's machine (like ``ssh.key_path``; keep it off the
+    VPS's only copy): the deploy ships it in the release, 0600, to ``private_key_file`` inside the
+    PostgreSQL container.
     """
 
     host: str
@@ -526,6 +528,7 @@ class SftpRepository(Section):
     user: str = Field(pattern=r"^[a-z_][a-z0-9_-]{0,31}$")
     path: str = "/restobot"
     host_key: str
+    key_path: Path | None = None
     private_key_file: str = "/etc/pgbackrest/sftp_key"
 
     @field_validator("host")
@@ -612,6 +615,10 @@ class OffsiteBackupSettings(Section):
         if self.repository == "sftp" and self.sftp is None:
             raise ValueError("sftp: required while enabled is true and repository is 'sftp' "
                              "(host, user, host_key; or set enabled: false)")
+        if self.repository == "sftp" and self.sftp is not None and self.sftp.key_path is None:
+            raise ValueError("sftp.key_path: required while enabled is true (the private key, on this machine, "
+                             "whose public half the off-site host's user accepts; make one with "
+                             "ssh-keygen -t ed25519 -N '' -f KEY)")
         if self.repository == "s3" and self.s3 is None:
             raise ValueError("s3: required while enabled is true and repository is 's3' "
                              "(endpoint, bucket, region; or set enabled: false)")

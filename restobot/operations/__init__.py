@@ -8,9 +8,9 @@ state already holds (see examples/pyinfra_deploy.py)::
     firewall_default_deny(name="Ensure the firewall denies all but SSH and HTTPS", allowed_tcp_ports=[22, 443])
 """
 
-from restobot.operations.backup import backups_scheduled
+from restobot.operations.backup import backups_scheduled, offsite_stanza_created
 from restobot.operations.database import api_client_present, database_backed_up, schema_migrated
-from restobot.operations.images import images_present, migrate_image_built
+from restobot.operations.images import images_present, migrate_image_built, postgres_image_built
 from restobot.operations.provision import (
     compose_plugin_uploaded,
     firewall_default_deny,
@@ -29,6 +29,8 @@ __all__ = [
     "host_provisioned",
     "images_present",
     "migrate_image_built",
+    "offsite_stanza_created",
+    "postgres_image_built",
     "release_serving",
     "release_unpacked",
     "releases_pruned",

@@ -18,6 +18,10 @@ Dumps live in ``{backups_dir}/scheduled`` (0700, files 0600: personal data). The
 pre-deploy backups of restobot/operations/database.py stay apart in ``{backups_dir}``.
 Cron itself: provisioning installs and starts it on hosts without systemd; here it is
 ensured on every host (a systemd VPS image may lack it).
+
+The off-site backup (``offsite_backup`` enabled): PostgreSQL archives its WAL with pgBackRest
+(docker/postgres-pgbackrest/, templates/backup/pgbackrest.conf.j2); ``offsite_stanza_created``
+makes the repository's stanza, checks that archiving reaches it, and takes a first full backup.
 """
 
 from __future__ import annotations
@@ -29,11 +33,12 @@ import shlex
 from pathlib import Path
 
 from pyinfra import host
-from pyinfra.api import OperationError, deploy
+from pyinfra.api import OperationError, deploy, operation
 from pyinfra.facts.files import File, Sha256File
 from pyinfra.operations import apt, files, server
 
-from restobot.commands import POSTGRES_CONTAINER, HostLayout, run_script, shell_text
+from restobot.commands import POSTGRES_CONTAINER, HostLayout, pgbackrest, run_script, shell, shell_text
+from restobot.facts.offsite import OffsiteBackupInfo
 from restobot.facts.provision import HostPlatform
 from restobot.operations.provision import init_service
 from restobot.remote import backup as backup_helper
@@ -205,3 +210,33 @@ def backups_scheduled(settings: Settings, layout: HostLayout) -> None:
         server.shell(name=f"Ensure a first backup exists (no {paths.last_success} yet)",
                      # As root over SSH: the script re-runs itself as the deploy user.
                      commands=[shell_text(run_script(paths.script))])
+
+
+@operation()
+def offsite_stanza_created(stanza: str):
+    """
+    Ensure the off-site repository holds ``stanza`` with a full backup, WAL archiving into it checked.
+
+    A missing stanza is created and ``pgbackrest check`` proves a WAL segment reaches the repository
+    (it fails the deploy, with pgBackRest's error, when the host, its key or the passphrase is wrong);
+    a repository without a full backup gets one. Call it once the postgres service runs with archiving.
+
+    + stanza: ``offsite_backup.stanza``
+
+    **Example:**
+
+    .. code:: python
+
+        offsite_stanza_created(name="Ensure the off-site repository holds the database",
+                               stanza=settings.offsite_backup.stanza)
+    """
+    repository = host.get_fact(OffsiteBackupInfo, stanza=stanza)
+    if repository is not None and repository.stanza_exists and repository.full_backups:
+        host.noop(f"stanza {stanza} holds {repository.full_backups} full backup(s), "
+                  f"WAL archived up to {repository.wal_max or 'none yet'}")
+        return
+    if repository is None or not repository.stanza_exists:
+        yield shell(pgbackrest(stanza, "stanza-create"))
+        yield shell(pgbackrest(stanza, "check"))
+    if repository is None or not repository.full_backups:
+        yield shell(pgbackrest(stanza, "--type=full", "backup"))

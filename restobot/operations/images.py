@@ -3,8 +3,9 @@
 Production pulls the official images. The local stage has no registry: the
 harness saves each locally built image to a bundle file that the VPS sees, and
 this loads the ones missing. Either way an image already present is skipped.
-The migrate image is built on the host from the release (its tag is the hash
-of its inputs, so an unchanged release builds nothing).
+The migrate image, and the postgres image with pgBackRest when offsite_backup is
+enabled, are built on the host from the release (their tags are the hash of their
+inputs, so an unchanged release builds nothing).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 from pyinfra import host
 from pyinfra.api import operation
 
-from restobot.commands import compose_build_migrate, image_fetch, shell
+from restobot.commands import compose_build_migrate, compose_build_postgres, image_fetch, shell
 from restobot.facts.deploy import DockerImages
 from restobot.settings import ImageSettings
 
@@ -59,3 +60,28 @@ def migrate_image_built(release_dir: str, image: str):
         host.noop(f"{image} is present")
         return
     yield shell(compose_build_migrate(release_dir))
+
+
+@operation()
+def postgres_image_built(release_dir: str, image: str | None):
+    """
+    Ensure the release's postgres image with pgBackRest exists, building it from the release if not.
+
+    + release_dir: the release directory (the build context)
+    + image: the image reference the release's compose file names; None: offsite_backup is disabled
+      and postgres runs the stage's image as it is
+
+    **Example:**
+
+    .. code:: python
+
+        postgres_image_built(name="Ensure the postgres image with pgBackRest is built",
+                             release_dir=release_dir, image=built.postgres_image)
+    """
+    if image is None:
+        host.noop("offsite_backup is disabled: postgres runs the stage's image")
+        return
+    if image in host.get_fact(DockerImages, images=(image,)):
+        host.noop(f"{image} is present")
+        return
+    yield shell(compose_build_postgres(release_dir))

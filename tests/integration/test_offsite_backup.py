@@ -15,6 +15,7 @@ import subprocess
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
@@ -65,6 +66,7 @@ class Offsite:
         command = (["postgres", *postgres_archiving_args(settings)] if archiving
                    else ["--entrypoint", "sleep"])
         run_args = ["create", "--name", name, "--network", self.network,
+                    "-e", f"POSTGRES_USER={settings.database.user}",
                     "-e", f"POSTGRES_PASSWORD={secrets.token_urlsafe(16)}"]
         if archiving:
             docker(*run_args, self.postgres_image, *command)
@@ -88,7 +90,9 @@ class Offsite:
         return buffer.getvalue()
 
     def psql(self, container: str, sql: str) -> str:
+        # The superuser is POSTGRES_USER, as in the deployed stack (pgbackrest.conf's pg1-user).
         return docker("exec", "-u", "postgres", container, "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1",
+                      "-U", self.settings.database.user, "-d", "postgres",
                       "-c", sql).stdout.strip()
 
     def pgbackrest(self, container: str, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -100,10 +104,11 @@ class Offsite:
              timeout=60, what=f"{container} accepting connections")
 
 
-def offsite_settings(environ: dict[str, str], host_key: str) -> Settings:
+def offsite_settings(environ: dict[str, str], host_key: str, key_path: Path) -> Settings:
     return settings_for_stage("production", environ, offsite_backup={
         "enabled": True,
-        "sftp": {"host": SFTP_ALIAS, "user": "offsite", "path": REPO_PATH, "host_key": host_key},
+        "sftp": {"host": SFTP_ALIAS, "user": "offsite", "path": REPO_PATH, "host_key": host_key,
+                 "key_path": str(key_path)},
         "archive_timeout_seconds": 10,
     })
 
@@ -131,7 +136,7 @@ def offsite(tmp_path_factory) -> Iterator[Offsite]:
         other_key = " ".join(docker("exec", sftp, "cat", "/etc/ssh/ssh_host_ed25519_key.pub").stdout.split()[:2])
         environ = generate_secrets()
         uid = int(docker("run", "--rm", "--entrypoint", "id", postgres_image, "-u", "postgres").stdout)
-        stage = Offsite(network, postgres_image, sftp, offsite_settings(environ, host_key), environ,
+        stage = Offsite(network, postgres_image, sftp, offsite_settings(environ, host_key, keys / "id"), environ,
                         (keys / "id").read_bytes(), uid, other_key, containers)
         yield stage
     finally:
@@ -197,7 +202,8 @@ def test_the_offsite_host_holds_no_plain_text(offsite, backed_up):
 
 def test_a_wrong_passphrase_is_refused_and_restores_nothing(offsite, backed_up):
     environ = {**offsite.environ, "OFFSITE_BACKUP_PASSPHRASE": secrets.token_urlsafe(32)}
-    wrong = offsite_settings(environ, offsite.settings.offsite_backup.sftp.host_key)
+    wrong = offsite_settings(environ, offsite.settings.offsite_backup.sftp.host_key,
+                             offsite.settings.offsite_backup.sftp.key_path)
     fresh = offsite.postgres_container(wrong, archiving=False, role="wrong-passphrase")
     refused = offsite.pgbackrest(fresh, "restore", check=False)
     assert refused.returncode != 0
@@ -207,7 +213,7 @@ def test_a_wrong_passphrase_is_refused_and_restores_nothing(offsite, backed_up):
 
 
 def test_a_host_presenting_another_key_than_the_pinned_one_is_refused(offsite, backed_up):
-    unpinned = offsite_settings(offsite.environ, offsite.other_host_key)
+    unpinned = offsite_settings(offsite.environ, offsite.other_host_key, offsite.settings.offsite_backup.sftp.key_path)
     assert unpinned.offsite_backup.sftp.host_key_sha256 != offsite.settings.offsite_backup.sftp.host_key_sha256
     fresh = offsite.postgres_container(unpinned, archiving=False, role="unpinned")
     refused = offsite.pgbackrest(fresh, "restore", check=False)

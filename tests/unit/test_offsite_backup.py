@@ -6,10 +6,16 @@ import base64
 import secrets
 
 import pytest
+import yaml
 
+from restobot import cli
+from restobot.facts.offsite import OffsiteBackupInfo, OffsiteRepository
+from restobot.release_archive import ReleaseError, build_release, postgres_image_name
 from restobot.render import (
     SECRET_MODE,
     OffsiteBackupDisabled,
+    OffsiteKeyUnreadable,
+    RenderContext,
     postgres_archiving_args,
     render_offsite_backup,
     render_release,
@@ -20,7 +26,8 @@ from restobot.settings import SettingsError, load_settings
 # A real ed25519 public key (public: not a secret) and the fingerprint `ssh-keygen -lf` prints for it.
 HOST_KEY = "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINsycvnFokzgwk+wg/3g55PO3cJm/0hW975MP6JNfpp8"  # pragma: allowlist secret
 HOST_KEY_SSH_KEYGEN_SHA256 = "Xmw04Vi16OrIUw5THAgCpL1ur//iCcf8Qrs8oJnfMZI"  # pragma: allowlist secret
-SFTP = {"host": "backup.example.net", "port": 23, "user": "u12345", "path": "/backups/resto", "host_key": HOST_KEY}
+SFTP = {"host": "backup.example.net", "port": 23, "user": "u12345", "path": "/backups/resto", "host_key": HOST_KEY,
+        "key_path": "/home/ops/.ssh/resto-offsite"}
 S3 = {"endpoint": "s3.eu-west-3.amazonaws.com", "bucket": "resto-backups", "region": "eu-west-3"}
 
 
@@ -181,6 +188,7 @@ def test_sftp_configuration_by_value(production_data, secret_env):
         "log-level-file=off",
         "[restobot]",
         "pg1-path=/var/lib/postgresql/data",
+        f"pg1-user={settings.database.user}",
     ]
 
 
@@ -231,7 +239,169 @@ def test_postgres_archives_to_pgbackrest(production_data, secret_env):
     )
 
 
-def test_passphrase_is_in_no_release_file(production_data, secret_env):
-    settings = load_settings(offsite(production_data, enabled=True, sftp=SFTP), secret_env)
-    for path, rendered in render_release(settings).items():
-        assert secret_env["OFFSITE_BACKUP_PASSPHRASE"] not in rendered.text, path
+# --- the release and its compose file ----------------------------------------
+
+FAKE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"  # pragma: allowlist secret
+
+
+@pytest.fixture
+def enabled(production_data, secret_env, tmp_path):
+    """Settings with an enabled SFTP off-site backup whose login key is a file on this machine."""
+    key = tmp_path / "offsite_key"
+    key.write_text(FAKE_KEY)
+    return load_settings(offsite(production_data, enabled=True, sftp={**SFTP, "key_path": str(key)}), secret_env)
+
+
+def postgres_service(settings, context=None) -> dict:
+    return yaml.safe_load(render_release(settings, context)["compose.yml"].text)
+
+
+def test_login_key_path_is_required(production_data, secret_env):
+    sftp = {key: value for key, value in SFTP.items() if key != "key_path"}
+    [problem] = problems_of(offsite(production_data, enabled=True, sftp=sftp), secret_env)
+    assert problem.startswith("offsite_backup: sftp.key_path: required while enabled is true")
+
+
+def test_release_ships_the_configuration_and_the_key_owner_only(enabled, secret_env):
+    files = render_release(enabled)
+    assert files["pgbackrest/pgbackrest.conf"].mode == SECRET_MODE
+    assert (files["pgbackrest/sftp_key"].text, files["pgbackrest/sftp_key"].mode) == (FAKE_KEY, SECRET_MODE)
+
+
+def test_passphrase_and_key_are_only_in_owner_only_files(enabled, secret_env):
+    for path, rendered in render_release(enabled).items():
+        if secret_env["OFFSITE_BACKUP_PASSPHRASE"] in rendered.text or "PRIVATE KEY" in rendered.text:
+            assert rendered.mode == SECRET_MODE, path
+
+
+def test_disabled_release_runs_the_stage_postgres_image_without_pgbackrest(production_data, secret_env):
+    settings = load_settings(production_data, secret_env)
+    files = render_release(settings)
+    assert not [path for path in files if path.startswith("pgbackrest/")]
+    compose = yaml.safe_load(files["compose.yml"].text)
+    postgres = compose["services"]["postgres"]
+    assert (postgres["image"], postgres["networks"]) == (settings.images.postgres, ["backend"])
+    assert "command" not in postgres and "secrets" not in postgres and "secrets" not in compose
+    assert "offsite" not in compose["networks"]
+
+
+def test_enabled_postgres_runs_the_built_image_archiving_with_its_secrets(enabled):
+    compose = postgres_service(enabled, RenderContext(postgres_image="restobot/postgres-pgbackrest:0123456789ab"))
+    postgres = compose["services"]["postgres"]
+    assert postgres["image"] == "restobot/postgres-pgbackrest:0123456789ab"
+    assert postgres["build"] == {"context": ".", "dockerfile": "docker/postgres-pgbackrest/Dockerfile",
+                                 "args": {"BASE_IMAGE": enabled.images.postgres}}
+    assert postgres["command"] == ["postgres", *postgres_archiving_args(enabled)]
+    assert postgres["secrets"] == [{"source": "pgbackrest_conf", "target": "pgbackrest.conf"},
+                                   {"source": "pgbackrest_sftp_key", "target": "sftp_key"}]
+    assert compose["secrets"] == {"pgbackrest_conf": {"file": "./pgbackrest/pgbackrest.conf"},
+                                  "pgbackrest_sftp_key": {"file": "./pgbackrest/sftp_key"}}
+
+
+def test_only_postgres_gets_the_route_to_the_offsite_host(enabled):
+    compose = postgres_service(enabled)
+    assert compose["networks"]["offsite"] == {}
+    on_it = sorted(name for name, service in compose["services"].items() if "offsite" in service.get("networks", []))
+    assert on_it == ["postgres"]
+
+
+def test_unreadable_login_key_is_refused_naming_the_setting(production_data, secret_env, tmp_path):
+    missing = tmp_path / "nowhere"
+    settings = load_settings(offsite(production_data, enabled=True, sftp={**SFTP, "key_path": str(missing)}),
+                             secret_env)
+    with pytest.raises(ReleaseError) as caught:
+        build_release(settings, "v1")
+    assert str(caught.value) == (f"offsite_backup.sftp.key_path: {missing} cannot be read (FileNotFoundError); "
+                                 "point it at the private key whose public half the off-site host accepts")
+
+
+def test_a_public_key_given_as_the_login_key_is_refused(production_data, secret_env, tmp_path):
+    public = tmp_path / "offsite_key.pub"
+    public.write_text(HOST_KEY + "\n")
+    settings = load_settings(offsite(production_data, enabled=True, sftp={**SFTP, "key_path": str(public)}),
+                             secret_env)
+    with pytest.raises(OffsiteKeyUnreadable, match=r"^offsite_backup\.sftp\.key_path: .* is not a private key"):
+        render_release(settings)
+
+
+def test_postgres_image_is_tagged_by_its_dockerfile_and_base():
+    files = {"docker/postgres-pgbackrest/Dockerfile": b"FROM x", "migrations/0001.sql": b"select 1"}
+    name = postgres_image_name(files, "postgres:17-bookworm")
+    assert name.startswith("restobot/postgres-pgbackrest:") and len(name.split(":")[1]) == 12
+    assert postgres_image_name({**files, "migrations/0002.sql": b"select 2"}, "postgres:17-bookworm") == name
+    assert postgres_image_name(files, "postgres:17.7-bookworm") != name
+    assert postgres_image_name({**files, "docker/postgres-pgbackrest/Dockerfile": b"FROM y"},
+                               "postgres:17-bookworm") != name
+
+
+def test_an_enabled_release_names_the_postgres_image_to_build(enabled):
+    assert build_release(enabled, "v1").postgres_image.startswith("restobot/postgres-pgbackrest:")
+
+
+def test_a_disabled_release_builds_no_postgres_image(production_data, secret_env):
+    assert build_release(load_settings(production_data, secret_env), "v1").postgres_image is None
+
+
+# --- what pgBackRest reports ----------------------------------------------------------
+
+INFO_JSON = """[{"name":"restobot","status":{"code":0,"message":"ok"},
+ "archive":[{"id":"17-1","min":"000000010000000000000003","max":"000000010000000000000009"}],
+ "backup":[{"type":"full","label":"20261201-101010F"},{"type":"diff","label":"20261201-101010F_20261202-101010D"},
+           {"type":"full","label":"20261208-101010F"}]}]"""
+
+
+def test_info_reports_the_full_backups_and_the_newest_wal():
+    assert OffsiteBackupInfo().process(INFO_JSON.splitlines()) == OffsiteRepository(
+        status_code=0, status_message="ok", full_backups=2, wal_max="000000010000000000000009")
+
+
+def test_info_of_a_missing_stanza_says_it_does_not_exist():
+    missing = '[{"name":"restobot","status":{"code":1,"message":"missing stanza path"},"archive":[],"backup":[]}]'
+    repository = OffsiteBackupInfo().process([missing])
+    assert repository is not None and not repository.stanza_exists and repository.full_backups == 0
+
+
+@pytest.mark.parametrize("output", [[], ["ERROR: [039]: HTTP request failed"], ["[]"]])
+def test_info_that_is_not_a_report_means_unknown(output):
+    assert OffsiteBackupInfo().process(output) is None
+
+
+# --- resto STAGE backup offsite info ---------------------------------------------------
+
+INFO_REPORT = {
+    "name": "restobot", "cipher": "aes-256-cbc", "status": {"code": 0, "message": "ok"},
+    "archive": [{"id": "17-1", "min": "000000010000000000000003", "max": "000000010000000000000009"}],
+    "backup": [{"label": "20261201-101010F", "type": "full", "timestamp": {"start": 1796119810, "stop": 1796119815},
+                "info": {"size": 30_000_000, "repository": {"size": 3_000_000, "delta": 3_000_000}}}],
+}
+
+
+def test_offsite_info_is_summed_up_for_the_operator():
+    assert cli.offsite_summary([INFO_REPORT]) == {
+        "stanza": "restobot", "status": "ok", "cipher": "aes-256-cbc",
+        "wal_min": "000000010000000000000003", "wal_max": "000000010000000000000009",
+        "backups": [{"label": "20261201-101010F", "type": "full", "started": "2026-12-01T10:10:10Z",
+                     "stopped": "2026-12-01T10:10:15Z", "database_bytes": 30_000_000, "repository_bytes": 3_000_000}],
+        "healthy": True,
+    }
+
+
+@pytest.mark.parametrize("report", [
+    {**INFO_REPORT, "backup": []},
+    {**INFO_REPORT, "status": {"code": 99, "message": "other"}},
+])
+def test_offsite_info_without_a_full_backup_or_ok_status_is_not_healthy(report):
+    assert cli.offsite_summary([report])["healthy"] is False
+
+
+def test_offsite_info_when_disabled_says_how_to_enable_and_connects_nowhere(capsys, monkeypatch, with_secrets):
+    def refuse(target):
+        raise AssertionError(f"connected to {target.address} although offsite_backup is disabled")
+
+    monkeypatch.setattr(cli, "connect", refuse)
+    status = cli.main(["production", "backup", "offsite", "info"])
+    captured = capsys.readouterr()
+    assert status == cli.EXIT_USAGE
+    assert "offsite_backup.enabled is false in " in captured.err
+    assert "nothing is archived off-site; set it to true with its repository (README, Backups) and deploy" in captured.err
+    assert captured.out == ""

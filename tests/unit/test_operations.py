@@ -66,6 +66,7 @@ from restobot.facts.deploy import (
     PreDeployDump,
     SmokeCheck,
 )
+from restobot.facts.offsite import OffsiteRepository
 from restobot.facts.provision import Firewall, Platform, Swap
 from restobot.release_archive import MigrationInfo
 from restobot.settings import ImageSettings
@@ -82,7 +83,7 @@ def value_types() -> dict[str, type]:
 
     return {cls.__name__: cls for cls in (
         HostLayout, ImageSettings, MigrationInfo, HostState, Container, LedgerRow, ApiClientRow, DatabaseUnreadable,
-        SmokeCheck, Firewall, Platform, Swap, Actor, PreDeployDump,
+        SmokeCheck, Firewall, Platform, Swap, Actor, PreDeployDump, OffsiteRepository,
     )}
 
 

@@ -1,0 +1,216 @@
+"""The off-site backup, deployed: PostgreSQL on the VPS archives its WAL to another host, encrypted.
+
+A stack of this module's own is deployed with ``offsite_backup`` configured. The off-site host is a second
+container (SFTP only, harness/offsite.py's image) on a docker network of this module, which the VPS container
+joins before the deploy, as a storage box reached over the internet; its ECDSA host key is read out of band and
+pinned, its login key generated here. Messages sent through the stack reach the off-site repository within
+``archive_timeout`` without a WAL switch of ours, and the repository's files hold no plain text of them.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from harness.deploys import changed_operations, public_request, sql
+from harness.offsite import build_offsite_images
+from harness.poll import poll
+from restobot import meta_payloads
+from restobot.commands import POSTGRES_CONTAINER, pgbackrest
+from restobot.settings import REPO_ROOT, read_env_file, secrets_file
+from tests.e2e.conftest import harness_must_deliver
+
+pytestmark = pytest.mark.e2e
+
+REPO_PATH = "/srv/offsite/restobot"
+ARCHIVE_TIMEOUT = 10
+# The WAL segment is switched after ARCHIVE_TIMEOUT, then pushed over SFTP: a generous margin.
+ARCHIVE_MARGIN = 60
+STANZA_OPERATION = "Ensure the off-site repository holds the database"
+
+
+def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=300)
+    if check and result.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args[:4])}... exited {result.returncode}:\n{result.stderr[-2000:]}")
+    return result
+
+
+@dataclass(frozen=True)
+class OffsiteHost:
+    container: str
+    network: str
+
+
+@pytest.fixture(scope="module")
+def offsite_host(tmp_path_factory) -> Iterator[tuple[OffsiteHost, dict]]:
+    """The SFTP-only off-site host on a network of its own, and the ``offsite_backup`` settings that reach it."""
+    _, sftp_image = build_offsite_images()
+    keys = tmp_path_factory.mktemp("offsite-login")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pgbackrest", "-f", str(keys / "id")],
+                   check=True)
+    network = f"resto-offsite-e2e-{secrets.token_hex(4)}"
+    container = f"{network}-sftp"
+    docker("network", "create", network)
+    try:
+        docker("run", "-d", "--name", container, "--network", network,
+               "-e", f"AUTHORIZED_KEYS={(keys / 'id.pub').read_text().strip()}", sftp_image)
+        # Read out of band, as from the provider's console; libssh2 negotiates the ECDSA key (README, Backups).
+        public = poll(lambda: docker("exec", container, "cat", "/etc/ssh/ssh_host_ecdsa_key.pub", check=False),
+                      until=lambda result: result.returncode == 0 and result.stdout.startswith("ecdsa-sha2-"),
+                      timeout=30, what="the off-site host's ECDSA host key")
+        address = docker("inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}',
+                         container).stdout.strip()
+        settings = {
+            "enabled": True,
+            "sftp": {"host": address, "user": "offsite", "path": REPO_PATH,
+                     "host_key": " ".join(public.stdout.split()[:2]), "key_path": str(keys / "id")},
+            "archive_timeout_seconds": ARCHIVE_TIMEOUT,
+        }
+        yield OffsiteHost(container, network), settings
+    finally:
+        docker("rm", "-f", "-v", container, check=False)
+        # The stack's teardown removed the VPS container by now (stack is torn down first: fixture order).
+        docker("network", "rm", network, check=False)
+
+
+@pytest.fixture(scope="module")
+def stack(offsite_host, tmp_path_factory):
+    """A stack of this module's own, its VPS joined to the off-site host's network, deployed with offsite_backup."""
+    host, settings = offsite_host
+
+    def attach_offsite(endpoint) -> dict:
+        # Joining a user-defined network points the VPS's resolv.conf at docker's embedded 127.0.0.11, which the
+        # VPS's own docker engine cannot hand to its containers (it falls back to public resolvers, unreachable
+        # here, and the postgres image's apt-get fails): the VPS keeps the resolver it had, as a real VPS would.
+        resolver = docker("exec", endpoint.container, "cat", "/etc/resolv.conf").stdout
+        docker("network", "connect", host.network, endpoint.container)
+        subprocess.run(["docker", "exec", "-i", endpoint.container, "sh", "-c", "cat > /etc/resolv.conf"],
+                       input=resolver, text=True, check=True, timeout=60)
+        return {"offsite_backup": settings}
+
+    with harness_must_deliver("the stack with an off-site backup did not come up") as deploys:
+        names = deploys.stack_names("offsite")
+        deployed = deploys.bring_up_stack(names, tmp_path_factory.mktemp("offsite-stack"), release="e2e-offsite",
+                                          prepare=attach_offsite)
+    yield deployed
+    deploys.tear_down_stack(names)
+
+
+def offsite_files(host: OffsiteHost) -> list[str]:
+    return docker("exec", host.container, "find", REPO_PATH, "-type", "f", "-size", "+0").stdout.split()
+
+
+def send_message(stack, text: str, sender: str) -> int:
+    """One signed WhatsApp text message through the public edge; the status Meta would see."""
+    payload = meta_payloads.whatsapp_text(text, sender=sender,
+                                          phone_number_id=stack.settings["meta"]["wa_phone_number_id"])
+    body = meta_payloads.encode(payload)
+    secret = read_env_file(secrets_file("local"))["META_APP_SECRET"]
+    response, _ = public_request(stack, "POST", "/v1/inbound/whatsapp", body, {
+        "Content-Type": "application/json", "X-Hub-Signature-256": meta_payloads.sign(body, secret)})
+    return response.status
+
+
+def in_postgres(stack, *argv: str) -> str:
+    return stack.ssh("docker", "exec", POSTGRES_CONTAINER, *argv).stdout
+
+
+@dataclass(frozen=True)
+class Sent:
+    marker: str
+    segment: str
+
+
+@pytest.fixture(scope="module")
+def sent(stack) -> Sent:
+    """Messages carrying a marker, answered 200 and stored; the WAL segment that holds them."""
+    marker = f"OFFSITE-MARKER-{secrets.token_hex(8)}"
+    run = secrets.randbelow(10_000)  # one sender each: no rate limit of one conversation in the way
+    statuses = [send_message(stack, f"Une table pour ce soir ? {marker} {number}", f"3365{run:04d}{number:04d}")
+                for number in range(3)]
+    assert statuses == [200, 200, 200]
+    poll(lambda: sql(stack, f"select count(*) from inbound_messages where payload::text like '%{marker}%'"),
+         until=lambda count: count == "3", timeout=60, what="the three messages stored")
+    segment = sql(stack, "select pg_walfile_name(pg_current_wal_lsn())")
+    return Sent(marker, segment)
+
+
+def test_the_first_deploy_creates_the_stanza_and_a_full_backup(stack, offsite_host):
+    assert STANZA_OPERATION in stack.first_deploy.changed
+    host, _ = offsite_host
+    files = offsite_files(host)
+    assert any("/backup/restobot/" in path for path in files), files
+
+
+def test_postgres_archives_with_pgbackrest(stack):
+    assert sql(stack, "show archive_mode") == "on"
+    assert sql(stack, "show archive_command") == "pgbackrest --stanza=restobot archive-push %p"
+    assert sql(stack, "show archive_timeout") == f"{ARCHIVE_TIMEOUT}s"
+
+
+@pytest.mark.parametrize("path", ["/etc/pgbackrest/pgbackrest.conf", "/etc/pgbackrest/sftp_key"])
+def test_the_configuration_and_the_key_are_the_postgres_users_only(stack, path):
+    assert in_postgres(stack, "stat", "-c", "%a %U", path).strip() == "600 postgres"
+
+
+@pytest.mark.parametrize("path", ["pgbackrest/pgbackrest.conf", "pgbackrest/sftp_key"])
+def test_the_release_ships_them_readable_by_their_owner_only(stack, path):
+    mode = stack.ssh("stat", "-c", "%a", f"/opt/resto/current/{path}").stdout.strip()
+    assert mode == "600"
+
+
+def test_the_passphrase_and_the_key_are_in_no_deploy_output(stack, offsite_host):
+    passphrase = read_env_file(secrets_file("local"))["OFFSITE_BACKUP_PASSPHRASE"]
+    key_body = open(offsite_host[1]["sftp"]["key_path"]).read().splitlines()[1]
+    assert passphrase not in stack.first_deploy.output
+    assert key_body not in stack.first_deploy.output
+
+
+def archived_up_to(stack, segment: str) -> None:
+    """Wait until PostgreSQL reports ``segment`` archived; archive_timeout alone must close it (no WAL switch here)."""
+    poll(lambda: sql(stack, "select coalesce(last_archived_wal, '') from pg_stat_archiver"),
+         until=lambda archived: archived >= segment, timeout=ARCHIVE_TIMEOUT + ARCHIVE_MARGIN,
+         what=f"WAL segment {segment} (the messages) archived")
+
+
+def test_messages_reach_the_offsite_host_within_the_archive_timeout(stack, sent):
+    archived_up_to(stack, sent.segment)
+    [stanza] = json.loads(stack.ssh(*pgbackrest("restobot", "--output=json", "info")).stdout)
+    assert stanza["status"]["message"] == "ok", stanza
+    assert max(archive["max"] for archive in stanza["archive"]) >= sent.segment, stanza
+
+
+def test_the_offsite_host_holds_no_plain_text_of_the_messages(stack, offsite_host, sent):
+    host, _ = offsite_host
+    # The marker is in the VPS's own database files in plain text: the grep below could find it there.
+    assert in_postgres(stack, "grep", "-rl", sent.marker, "/var/lib/postgresql/data/pg_wal")
+    archived_up_to(stack, sent.segment)
+    files = offsite_files(host)
+    assert any("/archive/restobot/" in path for path in files), files
+    found = docker("exec", host.container, "grep", "-rl", sent.marker, REPO_PATH, check=False)
+    assert (found.returncode, found.stdout) == (1, "")
+
+
+def test_resto_backup_offsite_info_shows_the_repository(stack, sent):
+    archived_up_to(stack, sent.segment)
+    proc = subprocess.run([sys.executable, "-m", "restobot.cli", "--inventory", str(stack.inventory), "local",
+                           "backup", "offsite", "info", "--json", "--check"],
+                          capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    info = json.loads(proc.stdout)
+    assert (info["status"], info["cipher"], info["healthy"]) == ("ok", "aes-256-cbc", True)
+    assert [backup["type"] for backup in info["backups"]] == ["full"]
+    assert info["wal_max"] >= sent.segment
+
+
+def test_a_second_deploy_changes_nothing(stack):
+    run = stack.deploy(release="e2e-offsite")
+    assert run.returncode == 0, run.output_tail()
+    assert changed_operations(run) == [], run.output_tail()
