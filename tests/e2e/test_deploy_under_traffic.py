@@ -33,10 +33,12 @@ def under_traffic(stack, prefix: str, action):
     """Run ``action`` while a Meta-like sender posts: (the action's result, the traffic's figures)."""
     sender = MetaLikeSender(stack, sender_prefix=prefix)
     sender.start()
-    time.sleep(SETTLE)
-    result = action()
-    time.sleep(SETTLE)
-    sender.stop()
+    try:  # an action that raises must not leave the sender's thread holding the run open
+        time.sleep(SETTLE)
+        result = action()
+        time.sleep(SETTLE)
+    finally:
+        sender.stop()
     return result, outcome(stack, sender)
 
 

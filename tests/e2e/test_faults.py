@@ -52,11 +52,13 @@ FAULTS = [
 def test_no_message_is_lost_or_answered_twice(deployed_stack, fault):
     sender = MetaLikeSender(deployed_stack, sender_prefix="3390")
     sender.start()
-    time.sleep(BEFORE)
-    fault.inject(deployed_stack)
-    ended = sender.now()
-    time.sleep(AFTER)
-    sender.stop()
+    try:  # a fault that fails to inject must not leave the sender's thread holding the run open
+        time.sleep(BEFORE)
+        fault.inject(deployed_stack)
+        ended = sender.now()
+        time.sleep(AFTER)
+    finally:
+        sender.stop()
     figures = outcome(deployed_stack, sender, fault_ended_at=ended)
     print(f"{fault}: {figures.line()}")
     assert figures.answered_200 == figures.sent, figures.line()
