@@ -241,14 +241,22 @@ def test_postgres_archives_to_pgbackrest(production_data, secret_env):
 
 # --- the release and its compose file ----------------------------------------
 
-FAKE_KEY = "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n"  # pragma: allowlist secret
+@pytest.fixture(scope="module")
+def login_key() -> str:
+    """A throwaway OpenSSH private key, made for this run."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    return Ed25519PrivateKey.generate().private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH, serialization.NoEncryption(),
+    ).decode()
 
 
 @pytest.fixture
-def enabled(production_data, secret_env, tmp_path):
+def enabled(production_data, secret_env, tmp_path, login_key):
     """Settings with an enabled SFTP off-site backup whose login key is a file on this machine."""
     key = tmp_path / "offsite_key"
-    key.write_text(FAKE_KEY)
+    key.write_text(login_key)
     return load_settings(offsite(production_data, enabled=True, sftp={**SFTP, "key_path": str(key)}), secret_env)
 
 
@@ -262,10 +270,10 @@ def test_login_key_path_is_required(production_data, secret_env):
     assert problem.startswith("offsite_backup: sftp.key_path: required while enabled is true")
 
 
-def test_release_ships_the_configuration_and_the_key_owner_only(enabled, secret_env):
+def test_release_ships_the_configuration_and_the_key_owner_only(enabled, secret_env, login_key):
     files = render_release(enabled)
     assert files["pgbackrest/pgbackrest.conf"].mode == SECRET_MODE
-    assert (files["pgbackrest/sftp_key"].text, files["pgbackrest/sftp_key"].mode) == (FAKE_KEY, SECRET_MODE)
+    assert (files["pgbackrest/sftp_key"].text, files["pgbackrest/sftp_key"].mode) == (login_key, SECRET_MODE)
 
 
 def test_passphrase_and_key_are_only_in_owner_only_files(enabled, secret_env):
