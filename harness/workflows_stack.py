@@ -217,7 +217,9 @@ class Stack:
         return name
 
     def _start_n8n(self) -> None:
-        env = ["--env-file", str(self._env_file("n8n.env"))]
+        # The external hooks file the rendered env names, mounted as compose.yml mounts it.
+        hooks = ["-v", f"{REPO / 'docker/n8n/drain-hooks.js'}:{self.n8n_env()['EXTERNAL_HOOK_FILES']}:ro"]
+        env = ["--env-file", str(self._env_file("n8n.env")), *hooks]
         concurrency = self.settings().n8n.worker_concurrency
         self._run("main", N8N_IMAGE, *env, aliases=("n8n-main",), command=("start",),
                   publish="5678" if self.publish_main else None)
