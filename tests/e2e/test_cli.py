@@ -380,8 +380,15 @@ def statuses(stack, ids) -> dict[int, str]:
 
 
 def graph_texts(stack) -> list[str]:
-    return [r["body"]["text"]["body"] for r in stack.meta.requests()
-            if isinstance(r.get("body"), dict) and MARK in str(r["body"].get("text", {}).get("body", ""))]
+    """This module's texts the Graph API double received as messages. Its request log also holds the
+    alert posts (Alertmanager's, W8's) on /alerts, whose ``text`` is a string."""
+    texts = []
+    for request in stack.meta.requests():
+        body = request.get("body")
+        text = body.get("text") if request["path"].endswith("/messages") and isinstance(body, dict) else None
+        if isinstance(text, dict) and MARK in str(text.get("body", "")):
+            texts.append(text["body"])
+    return texts
 
 
 @pytest.mark.parametrize("argv", [
