@@ -2,9 +2,13 @@
 
 ``MetaLikeSender`` posts signed WhatsApp text messages through the VPS's public
 :443 (Traefik, SNI and all) at a steady rate, each from its own sender, and
-retries every non-200 answer every ``retry_seconds`` until it gets a 200, as
-Meta does (Meta's own schedule backs off over hours; a fixed short interval
-is the harsher case for the stack). ``outcome`` then reads, for every message,
+retries every non-200 answer with a backoff until it gets a 200, as Meta does
+(its schedule backs off over hours; here from ``retry_seconds``, doubling up
+to ``max_retry_seconds``). A fixed 2 s interval was tried first: after a
+minute's outage its retry storm (128 threads, a TLS handshake each) took a
+third of a 2-CPU machine from the stack it was testing, and the probes of a
+deploy waited behind the executions it piled up; Meta does not do that.
+``outcome`` then reads, for every message,
 what PostgreSQL stored, the reply rows, and the sends the Graph API double
 received, and sums them into :class:`Figures`.
 """
@@ -17,6 +21,7 @@ import secrets
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 
 from harness.deploys import public_request
 from restobot import meta_payloads
@@ -56,23 +61,27 @@ class Figures:
     lost: int
     first_200_after_fault: float | None
     non_200_by_status: tuple[tuple[int, int], ...] = ()
+    bodies_of_lost_200s: tuple[str, ...] = ()  # what the stack said when it accepted a message it then lost
 
     def line(self) -> str:
         recovery = "-" if self.first_200_after_fault is None else f"{self.first_200_after_fault:.1f} s"
         return (f"sent {self.sent}  200 {self.answered_200}  non-200 answers {self.non_200_answers}  "
                 f"stored {self.stored}  duplicates {self.duplicates}  replied {self.replied}  lost {self.lost}  "
-                f"first 200 after the fault {recovery}  non-200 by status {dict(self.non_200_by_status)}")
+                f"first 200 after the fault {recovery}  non-200 by status {dict(self.non_200_by_status)}"
+                + (f"  bodies of the lost 200s {list(self.bodies_of_lost_200s)}" if self.bodies_of_lost_200s else ""))
 
 
 class MetaLikeSender:
-    """Signed messages at ``rate`` per second; each retried every ``retry_seconds`` until a 200 or
-    until ``give_up_after`` seconds (Meta gives up after days; the test needs an end)."""
+    """Signed messages at ``rate`` per second; each retried after ``retry_seconds``, the wait doubling
+    up to ``max_retry_seconds``, until a 200 or until ``give_up_after`` seconds (Meta gives up after
+    days; the test needs an end)."""
 
-    def __init__(self, stack, *, rate: float = 2.0, retry_seconds: float = 2.0, give_up_after: float = 240.0,
-                 sender_prefix: str = "3361") -> None:
+    def __init__(self, stack, *, rate: float = 2.0, retry_seconds: float = 2.0, max_retry_seconds: float = 16.0,
+                 give_up_after: float = 240.0, sender_prefix: str = "3361") -> None:
         self.stack = stack
         self.rate = rate
         self.retry_seconds = retry_seconds
+        self.max_retry_seconds = max_retry_seconds
         self.give_up_after = give_up_after
         self.sender_prefix = sender_prefix
         self.run = secrets.randbelow(10_000)  # senders unique across runs: the double's record outlives a run
@@ -106,14 +115,22 @@ class MetaLikeSender:
             delivery.accepted_with = body[:200].decode(errors="replace")
         return response.status
 
+    def retry_delays(self) -> Iterator[float]:
+        """The waits between one delivery's attempts: ``retry_seconds``, doubling, capped."""
+        delay = self.retry_seconds
+        while True:
+            yield delay
+            delay = min(delay * 2, self.max_retry_seconds)
+
     def deliver_until_200(self, delivery: Delivery) -> None:
         first = time.monotonic()
+        delays = self.retry_delays()
         while True:
             status = self.post_once(delivery)
             delivery.answers.append((round(self.now(), 2), status))
             if status == 200 or time.monotonic() - first > self.give_up_after:
                 return
-            time.sleep(self.retry_seconds)
+            time.sleep(next(delays))
 
     def start(self) -> None:
         self.started = time.monotonic()
@@ -179,7 +196,8 @@ def outcome(stack, sender: MetaLikeSender, *, fault_ended_at: float | None = Non
     by_sender = {d.wamid: d.sender for d in sender.deliveries}
     replied = sum(1 for w in stored if replies.get(w) == "SENT" and sends[by_sender[w]] >= 1)
     duplicates = sum(max(0, sends[d.sender] - 1) for d in sender.deliveries)
-    lost = sum(1 for d in sender.deliveries if d.answered_200 and d.wamid not in stored)
+    lost_200s = [d for d in sender.deliveries if d.answered_200 and d.wamid not in stored]
+    lost = len(lost_200s)
     lost += sum(1 for w in stored if replies.get(w) != "SENT")
     after = [t for d in sender.deliveries for t, status in d.answers
              if status == 200 and fault_ended_at is not None and t >= fault_ended_at]
@@ -194,4 +212,5 @@ def outcome(stack, sender: MetaLikeSender, *, fault_ended_at: float | None = Non
         first_200_after_fault=round(min(after) - fault_ended_at, 1) if after else None,
         non_200_by_status=tuple(sorted(Counter(status for d in sender.deliveries for _, status in d.answers
                                                if status != 200).items())),
+        bodies_of_lost_200s=tuple(repr(d.accepted_with) for d in lost_200s[:5]),
     )

@@ -543,7 +543,7 @@ def failed_restore_put_back(deployed_stack, upgraded_v4, unlistable_dump_refused
         "n8n": [deployed_stack.ssh("docker", "inspect", "--format", "{{.State.Status}}", name).stdout.strip()
                 for name in N8N_CONTAINERS],
         "verify": attempt(lambda: poll(lambda: verify(deployed_stack, "put-back"), until=lambda seen: seen[0] == 200,
-                                       timeout=120, what="v4 answering after the failed restore",
+                                       timeout=300, what="v4 answering after the failed restore",
                                        tolerate=(OSError,))),
         "safety_dumps": safety_dumps(deployed_stack),
     })

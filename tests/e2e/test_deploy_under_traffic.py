@@ -64,8 +64,9 @@ def rollback(deployed_stack, before, upgrade):
          timeout=600, interval=5, tolerate=(OSError,), what="the stack answering Meta again after the rollback")
 
 
-def assert_nothing_lost(figures) -> None:
-    print(figures.line())
+def assert_nothing_lost(figures, capsys, what: str) -> None:
+    with capsys.disabled():  # into the run's log even when the test passes or is an expected failure
+        print(f"\n{what}: {figures.line()}")
     assert figures.answered_200 == figures.sent, figures.line()
     assert (figures.lost, figures.duplicates) == (0, 0), figures.line()
     assert figures.replied == figures.stored == figures.sent, figures.line()
@@ -77,9 +78,9 @@ def test_an_upgrade_with_a_changed_workflow_completes_under_traffic(deployed_sta
     assert verify_handshake(deployed_stack, "upgraded") == (200, "upgraded", "traffic-v2")
 
 
-def test_an_upgrade_under_traffic_loses_nothing_and_answers_nothing_twice(upgrade):
+def test_an_upgrade_under_traffic_loses_nothing_and_answers_nothing_twice(upgrade, capsys):
     _, figures = upgrade
-    assert_nothing_lost(figures)
+    assert_nothing_lost(figures, capsys, "upgrade")
 
 
 @ROLLBACK_RESTART_SLOW
@@ -90,6 +91,6 @@ def test_a_rollback_completes_under_traffic(deployed_stack, before, rollback):
 
 
 @ROLLBACK_RESTART_SLOW
-def test_a_rollback_under_traffic_loses_nothing_and_answers_nothing_twice(rollback):
+def test_a_rollback_under_traffic_loses_nothing_and_answers_nothing_twice(rollback, capsys):
     _, figures = rollback
-    assert_nothing_lost(figures)
+    assert_nothing_lost(figures, capsys, "rollback")

@@ -74,3 +74,62 @@ def test_exec_is_never_retried():
 @pytest.mark.parametrize(("code", "killed"), [(0, False), (1, False), (128, False), (130, True), (139, True), (-9, True)])
 def test_killed_by_signal(code, killed):
     assert killed_by_signal(code) is killed
+
+
+class ProbeTarget:
+    """A target whose n8n main answers each round of probes with the next scripted result."""
+
+    def __init__(self, rounds: list[dict[str, int]]):
+        self.rounds = rounds
+
+    def exec(self, service, argv, timeout):
+        import json
+        return json.dumps(self.rounds.pop(0) if len(self.rounds) > 1 else self.rounds[0]) + "\n"
+
+
+def test_a_route_still_executing_counts_as_registered():
+    from restobot.remote.workflows import PENDING, wait_until_live
+    codes = {"GET v1/inbound/whatsapp": 200, "POST v1/inbound/whatsapp": PENDING}
+    assert wait_until_live(ProbeTarget([codes]), timeout=5) == codes
+
+
+def test_a_route_n8n_does_not_know_is_waited_for_then_named():
+    from restobot.remote.workflows import PENDING, wait_until_live
+    target = ProbeTarget([{"GET a": 404, "POST a": PENDING}, {"GET a": 200, "POST a": 200}])
+    assert wait_until_live(target, timeout=10) == {"GET a": 200, "POST a": 200}
+    with pytest.raises(WorkflowError, match=r"webhooks not live after 1 s: \{'GET a': 404\}"):
+        wait_until_live(ProbeTarget([{"GET a": 404, "POST a": PENDING}]), timeout=1)
+
+
+FAKE_N8N_MAIN = r"""
+const http = require('http');
+const healthy = process.argv[1] === 'healthy';
+http.createServer((req, res) => {
+  if (req.url === '/healthz') { res.statusCode = healthy ? 200 : 503; res.end(); return; }
+  if (req.url.includes('answers')) { res.end('ok'); return; }
+  if (req.url.includes('queued')) return;  // its execution waits behind others: no answer yet
+  res.statusCode = 404; res.end();
+}).listen(0, '127.0.0.1', function () { console.log(this.address().port); });
+"""
+
+
+@pytest.mark.parametrize("health, queued", [("healthy", 102), ("stuck", 0)])
+def test_the_probe_reports_answered_queued_and_unknown_routes(monkeypatch, health, queued):
+    """The probe script itself, under node, against a stand-in of n8n main on a free port."""
+    import json
+    import shutil
+
+    from restobot.remote import workflows
+    node = shutil.which("node")
+    if node is None:
+        pytest.fail("node is needed to run the importer's probe script (scripts/setup-host installs it)")
+    server = subprocess.Popen([node, "-e", FAKE_N8N_MAIN, health], stdout=subprocess.PIPE, text=True)
+    try:
+        port = int(server.stdout.readline())
+        monkeypatch.setattr(workflows, "PENDING_AFTER_MS", 500)
+        argv = workflows.probe_argv([("GET", "answers"), ("POST", "queued"), ("POST", "unknown")],
+                                    base=f"http://127.0.0.1:{port}")
+        out = subprocess.run([node, *argv[1:]], capture_output=True, text=True, timeout=20, check=True).stdout
+    finally:
+        server.kill()
+    assert json.loads(out) == {"GET answers": 200, "POST queued": queued, "POST unknown": 404}
