@@ -13,7 +13,7 @@ from harness.traffic import MetaLikeSender, outcome
 
 pytestmark = pytest.mark.e2e
 
-BEFORE, AFTER = 6.0, 10.0  # seconds of traffic around the fault
+BEFORE, AFTER = 4.0, 6.0  # seconds of traffic around the fault (the sender then waits for every retry)
 # With Redis stopped, n8n main may answer a webhook it was waiting on with n8n's fallback "200, no
 # data" (a job-finished without the worker's respond-to-webhook message, scaling.service.js):
 # bench_faults measured 1 to 10 in 123 in 2 of 6 runs. Open in issue #12. (A graceful stop of n8n
@@ -30,7 +30,9 @@ WORKER_KILLED_MID_SEND_REPLIES_TWICE = pytest.mark.xfail(
     strict=False,
 )
 # n8n main stopped: with docker/n8n/drain-hooks.js it passed here (76 sent, 0 lost, 0 duplicates), then
-# failed once in the clean-clone CI run after the other e2e modules, its figures not yet read. Open in #12.
+# failed once in the clean-clone CI run after the other e2e modules, its figures not kept; a 200
+# "n8n is starting up" (now refused by the gateway's readiness check) is the likely cause. Passed
+# again here since (78 sent, 0 lost). The figures are now printed to the run's log. Open in #12.
 N8N_MAIN_STOPPED_ON_CI = pytest.mark.xfail(
     reason="n8n main stopped under traffic: passed here with the drain hooks, failed once on CI (issue #12)",
     strict=False,

@@ -284,7 +284,8 @@ N8N_PATHS = [
     *[Case(f"n8n-path-{path.strip('/').replace('/', '-').replace('.', '-') or 'root'}",
            _get(f"{path}?{{q}}"), exactly(404, NOT_FOUND))
       for path in ("/rest/settings", "/webhook/v1/inbound/whatsapp", "/webhook-test/x", "/form/x",
-                   "/form-waiting/1", "/healthz/readiness", "/metrics", "/", "/signin", "/assets/x.js")],
+                   "/form-waiting/1", "/healthz/readiness", "/_n8n_ready", "/metrics", "/", "/signin",
+                   "/assets/x.js")],
     Case("n8n-webhook-post-whatsapp",
          lambda n, m: signed_looking_post("/webhook/v1/inbound/whatsapp", b"{}", m, n),
          exactly(404, NOT_FOUND)),

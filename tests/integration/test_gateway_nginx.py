@@ -259,6 +259,40 @@ def test_upstream_errors_do_not_leak_n8n_pages(gateway, recorder):
     assert (response.status, body) == (503, b'{"error":"unavailable"}')
 
 
+@pytest.mark.parametrize("method, path, body", [
+    ("POST", "/v1/inbound/whatsapp", b"{}"),
+    ("GET", "/v1/inbound/messenger?hub.mode=subscribe&hub.verify_token=t&hub.challenge=c", None),
+    ("POST", "/v1/admin/dlq/replay", b"{}"),
+])
+def test_nothing_reaches_n8n_before_its_readiness_says_so(gateway, recorder, method, path, body):
+    """n8n answers any request 200 "n8n is starting up" while it migrates at start: the gateway asks
+    n8n's readiness first and answers 503 (Meta retries), the request never reaching n8n."""
+    recorder.requests.clear()
+    recorder.ready = False
+    try:
+        response, answer = request(gateway, method, path, body, {"X-Hub-Signature-256": "sha256=0"})
+    finally:
+        recorder.ready = True
+    assert (response.status, answer) == (503, b'{"error":"unavailable"}')
+    assert recorder.requests == []
+
+
+def test_the_gateway_asks_n8ns_readiness_once_per_request_to_n8n_and_never_for_its_own_routes(gateway, recorder):
+    before = recorder.readiness_checks
+    signed = {"X-Hub-Signature-256": "sha256=0"}
+    assert request(gateway, "POST", "/v1/inbound/whatsapp", b"{}", signed)[0].status == 200
+    assert request(gateway, "POST", "/v1/inbound/instagram", b"{}", signed)[0].status == 200
+    assert recorder.readiness_checks - before == 2
+    for path in ("/healthz", "/_n8n_ready", "/nope"):
+        request(gateway, "GET", path)
+    assert recorder.readiness_checks - before == 2
+
+
+def test_the_readiness_route_is_not_reachable_from_outside(gateway, recorder):
+    response, body = request(gateway, "GET", "/_n8n_ready")
+    assert (response.status, body) == (404, b'{"error":"not_found"}')
+
+
 def test_request_rate_limit_answers_429(tmp_path, recorder):
     port, process = start_gateway(tmp_path, recorder.port, rate_per_second=1, burst=2)
     signed = {"X-Hub-Signature-256": "sha256=0"}
