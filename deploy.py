@@ -17,7 +17,7 @@ from pathlib import Path
 from pyinfra import host, state
 
 from restobot.commands import HostLayout
-from restobot.operations import backup, database, images, lock, monitoring, provision, release, stack
+from restobot.operations import backup, cleanup, database, images, lock, monitoring, provision, release, stack
 from restobot.release_archive import build_release, private_tempdir, release_name_from_git
 from restobot.settings import REPO_ROOT, settings_for
 
@@ -77,12 +77,17 @@ release.releases_pruned(
     layout=layout, keep=settings.host.keep_releases, protected=(identifier,),
 )
 
-# Backups: the nightly dump, its restore check, its cron entry, and a first dump now.
+# Backups: the nightly dump, its restore check, its cron entry, and a first dump now; off-site, the
+# stanza with a first full backup and the nightly pgBackRest run (removed when off-site is disabled).
 backup.backups_scheduled(settings, layout)
 if settings.offsite_backup.enabled:  # a setting: it cannot change during the run
     backup.offsite_stanza_created(
         name="Ensure the off-site repository holds the database", stanza=settings.offsite_backup.stanza
     )
+backup.offsite_backups_scheduled(settings, layout)
+
+# Retention: the rows past their retention deleted nightly, after the backup.
+cleanup.cleanup_scheduled(settings, layout)
 
 # Monitoring: Prometheus and its exporters are compose services; the host writes the containers' states.
 monitoring.container_states_scheduled(settings, layout)

@@ -1,9 +1,10 @@
 """Fault benchmark: Meta-like traffic while one service is stopped or crashes; prints figures, asserts nothing.
 
-    .venv/bin/python bench/bench_faults.py [--seconds 20] [--rate 2] [--only redis] [--graph 500] [--demo] [--keep]
+    .venv/bin/python bench/bench_faults.py [--seconds 20] [--rate 2] [--only redis] [--graph 500] [--engine] [--demo] [--keep]
 
 For each fault of harness.faults (each service stopped for --seconds, then each crashed and restarted
-by docker, then the Graph API answering 500, 429 or closing the connection to 6 sends), a sender posts signed WhatsApp messages through Traefik at --rate per second and retries
+by docker, then the Graph API answering 500, 429 or closing the connection to 6 sends, then the
+VPS's docker engine restarted), a sender posts signed WhatsApp messages through Traefik at --rate per second and retries
 every non-200 answer every 2 s until a 200, as Meta does. Printed per fault: sent, answered 200, the
 non-200 answers, stored, duplicates, replied, lost, and the time from the end of the fault to the
 first 200 (the intake's recovery time: the figure to shorten).
@@ -27,7 +28,7 @@ sys.path.insert(0, str(REPO))
 
 from harness import meta_double, vps  # noqa: E402
 from harness.deploys import bring_up_stack, stack_names, tear_down_stack, vps_exec  # noqa: E402
-from harness.faults import GRAPH_ERROR_CODES, SERVICES, Fault, GraphFault  # noqa: E402
+from harness.faults import GRAPH_ERROR_CODES, SERVICES, EngineRestart, Fault, GraphFault  # noqa: E402
 from harness.traffic import MetaLikeSender, outcome  # noqa: E402
 from restobot.secrets import ensure_secrets_file  # noqa: E402
 from restobot.settings import load_inventory, read_env_file, secrets_file  # noqa: E402
@@ -50,7 +51,7 @@ def demo_stack() -> DemoStack:
     return DemoStack(vps.vps_endpoint(), settings, meta_double.recorded_double())
 
 
-def run(stack, fault: Fault | GraphFault, rate: float, number: int, before: float = 10.0, after: float = 20.0) -> str:
+def run(stack, fault: Fault | GraphFault | EngineRestart, rate: float, number: int, before: float = 10.0, after: float = 20.0) -> str:
     sender = MetaLikeSender(stack, rate=rate, sender_prefix=f"34{number:02d}")
     sender.start()
     time.sleep(before)
@@ -70,14 +71,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--graph", type=int, choices=sorted(GRAPH_ERROR_CODES), action="append",
                         help="the Graph API answering this status to 6 sends (0: closing the connection); "
                              "repeatable; alone, only these faults")
+    parser.add_argument("--engine", action="store_true",
+                        help="the VPS's docker engine restarted; alone, only this fault")
     parser.add_argument("--demo", action="store_true", help="against the stack scripts/demo deployed")
     parser.add_argument("--keep", action="store_true", help="keep the benchmark's own stack afterwards")
     args = parser.parse_args(argv)
-    services_chosen = args.only or args.kind or not args.graph
-    faults: list[Fault | GraphFault] = [
+    services_chosen = args.only or args.kind or not (args.graph or args.engine)
+    faults: list[Fault | GraphFault | EngineRestart] = [
         Fault(service, kind, args.seconds) for kind in args.kind or ("stop", "crash")
         for service in args.only or SERVICES] if services_chosen else []
     faults += [GraphFault(status) for status in args.graph or ((500, 429, 0) if services_chosen else ())]
+    faults += [EngineRestart()] if args.engine or not (args.only or args.kind or args.graph) else []
     names = None
     if args.demo:
         stack = demo_stack()

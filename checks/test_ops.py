@@ -25,6 +25,18 @@ def test_backup_schedule_is_installed(target, evidence):
     evidence(f"{script} scheduled in {result.stdout.split()[0]}")
 
 
+def test_retention_cleanup_is_scheduled(target, evidence):
+    script = f"{target.settings.host.base_dir}/bin/cleanup"
+    result = target.host.run(f"grep -sF {script} /etc/cron.d/restobot-cleanup")
+    assert result.rc == 0 and result.stdout.strip(), (
+        f"no cron entry runs {script} (/etc/cron.d/restobot-cleanup): rows past their retention are kept "
+        "for ever; deploy again")
+    schedule = " ".join(result.stdout.split()[:5])
+    assert schedule == target.settings.retention.schedule, (
+        f"the cleanup runs at '{schedule}', the settings say '{target.settings.retention.schedule}': deploy again")
+    evidence(f"{script} at '{schedule}'")
+
+
 def test_cron_daemon_is_running(target, evidence):
     result = target.host.run("pgrep -x cron || pgrep -x crond")
     assert result.rc == 0, "no cron daemon runs: the backup schedule never fires"

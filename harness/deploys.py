@@ -35,6 +35,7 @@ from harness import acme as harness_acme
 from harness import meta_double as harness_meta
 from harness import vps as harness_vps
 from harness.stage import local_stage_tree
+from restobot.commands import container_name
 from restobot.operations.lock import NON_IDEMPOTENT_OPERATIONS
 from restobot.release_archive import SOURCE_GLOBS
 from restobot.settings import REPO_ROOT, read_env_file, secrets_file
@@ -132,6 +133,47 @@ def write_inventory(path: Path, settings: Mapping[str, Any], *, group: str = "lo
         ]
     lines.append(f"{group} = [(_name, _data)]")
     path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def stack_sql(stack: DeployedStack, query: str, **variables: str) -> str:
+    """``query`` in the stack's database, values as psql variables (stdin: psql substitutes them there)."""
+    argv = ["docker", "exec", "-i", container_name("postgres"), "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1",
+            "-U", "n8n", "-d", "n8n", *(f"--set={name}={value}" for name, value in variables.items())]
+    proc = subprocess.run(stack.endpoint.ssh_argv(shlex.join(argv)), input=query + "\n",
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout.strip()
+
+
+def checklist_inventory(stack: DeployedStack, name: str, monitoring: Mapping[str, Any] | None = None,
+                        **checks: Any) -> Path:
+    """The stack's inventory as the go-live checklist needs it here: the local ACME server's root as
+    the trusted CA (Let's Encrypt's is trusted by default in production) and the VPS container's
+    address for the exposure checks; ``monitoring`` and ``checks`` settings overridden."""
+    settings = copy.deepcopy(stack.settings)
+    settings["monitoring"] = {**settings.get("monitoring", {}), **(monitoring or {})}
+    settings["checks"] = {
+        **settings.get("checks", {}),
+        "ca_bundle": str(acme_root(stack.acme, stack.workdir / "pebble-root.pem")),
+        "exposure_address": container_address(stack.endpoint.container),
+        **checks,
+    }
+    return write_inventory(stack.workdir / f"{name}.py", settings, group="e2e", name="e2e-vps")
+
+
+def container_address(container: str) -> str:
+    return subprocess.run(["docker", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", container],
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def acme_root(acme, path: Path) -> Path:
+    """The local ACME server's root certificate (what its certificates chain to), written to ``path``."""
+    import urllib.request
+
+    context = ssl.create_default_context(cafile=str(acme.ca_pem_path_on_host))
+    with urllib.request.urlopen(acme.roots_url, context=context, timeout=10) as answer:  # noqa: S310 - local pebble
+        path.write_bytes(answer.read())
     return path
 
 

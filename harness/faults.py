@@ -7,6 +7,9 @@
 
 :class:`GraphFault` is the Graph API failing instead: the Meta double answers the next sends
 with an error (5xx, 429) or closes the connection without an answer.
+
+:class:`EngineRestart` is the VPS's docker engine restarted (a package upgrade, a daemon.json
+change): every container stops with it, and the restart policies alone must bring the stack back.
 """
 
 from __future__ import annotations
@@ -54,6 +57,50 @@ def restart_count(stack, name: str) -> int:
 
 def running(stack, name: str) -> bool:
     return stack.ssh("docker", "inspect", "--format", "{{.State.Running}}", name).stdout.strip() == "true"
+
+
+def stack_health(stack) -> dict[str, str]:
+    """Each service's container: ``running healthy``, ``running`` (no healthcheck), ``exited``, ...;
+    empty while the engine does not answer."""
+    names = [container(service) for service in SERVICES]
+    answer = stack.ssh("docker", "inspect", "--format",
+                       "{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{end}}",
+                       *names, check=False)
+    if answer.returncode != 0:
+        return {}
+    states = (line.strip().lstrip("/").split(" ", 1) for line in answer.stdout.splitlines() if line.strip())
+    return {name: state.strip() for name, state in states}
+
+
+def whole_stack_back(states: dict[str, str]) -> bool:
+    return len(states) == len(SERVICES) and all(state in ("running healthy", "running") for state in states.values())
+
+
+ENGINE_RESTART = (
+    "service docker stop >/dev/null 2>&1; "
+    "i=0; while pidof dockerd >/dev/null && [ $i -lt 120 ]; do sleep 1; i=$((i + 1)); done; "
+    "service docker start >/dev/null 2>&1 </dev/null"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class EngineRestart:
+    """The VPS's docker engine restarted (through its init script, as a package upgrade does)."""
+
+    def __str__(self) -> str:
+        return "docker engine restarted"
+
+    def inject(self, stack) -> None:
+        """Restart the engine; return once every service runs (healthy where it has a healthcheck).
+
+        Stop, wait until dockerd has exited, start: as systemd's restart does (the local VPS has
+        the sysvinit script, whose own ``restart`` does not wait)."""
+        before = stack.ssh("pidof", "dockerd").stdout.strip()
+        stack.ssh("sh", "-c", ENGINE_RESTART, timeout=240)
+        after = stack.ssh("pidof", "dockerd", check=False).stdout.strip()
+        assert after and after != before, f"dockerd was not restarted (pid {before} before, {after or 'none'} after)"
+        poll(lambda: stack_health(stack), until=whole_stack_back, timeout=300, interval=2,
+             what="every service back after the docker engine restarted (restart policies)")
 
 
 GRAPH_ERROR_CODES = {429: 130429, 500: 131000, 503: 131016, 0: 0}  # Meta's error codes for each answer

@@ -10,7 +10,8 @@ its control endpoints through a port published on 127.0.0.1.
 * ``GET /_control/requests``: everything recorded, oldest first, each with the
   ``status`` it was answered (0: connection closed).
 * ``POST /_control/script``: ``{"answers": [{"status": 500, "code": 131000}, ...]}``
-  appends answers; ``{"status": 0}`` closes the connection (network error).
+  appends answers; ``{"status": 0}`` closes the connection (network error); ``"delay": 4``
+  records the request at once and holds its answer back 4 s.
   An answer without ``path`` is for the next ``.../messages`` call; with
   ``"path": "/alert"`` it is for the next POST to that exact path.
 * ``POST /_control/reset``: forget requests and scripted answers.
@@ -25,6 +26,7 @@ import itertools
 import json
 import sys
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 ERROR_MESSAGES = {
@@ -103,6 +105,8 @@ class Handler(BaseHTTPRequestHandler):
             status = 200 if answer is None else int(answer.get("status", 200))
             recorded.append({"path": self.path, "authorization": self.headers.get("Authorization"),
                              "content_type": self.headers.get("Content-Type"), "body": body, "status": status})
+        if answer is not None and answer.get("delay"):
+            time.sleep(float(answer["delay"]))  # the request is recorded, its answer held back
         if answer is not None and answer.get("status") == 0:
             self.close_connection = True
             self.connection.shutdown(2)

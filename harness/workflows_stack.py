@@ -20,12 +20,14 @@ from __future__ import annotations
 
 import contextlib
 import json
+import secrets
 import subprocess
 import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
+from datetime import datetime, timedelta, timezone
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -343,9 +345,11 @@ class Stack:
     def graph_reset(self) -> None:
         """Forget the double's requests and script, once the sender is done with every earlier reply.
 
-        A reply still waiting for its retry would otherwise take an answer scripted for the next test.
+        A reply still waiting for its retry, or a message stored but not yet answered (its reply row
+        not written yet), would otherwise take an answer scripted for the next test.
         """
-        self.wait_rows("select id from outbound_messages where status in ('PENDING', 'RETRY')",
+        self.wait_rows("select id from outbound_messages where status in ('PENDING', 'RETRY') "
+                       "union all select id from inbound_messages where status = 'RECEIVED'",
                        predicate=lambda rows: not rows, timeout=60)
         http("POST", self.graph_url + "/_control/reset", b"{}", {"Content-Type": "application/json"})
 
@@ -408,11 +412,20 @@ def run_workflow(stack: Stack, key: str, wait: float = 30) -> Response:
         time.sleep(1)
 
 
+def previous_app_secret(hours: float) -> dict[str, str]:
+    """The app secret before a rotation, accepted until ``hours`` from now (negative: its overlap is over)."""
+    until = datetime.now(timezone.utc) + timedelta(hours=hours)
+    return {"META_APP_SECRET_PREVIOUS": secrets.token_hex(16), "META_APP_SECRET_PREVIOUS_UNTIL": until.isoformat()}
+
+
 @contextlib.contextmanager
-def running_stack(workdir: Path, workflows_dir: Path, runners: dict[str, str]) -> Iterator[Stack]:
+def running_stack(workdir: Path, workflows_dir: Path, runners: dict[str, str],
+                  extra_environ: dict[str, str] | None = None) -> Iterator[Stack]:
     """A started stack with the release's workflows and the given test-only runners imported; its
-    n8n logs printed if it does not come up; removed afterwards."""
-    running = Stack(publish_main=True)
+    n8n logs printed if it does not come up; removed afterwards.
+
+    + extra_environ: settings beyond the generated secrets (runbook names), e.g. a previous app secret"""
+    running = Stack(publish_main=True, environ={**test_secrets(), **(extra_environ or {})})
     try:
         running.start(workdir)
         workflows.import_workflows(running.target, workflows_with_runners(workflows_dir, runners))

@@ -207,18 +207,41 @@ def switch_current(layout: HostLayout, identifier: str) -> list[list[str]]:
     ]
 
 
-def workflow_import(release_dir: str) -> list[str]:
+def workflow_import(release_dir: str, workflows_dir: str | None = None) -> list[str]:
     """Run the release's own importer on the host: it imports what changed, restarts n8n main
     if anything did, and returns only once every webhook answers from its workflow.
+    ``workflows_dir``: import these workflow files instead of the release's own.
 
     It runs as a lone file (restobot/remote/workflows.py imports nothing of ``restobot``):
     ``python3 -m`` would put the SSH session's working directory first on ``sys.path``,
     and ``-P`` needs Python 3.11 on the host."""
     return [
         "python3", f"{release_dir}/restobot/remote/workflows.py", "import",
-        "--dir", f"{release_dir}/workflows",
+        "--dir", workflows_dir or f"{release_dir}/workflows",
         "--compose-dir", release_dir, "--compose-file", f"{release_dir}/compose.yml",
     ]
+
+
+WORKFLOW_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+# Each release kept on the host that holds workflows/NAME.json: ``MTIME SHA256 RELEASE`` a line.
+WORKFLOW_VERSIONS_SCRIPT = (
+    'for d in "$0"/*/; do f="${d}workflows/$1.json"; [ -f "$f" ] || continue; '
+    'printf "%s %s %s\\n" "$(stat -c %Y "$d")" "$(sha256sum < "$f" | cut -c1-64)" "$(basename "$d")"; done; exit 0'
+)
+
+
+def workflow_versions(releases_dir: str, name: str) -> list[str]:
+    """The version of workflow file ``NAME.json`` in each release on the host (``WORKFLOW_VERSIONS_SCRIPT``)."""
+    if not WORKFLOW_NAME.match(name):
+        raise ValueError(f"workflow {name!r}: a file name of workflows/ without .json (letters, digits, _ and -)")
+    return ["sh", "-c", WORKFLOW_VERSIONS_SCRIPT, releases_dir, name]
+
+
+def workflows_with_one_from(scratch: str, workflows_dir: str, chosen: str) -> list[str]:
+    """``scratch``: a copy of ``workflows_dir`` with the file ``chosen`` (another release's) in place
+    of its namesake, so that an import changes that one workflow and unpublishes none."""
+    return ["sh", "-c", 'rm -rf "$0" && mkdir -p "$0" && cp "$1"/*.json "$0"/ && cp "$2" "$0"/', scratch,
+            workflows_dir, chosen]
 
 
 def smoke_checks(release_dir: str, attempts: int) -> list[str]:
@@ -513,6 +536,43 @@ def n8n_started_again() -> list[str]:
     return container_start(*(container_name(service) for service in N8N_SERVICES))
 
 
+# --- the off-site restore (restobot/offsite_restore.py decides, resto STAGE backup offsite restore runs) ---
+
+RECOVERY_SQL = "SELECT pg_is_in_recovery()"
+# The service's data volume, as compose.yml mounts it (render.PGDATA).
+SERVICE_PGDATA = "/var/lib/postgresql/data"
+
+
+def postgres_stopped(release_dir: str) -> list[str]:
+    """Stop PostgreSQL (its writers already stopped): a restore replaces its files."""
+    return compose_stop(release_dir, "postgres")
+
+
+def postgres_started_again() -> list[str]:
+    """Start the postgres container the restore stopped, as it was created (its archiving arguments)."""
+    return container_start(POSTGRES_CONTAINER)
+
+
+def offsite_restore(release_dir: str, stanza: str, options: Sequence[str]) -> list[str]:
+    """pgBackRest's restore into the stopped service's data volume, from a one-off container of the service
+    (its volume, its networks, its configuration installed by its entrypoint), as the postgres user;
+    ``--delta`` rewrites only the files that differ, ``options`` say where recovery stops."""
+    return compose(release_dir, "run", "--rm", "--no-deps", "--no-TTY", "postgres",
+                   "gosu", "postgres", "pgbackrest", f"--stanza={stanza}", "--delta", *options, "restore")
+
+
+def data_directory_emptied(release_dir: str) -> list[str]:
+    """Empty the stopped service's data volume, so that its next start initialises a new cluster (from
+    the env file's user, password and database): the way back from a restore that failed half-way."""
+    return compose(release_dir, "run", "--rm", "--no-deps", "--no-TTY", "--entrypoint", "find", "postgres",
+                   SERVICE_PGDATA, "-mindepth", "1", "-delete")
+
+
+def in_recovery() -> list[str]:
+    """``t`` while PostgreSQL replays the archive, ``f`` once it has promoted (fails while it starts)."""
+    return container_exec(POSTGRES_CONTAINER, psql(RECOVERY_SQL, database="postgres"))
+
+
 def safety_dump(layout: HostLayout, path: str) -> list[list[str]]:
     """Dump the database a restore is about to replace (0600, in the 0700 backups directory)."""
     return [private_directory(layout.backups_dir), dump_to_file(POSTGRES_CONTAINER, pg_dump(), path)]
@@ -578,11 +638,14 @@ def compose_logs_tail(release_dir: str, services: Sequence[str], lines: int, fol
                    *(["--follow"] if follow else []), *services)
 
 
-def compose_service_action(release_dir: str, action: str, service: str) -> list[str]:
-    """``docker compose start|stop|restart SERVICE`` on the release's project (containers as they are)."""
+def compose_service_action(release_dir: str, action: str, *services: str) -> list[str]:
+    """``docker compose start|stop|restart SERVICE...`` on the release's project (containers as they
+    are; compose orders several services by their dependencies)."""
     if action not in ("start", "stop", "restart"):
         raise ValueError(f"compose action {action!r}: must be start, stop or restart")
-    return compose(release_dir, action, service)
+    if not services:
+        raise ValueError(f"compose {action}: name the services (none would mean every one, one-shot ones too)")
+    return compose(release_dir, action, *services)
 
 
 def lock_status(layout: HostLayout) -> list[str]:
@@ -649,13 +712,24 @@ LEDGER_ROWS_SQL = json_rows(
     "SELECT filename, checksum, applied_at, duration_ms, backward_compatible FROM schema_migrations ORDER BY filename"
 )
 
+# A workflow that saves no execution (W0, W1, W9: their data would hold the request's tokens) still
+# has one kept when a restart interrupts it (n8n marks it crashed and keeps its data): such an
+# execution goes at the next cleanup, whatever its age. Those that ended (success, error) are n8n's
+# to delete, which it does moments later: counting them would race it.
+LEFT_BY_AN_INTERRUPTION = (
+    "status IN ('crashed', 'canceled', 'unknown') AND \"workflowId\" IN (SELECT id FROM workflow_entity "
+    "WHERE settings ->> 'saveDataSuccessExecution' = 'none' AND settings ->> 'saveDataErrorExecution' = 'none')"
+)
 # What ``cleanup`` deletes: each table's rows past their retention (settings.retention, n8n's executions
 # after n8n.executions_max_age_hours, only those that ended); the ages travel as psql variables.
 PAST_RETENTION = {
     "inbound_messages": "FROM inbound_messages WHERE received_at < now() - make_interval(days => (:'inbound_days')::int)",
     "outbound_messages": "FROM outbound_messages WHERE created_at < now() - make_interval(days => (:'outbound_days')::int)",
     "security_events": "FROM security_events WHERE created_at < now() - make_interval(days => (:'security_days')::int)",
-    "execution_entity": 'FROM execution_entity WHERE "stoppedAt" < now() - make_interval(hours => (:\'executions_hours\')::int)',
+    "execution_entity": 'FROM execution_entity WHERE "stoppedAt" < now() - make_interval(hours => (:\'executions_hours\')::int) '
+                        f"OR ({LEFT_BY_AN_INTERRUPTION})",
+    # An expired entry refuses nothing; it goes with the security events that name its sender.
+    "quarantine": "FROM quarantine WHERE expires_at < now() - make_interval(days => (:'security_days')::int)",
 }
 CLEANUP_COUNT_SQL = "SELECT json_build_object({})".format(  # nosec B608 # fixed SQL texts only
     ", ".join(f"'{table}', (SELECT count(*) {rows})" for table, rows in PAST_RETENTION.items()))
@@ -665,10 +739,67 @@ CLEANUP_SQL = "WITH {} SELECT json_build_object({})".format(  # nosec B608 # fix
     ", ".join(f"gone_{table} AS (DELETE {rows} RETURNING 1)" for table, rows in PAST_RETENTION.items()),
     ", ".join(f"'{table}', (SELECT count(*) FROM gone_{table})" for table in PAST_RETENTION))  # nosec B608
 
+# The quarantine (migrations/0007): W1 refuses the messages of these senders and records one
+# QUARANTINED security event per message (detail: sender, msg_id), counted here since the entry began.
+QUARANTINE_LIST_SQL = json_rows(
+    "SELECT q.channel, q.sender, q.reason, q.created_at, q.created_by, q.expires_at, "
+    "(q.expires_at IS NOT NULL AND q.expires_at <= now()) AS expired, "
+    "(SELECT count(*) FROM security_events e WHERE e.event_type = 'QUARANTINED' AND e.channel = q.channel "
+    "AND e.detail ->> 'sender' = q.sender AND e.created_at >= q.created_at) AS dropped "
+    "FROM quarantine q ORDER BY q.created_at DESC, q.id DESC"
+)
+# Adding a sender already there replaces its entry (reason, expiry, who, since when); ``added`` says which.
+# ``seconds`` empty: until removed (NULL, as now() + NULL is).
+QUARANTINE_ADD_SQL = (
+    "WITH r AS (INSERT INTO quarantine (channel, sender, reason, created_by, expires_at) "
+    "VALUES (:'channel', :'sender', NULLIF(:'reason', ''), :'created_by', "
+    "now() + make_interval(secs => NULLIF(:'seconds', '')::int)) "
+    "ON CONFLICT (channel, sender) DO UPDATE SET reason = EXCLUDED.reason, created_by = EXCLUDED.created_by, "
+    "created_at = EXCLUDED.created_at, expires_at = EXCLUDED.expires_at "
+    "RETURNING channel, sender, reason, created_at, created_by, expires_at, (xmax = 0) AS added) "
+    "SELECT coalesce(json_agg(row_to_json(r)), '[]'::json) FROM r"
+)
+QUARANTINE_REMOVE_SQL = (
+    "WITH r AS (DELETE FROM quarantine WHERE channel = :'channel' AND sender = :'sender' "
+    "RETURNING channel, sender, reason, created_at, created_by, expires_at) "
+    "SELECT coalesce(json_agg(row_to_json(r)), '[]'::json) FROM r"
+)
+
+
+def role_password_set() -> list[str]:
+    """``psql`` in the postgres container reading its statement on stdin: how ``ALTER ROLE ... PASSWORD``
+    reaches the server without its value on a command line (``ps``, docker's events)."""
+    return ["docker", "exec", "-i", POSTGRES_CONTAINER, "sh", "-c",
+            'exec psql -X -q -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB"']
+
 
 def database_read(sql: str, variables: Mapping[str, str] | None = None) -> list[str]:
     """A fixed read of the live database (``psql`` in the postgres container), its values as variables."""
     return container_exec(POSTGRES_CONTAINER, psql(sql, variables))
+
+
+# Every dump in the backups directory and its scheduled/ subdirectory: the host's clock first
+# (``now EPOCH``), then ``dump MTIME SIZE MODE PATH`` a dump, each followed by ``meta JSON`` when
+# its metadata file exists (``resto-<time>.json`` beside a scheduled dump, ``<dump>.json`` beside
+# a pre-deploy one). JSON escapes line breaks inside strings: removing the raw ones keeps it valid.
+BACKUPS_LISTED_SCRIPT = (
+    'printf "now %s\\n" "$(date -u +%s)"; '
+    'for f in "$0"/*.dump "$1"/*.dump; do [ -f "$f" ] || continue; '
+    'printf "dump %s %s\\n" "$(stat -c "%Y %s %a" "$f")" "$f"; '
+    'for m in "${f%.dump}.json" "$f.json"; do [ ! -f "$m" ] || printf "meta %s\\n" "$(tr -d "\\n" < "$m")"; done; '
+    "done; exit 0"
+)
+
+
+def backups_listed(backups_dir: str, scheduled_dir: str) -> list[str]:
+    """Every dump on the host with its time, size, mode and metadata (``BACKUPS_LISTED_SCRIPT``'s lines)."""
+    return ["sh", "-c", BACKUPS_LISTED_SCRIPT, backups_dir, scheduled_dir]
+
+
+def backup_verified(verify_script: str, dump: str | None = None) -> list[str]:
+    """The installed ``bin/backup-verify``: restores the newest scheduled dump, or ``dump``, into the
+    scratch database and prints one JSON report (exit 1 unless every count matches)."""
+    return run_script(verify_script, *([dump] if dump else []))
 
 
 ADMIN_DLQ_REPLAY_PATH = "/v1/admin/dlq/replay"

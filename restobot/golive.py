@@ -497,9 +497,18 @@ def format_table(rows: Sequence[Row], width: int = 100) -> str:
     return "\n".join(lines)
 
 
+META_CHECKS = "test_meta.py"
+"""The checklist's Meta items (webhook handshakes, signatures, a signed message answered): ``smoke --meta``."""
+
+
+class ChecklistNotRun(RuntimeError):
+    """pytest wrote no report: the checks did not run (the message says how it was called)."""
+
+
 def pytest_argv(inventory: Path, junit: Path, *, workers: int, select: str | None,
-                extra: Sequence[str] = ()) -> list[str]:
-    argv = [sys.executable, "-m", "pytest", str(CHECKS_DIR), "-c", str(CHECKS_DIR / "pytest.ini"),
+                extra: Sequence[str] = (), modules: Sequence[str] = ()) -> list[str]:
+    paths = [str(CHECKS_DIR / module) for module in modules] or [str(CHECKS_DIR)]
+    argv = [sys.executable, "-m", "pytest", *paths, "-c", str(CHECKS_DIR / "pytest.ini"),
             "--rootdir", str(CHECKS_DIR), "--inventory", str(inventory), f"--junitxml={junit}",
             "-p", "no:cacheprovider", "-q", "--no-header", "-rN", "--tb=no"]
     if workers > 0:
@@ -522,21 +531,35 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
 
     started = time.monotonic()
-    with tempfile.TemporaryDirectory(prefix="restobot-checks-") as scratch:
-        junit = args.junit or Path(scratch) / "checks.xml"
-        junit.parent.mkdir(parents=True, exist_ok=True)
-        command = pytest_argv(args.inventory.resolve(), junit.resolve(), workers=args.workers,
-                              select=args.select, extra=extra)
-        proc = subprocess.run(command, cwd=REPO_ROOT, text=True, capture_output=True)
-        if args.verbose or not junit.exists():
-            print(proc.stdout[-20000:], proc.stderr[-5000:], sep="\n", file=sys.stderr)
-        if not junit.exists():
-            print(f"the checks did not run (pytest exited {proc.returncode}): {shlex.join(command)}", file=sys.stderr)
-            return 2
-        rows = rows_from_junit(junit)
+    try:
+        rows = run_checklist(args.inventory, junit=args.junit, workers=args.workers, select=args.select,
+                             extra=extra, verbose=args.verbose)
+    except ChecklistNotRun as error:
+        print(error, file=sys.stderr)
+        return 2
     print(format_table(rows))
     print(f"checklist wall time: {time.monotonic() - started:.1f} s")
     return exit_status(rows, strict_manual=args.strict_manual)
+
+
+def run_checklist(inventory: Path, *, junit: Path | None = None, workers: int = 4, select: str | None = None,
+                  extra: Sequence[str] = (), modules: Sequence[str] = (), verbose: bool = False) -> list[Row]:
+    """Run the checklist's items (all, or those of ``modules`` of checks/) against the inventory's host;
+    one row per item. Raises ChecklistNotRun when pytest wrote no report."""
+    if not CHECKS_DIR.is_dir():
+        raise ChecklistNotRun(f"the checklist is not here ({CHECKS_DIR} is missing): run it from a checkout "
+                              "of the project, the one the deploy runs from")
+    with tempfile.TemporaryDirectory(prefix="restobot-checks-") as scratch:
+        report = junit or Path(scratch) / "checks.xml"
+        report.parent.mkdir(parents=True, exist_ok=True)
+        command = pytest_argv(inventory.resolve(), report.resolve(), workers=workers, select=select,
+                              extra=extra, modules=modules)
+        proc = subprocess.run(command, cwd=REPO_ROOT, text=True, capture_output=True)
+        if verbose or not report.exists():
+            print(proc.stdout[-20000:], proc.stderr[-5000:], sep="\n", file=sys.stderr)
+        if not report.exists():
+            raise ChecklistNotRun(f"the checks did not run (pytest exited {proc.returncode}): {shlex.join(command)}")
+        return rows_from_junit(report)
 
 
 if __name__ == "__main__":

@@ -64,11 +64,11 @@ OFFSITE_KEY_PATH = "pgbackrest/sftp_key"
 # Where the PostgreSQL image (the official one and the stand-in) keeps its cluster.
 PGDATA = "/var/lib/postgresql/data"
 
-# security_events.event_type's allowed values (migrations/0003_security_events.sql's CHECK; a unit
-# test holds the two together): the exporter reports each, zero included.
+# security_events.event_type's allowed values (the CHECK of the last migration that sets it, now
+# migrations/0007_quarantine.sql; a unit test holds the two together): the exporter reports each, zero included.
 SECURITY_EVENT_TYPES = (
     "SIGNATURE_INVALID", "SIGNATURE_MISSING", "VERIFY_TOKEN_INVALID", "RATE_LIMIT",
-    "REPLAY", "AUTH_FAILED", "SCOPE_DENIED", "PAYLOAD_INVALID",
+    "REPLAY", "AUTH_FAILED", "SCOPE_DENIED", "PAYLOAD_INVALID", "QUARANTINED",
 )
 
 
@@ -223,6 +223,8 @@ def render_monitoring(settings: Settings, options: MonitoringOptions | None = No
         "url": None if url is None else str(url),
         "backup_max_age_seconds": max_age,
         "backup_max_age_hours": f"{max_age / 3600:g}",
+        "offsite_max_age_seconds": settings.offsite_backup_max_age_seconds,
+        "offsite_max_age_hours": f"{settings.offsite_backup_max_age_seconds / 3600:g}",
         "security_event_types": SECURITY_EVENT_TYPES,
     }
     environment = make_environment()

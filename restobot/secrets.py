@@ -16,6 +16,8 @@ from restobot.settings import SECRET_ENV, read_env_file
 # Optional secrets that a generated set leaves out unless asked: a legacy shared
 # token weakens the webhooks' authentication (production refuses it by default).
 OPTIONAL_SECRETS = ("LEGACY_SHARED_TOKEN",)
+# Secrets only a rotation writes (the app secret before it, accepted for a while).
+ROTATION_SECRETS = ("META_APP_SECRET_PREVIOUS",)
 # Secrets a provider issues (an S3 bucket's access key pair): never generated.
 ISSUED_SECRETS = ("OFFSITE_S3_KEY", "OFFSITE_S3_KEY_SECRET")
 
@@ -23,7 +25,7 @@ ISSUED_SECRETS = ("OFFSITE_S3_KEY", "OFFSITE_S3_KEY_SECRET")
 def generate_secrets(*, legacy_shared_token: bool = False) -> dict[str, str]:
     """A complete set of secrets, each random, URL-safe and long enough."""
     names = [name for name in SECRET_ENV
-             if name not in ISSUED_SECRETS and (legacy_shared_token or name not in OPTIONAL_SECRETS)]
+             if name not in ISSUED_SECRETS + ROTATION_SECRETS and (legacy_shared_token or name not in OPTIONAL_SECRETS)]
     generated = {name: secrets.token_urlsafe(32) for name in names}
     generated["META_APP_SECRET"] = secrets.token_hex(16)  # Meta app secrets are 32 hex chars
     generated["META_SIGNATURE_REQUIRED"] = "enforce"

@@ -29,6 +29,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import (
     AnyHttpUrl,
+    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -304,6 +305,11 @@ class MetaSettings(Section):
     msg_page_id: str | None = None
     graph_api_base_url: HttpUrl = HttpUrl("https://graph.facebook.com")
     graph_api_version: str = "v21.0"
+    # The app secret before the last rotation, still accepted on signatures until
+    # app_secret_previous_until: deliveries Meta signed before the switch are not refused.
+    # ``resto STAGE secrets rotate META_APP_SECRET`` sets both.
+    app_secret_previous: SecretStr | None = None
+    app_secret_previous_until: AwareDatetime | None = None
 
     _verify_token = field_validator("verify_token")(secret_rule(16))
 
@@ -314,7 +320,15 @@ class MetaSettings(Section):
         if not re.fullmatch(r"[A-Za-z0-9._~-]+", value.get_secret_value()):
             raise ValueError("must hold only letters, digits and . _ ~ - (it travels in a URL)")
         return value
-    _app_secret = field_validator("app_secret")(secret_rule(32))
+    _app_secret = field_validator("app_secret", "app_secret_previous")(secret_rule(32))
+
+    @model_validator(mode="after")
+    def previous_secret_has_an_end(self) -> "MetaSettings":
+        if (self.app_secret_previous is None) != (self.app_secret_previous_until is None):
+            raise ValueError("app_secret_previous and app_secret_previous_until: set both or neither "
+                             "(META_APP_SECRET_PREVIOUS and META_APP_SECRET_PREVIOUS_UNTIL; "
+                             "resto STAGE secrets rotate META_APP_SECRET sets both)")
+        return self
     _tokens = field_validator("wa_api_token", "ig_api_token", "msg_api_token")(secret_rule(20))
 
     @field_validator("wa_phone_number_id", "ig_account_id", "msg_page_id")
@@ -595,12 +609,25 @@ class OffsiteBackupSettings(Section):
     full_backups_kept: int = Field(4, ge=1, le=100)
     # PostgreSQL switches to a new WAL segment (and archives it) at least this often: the RPO.
     archive_timeout_seconds: int = Field(60, ge=10, le=3600)
+    # When the host takes tonight's backup (full every full_interval_days, else incremental),
+    # checks the archiving and verifies the repository (cron; after the local dump's 03:17).
+    schedule: str = "37 3 * * *"
     cipher_passphrase: SecretStr | None = None
     # The bucket's access key pair, issued by its provider (never generated).
     s3_key: SecretStr | None = None
     s3_key_secret: SecretStr | None = None
 
     _passphrase = field_validator("cipher_passphrase")(secret_rule(32))
+
+    @field_validator("schedule")
+    @classmethod
+    def schedule_is_cron(cls, value: str) -> str:
+        return BackupSettings.schedule_is_cron(value)
+
+    @property
+    def period_seconds(self) -> int:
+        """How often the schedule fires at least, in seconds (the longest gap, coarsely)."""
+        return cron_period_seconds(self.schedule)
     _s3_keys = field_validator("s3_key", "s3_key_secret")(secret_rule(16))
 
     @property
@@ -708,6 +735,14 @@ class RetentionSettings(Section):
     inbound_messages_days: int = Field(90, ge=1, le=3650)
     outbound_messages_days: int = Field(90, ge=1, le=3650)
     security_events_days: int = Field(90, ge=1, le=3650)
+    # When the host runs the cleanup itself (cron, after the nightly backup: a row deleted by
+    # mistake is still in that night's dump).
+    schedule: str = "47 3 * * *"
+
+    @field_validator("schedule")
+    @classmethod
+    def schedule_is_cron(cls, value: str) -> str:
+        return BackupSettings.schedule_is_cron(value)
 
 
 CHANNELS = ("whatsapp", "instagram", "messenger")
@@ -798,6 +833,9 @@ class HostSettings(Section):
     compose_binary: Path | None = None
     docker_log_max_size: str = "10m"
     docker_log_max_files: int = Field(3, ge=1, le=100)
+    # The containers keep running while dockerd restarts (an upgrade, a daemon.json change): an
+    # init script that kills a slow-stopping dockerd otherwise leaves them stopped for good.
+    docker_live_restore: bool = True
     permit_root_login: Literal["prohibit-password", "no"] = "prohibit-password"
     swap_mb: int = Field(2048, ge=0)
     swappiness: int = Field(10, ge=0, le=100)
@@ -1005,6 +1043,12 @@ class Settings(Section):
         return int(self.backup.period_seconds * 1.1) + 600
 
     @property
+    def offsite_backup_max_age_seconds(self) -> int:
+        """How old the newest successful off-site run may be before RestobotOffsiteBackupTooOld fires:
+        its schedule's period plus 10 % and an hour (a full backup and the verify take a while)."""
+        return int(self.offsite_backup.period_seconds * 1.1) + 3600
+
+    @property
     def redis_url(self) -> str:
         return f"redis://:{self.redis.password.get_secret_value()}@redis:6379/0"
 
@@ -1019,6 +1063,7 @@ class Settings(Section):
 SECRET_ENV: dict[str, tuple[str, str]] = {
     "META_VERIFY_TOKEN": ("meta", "verify_token"),
     "META_APP_SECRET": ("meta", "app_secret"),
+    "META_APP_SECRET_PREVIOUS": ("meta", "app_secret_previous"),
     "META_SIGNATURE_REQUIRED": ("meta", "signature_required"),
     "WA_API_TOKEN": ("meta", "wa_api_token"),
     "WA_PHONE_NUMBER_ID": ("meta", "wa_phone_number_id"),
@@ -1041,6 +1086,7 @@ PLAIN_ENV: dict[str, tuple[str, str]] = {
     "RATE_LIMIT_PER_30S": ("pipeline", "rate_limit_per_30s"),
     "DLQ_ALERT_THRESHOLD": ("pipeline", "dlq_alert_threshold"),
     "ALERT_WEBHOOK_URL": ("pipeline", "alert_webhook_url"),
+    "META_APP_SECRET_PREVIOUS_UNTIL": ("meta", "app_secret_previous_until"),
     # A known_hosts file holding the VPS's host key; scripts/deploy writes it from
     # the CI secret SSH_KNOWN_HOSTS (known_hosts lines) and sets this.
     "SSH_KNOWN_HOSTS_FILE": ("ssh", "known_hosts_file"),
@@ -1048,8 +1094,14 @@ PLAIN_ENV: dict[str, tuple[str, str]] = {
 ENV_FOR_PATH = {path: name for name, path in {**SECRET_ENV, **PLAIN_ENV}.items()}
 
 
+SECRETS_DIR_ENV = "RESTOBOT_SECRETS_DIR"  # pragma: allowlist secret (a variable's name)
+
+
 def secrets_file(stage: str, root: Path = REPO_ROOT) -> Path:
-    return root / "secrets" / f"{stage}.env"
+    """``secrets/<stage>.env`` of the checkout, or of the folder ``RESTOBOT_SECRETS_DIR`` names
+    (secrets kept outside the checkout; a test's own copy)."""
+    folder = os.environ.get(SECRETS_DIR_ENV)
+    return (Path(folder) if folder else root / "secrets") / f"{stage}.env"
 
 
 def read_env_file(path: Path) -> dict[str, str]:
@@ -1082,6 +1134,9 @@ def merge_environment(data: dict[str, Any], environ: Mapping[str, str]) -> dict[
     return merged
 
 
+FIELD_NAMED = re.compile(r"^(?P<field>[a-z_][a-z0-9_]*(?:\.[a-z_][a-z0-9_]*)*): ")
+
+
 def describe(error: dict[str, Any]) -> str:
     path = ".".join(str(part) for part in error["loc"]) or "(settings)"
     message = error["msg"].removeprefix("Value error, ")
@@ -1091,10 +1146,11 @@ def describe(error: dict[str, Any]) -> str:
         env_name = ENV_FOR_PATH.get(tuple(error["loc"][:2]))
         hint = f" (set {env_name} in the environment or in secrets/<stage>.env)" if env_name else ""
         return f"{path}: required{hint}"
-    if message.split(":", 1)[0] in {"meta.app_secret", "meta.signature_required", "acme.directory_url",
-                                    "pipeline.legacy_shared_token", "pipeline.alert_webhook_url",
-                                    "monitoring.backup_max_age_hours"}:
-        return message
+    named = FIELD_NAMED.match(message)
+    if named and (path == "(settings)" or named["field"].startswith(f"{path}.")):
+        return message  # the message names its field from the root already
+    if named and not named["field"].startswith(f"{path}."):
+        return f"{path}.{message}"  # a section's check naming one of its fields: one path
     return f"{path}: {message}"
 
 

@@ -9,6 +9,7 @@ state already holds (see examples/pyinfra_deploy.py)::
 """
 
 from restobot.operations.backup import backups_scheduled, offsite_stanza_created
+from restobot.operations.cleanup import cleanup_scheduled
 from restobot.operations.database import api_client_present, database_backed_up, schema_migrated
 from restobot.operations.images import images_present, migrate_image_built, postgres_image_built
 from restobot.operations.provision import (
@@ -23,6 +24,7 @@ from restobot.operations.stack import release_serving
 __all__ = [
     "api_client_present",
     "backups_scheduled",
+    "cleanup_scheduled",
     "compose_plugin_uploaded",
     "database_backed_up",
     "firewall_default_deny",

@@ -5,7 +5,8 @@
 * ``{base_dir}/bin/backup`` (templates/backup/backup.sh.j2, POSIX sh): pg_dump -Fc and
   pg_dumpall --globals-only from the postgres container, row counts of the key tables
   taken in the dump's own snapshot, checked, renamed, a ``last-success`` stamp, then
-  retention; it logs to ``BACKUP_LOG`` (0640);
+  retention; it logs to ``BACKUP_LOG`` (0640) and records each run's outcome in
+  ``BackupPaths.last_run`` (exported by restobot/remote/container_states.py for RestobotBackupFailed);
 * ``{base_dir}/bin/backup-verify`` (templates/backup/backup-verify.sh.j2): restores the
   newest dump into the scratch database ``restore_check`` and compares the counts;
 * ``{base_dir}/bin/restobot_backup.py``: restobot/remote/backup.py, the retention and
@@ -22,6 +23,10 @@ ensured on every host (a systemd VPS image may lack it).
 The off-site backup (``offsite_backup`` enabled): PostgreSQL archives its WAL with pgBackRest
 (docker/postgres-pgbackrest/, templates/backup/pgbackrest.conf.j2); ``offsite_stanza_created``
 makes the repository's stanza, checks that archiving reaches it, and takes a first full backup.
+``offsite_backups_scheduled`` installs ``{base_dir}/bin/offsite-backup``
+(templates/backup/offsite-backup.sh.j2: tonight's full or incremental backup, ``pgbackrest check``
+and ``verify``, its outcome recorded for the alerts) and ``OFFSITE_CRON_FILE``, which runs it as
+the deploy user on ``offsite_backup.schedule``; with ``offsite_backup`` disabled, both are removed.
 """
 
 from __future__ import annotations
@@ -42,10 +47,11 @@ from restobot.facts.offsite import OffsiteBackupInfo
 from restobot.facts.provision import HostPlatform
 from restobot.operations.provision import init_service
 from restobot.remote import backup as backup_helper
-from restobot.settings import REPO_ROOT, BackupSettings, Settings
+from restobot.settings import REPO_ROOT, BackupSettings, OffsiteBackupSettings, Settings
 
 TEMPLATES = REPO_ROOT / "templates" / "backup"
 CRON_FILE = "/etc/cron.d/restobot-backup"
+OFFSITE_CRON_FILE = "/etc/cron.d/restobot-offsite-backup"
 LOG_DIR = "/var/log/restobot"
 BACKUP_LOG = f"{LOG_DIR}/backup.log"
 HELPER_IN_RELEASE = "restobot/remote/backup.py"
@@ -88,6 +94,29 @@ class BackupPaths:
     def last_success(self) -> str:
         return f"{self.directory}/last-success"
 
+    @property
+    def last_run(self) -> str:
+        """The last run's outcome, ``<time> ok`` or ``<time> failed``: outside ``directory``, which may be what failed."""
+        return f"{self.layout.state_dir}/backup-last-run"
+
+    @property
+    def offsite_script(self) -> str:
+        return f"{self.bin_dir}/offsite-backup"
+
+    @property
+    def offsite_last_run(self) -> str:
+        """The off-site run's outcome, ``<time> ok`` or ``<time> failed``."""
+        return f"{self.layout.state_dir}/offsite-backup-last-run"
+
+    @property
+    def offsite_last_success(self) -> str:
+        """``<time> full|incr``, rewritten by each run that succeeded."""
+        return f"{self.layout.state_dir}/offsite-backup-last-success"
+
+    @property
+    def offsite_lock(self) -> str:
+        return f"{self.layout.state_dir}/offsite-backup.lock"
+
 
 # --- pure builders ---------------------------------------------------------
 
@@ -97,31 +126,37 @@ def cron_line(schedule: str, user: str, script: str) -> str:
     return f"{schedule} {user} {shlex.quote(script)} >/dev/null"
 
 
-def cron_file(backup: BackupSettings, user: str, paths: BackupPaths) -> str:
-    """The whole ``CRON_FILE`` (pure: tested by value)."""
+def managed_cron_file(what: str, setting: str, line: str) -> str:
+    """A cron.d file of this module: ``what`` it runs, the ``setting`` its schedule comes from, its ``line``."""
     return "\n".join([
-        "# Managed by restobot (restobot/operations/backup.py): the nightly database backup.",
-        "# Change `backup.schedule` in the inventory and deploy again; do not edit on the host.",
+        f"# Managed by restobot (restobot/operations/backup.py): {what}.",
+        f"# Change `{setting}` in the inventory and deploy again; do not edit on the host.",
         "SHELL=/bin/sh",
         "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        cron_line(backup.schedule, user, paths.script),
+        line,
         "",
     ])
+
+
+def cron_file(backup: BackupSettings, user: str, paths: BackupPaths) -> str:
+    """The whole ``CRON_FILE`` (pure: tested by value)."""
+    return managed_cron_file("the nightly database backup", "backup.schedule",
+                             cron_line(backup.schedule, user, paths.script))
+
+
+def shell_words(**values: str) -> dict[str, str]:
+    """Each value twice, for a script template: quoted as one shell word, and as ``NAME_text`` for its
+    comments and messages (pure)."""
+    return {key: text for name, value in values.items()
+            for key, text in ((name, shlex.quote(value)), (f"{name}_text", value))}
 
 
 def script_values(backup: BackupSettings, user: str, paths: BackupPaths,
                   container: str = POSTGRES_CONTAINER) -> dict[str, str | int]:
     """What the two script templates are rendered with; shell words come quoted (pure)."""
     return {
-        "deploy_user": shlex.quote(user),
-        "deploy_user_text": user,
-        "container": shlex.quote(container),
-        "directory": shlex.quote(paths.directory),
-        "log": shlex.quote(BACKUP_LOG),
-        "log_text": BACKUP_LOG,
-        "helper": shlex.quote(paths.helper),
-        "scratch": shlex.quote(backup_helper.SCRATCH_DATABASE),
-        "scratch_text": backup_helper.SCRATCH_DATABASE,
+        **shell_words(deploy_user=user, container=container, directory=paths.directory, log=BACKUP_LOG,
+                      helper=paths.helper, last_run=paths.last_run, scratch=backup_helper.SCRATCH_DATABASE),
         "script_text": paths.script,
         "verify_text": paths.verify_script,
         "cron_file": CRON_FILE,
@@ -129,6 +164,25 @@ def script_values(backup: BackupSettings, user: str, paths: BackupPaths,
         "weekly": backup.keep_weekly,
         "monthly": backup.keep_monthly,
         "count_sql": backup_helper.count_sql(),
+    }
+
+
+def offsite_cron_file(offsite: OffsiteBackupSettings, user: str, paths: BackupPaths) -> str:
+    """The whole ``OFFSITE_CRON_FILE`` (pure: tested by value)."""
+    return managed_cron_file("the nightly off-site backup (pgBackRest)", "offsite_backup.schedule",
+                             cron_line(offsite.schedule, user, paths.offsite_script))
+
+
+def offsite_script_values(offsite: OffsiteBackupSettings, user: str, paths: BackupPaths,
+                          container: str = POSTGRES_CONTAINER) -> dict[str, str | int]:
+    """What the off-site script's template is rendered with; shell words come quoted (pure)."""
+    return {
+        **shell_words(deploy_user=user, container=container, stanza=offsite.stanza, log=BACKUP_LOG,
+                      helper=paths.helper, last_run=paths.offsite_last_run, stamp=paths.offsite_last_success,
+                      lock=paths.offsite_lock),
+        "script_text": paths.offsite_script,
+        "cron_file": OFFSITE_CRON_FILE,
+        "full_every_days": offsite.full_interval_days,
     }
 
 
@@ -240,3 +294,38 @@ def offsite_stanza_created(stanza: str):
         yield shell(pgbackrest(stanza, "check"))
     if repository is None or not repository.full_backups:
         yield shell(pgbackrest(stanza, "--type=full", "backup"))
+
+
+@deploy("Ensure the off-site backup runs on schedule")
+def offsite_backups_scheduled(settings: Settings, layout: HostLayout) -> None:
+    """
+    Ensure ``bin/offsite-backup`` and its cron entry are installed while ``offsite_backup`` is
+    enabled, and that one run has succeeded (run now on a host that has none yet); absent while it is not (a host that stopped archiving must not report its
+    nightly failures). Call it after ``backups_scheduled`` (it uses the helper that installs).
+
+    + settings: the stage's settings (``offsite_backup`` and ``host.deploy_user`` are read)
+    + layout: where the stack lives on the host
+
+    **Example:**
+
+    .. code:: python
+
+        offsite_backups_scheduled(settings, HostLayout(settings.host.base_dir))
+    """
+    offsite, user, paths = settings.offsite_backup, settings.host.deploy_user, BackupPaths(layout)
+    if not offsite.enabled:
+        files.file(name=f"Ensure {OFFSITE_CRON_FILE} is absent (offsite_backup is disabled)",
+                   path=OFFSITE_CRON_FILE, present=False)
+        files.file(name=f"Ensure {paths.offsite_script} is absent", path=paths.offsite_script, present=False)
+        return
+    files.template(name=f"Ensure {paths.offsite_script} backs up, checks and verifies the off-site repository",
+                   src=str(TEMPLATES / "offsite-backup.sh.j2"), dest=paths.offsite_script,
+                   user="root", group=user, mode="750", **offsite_script_values(offsite, user, paths))
+    files.put(name=f"Ensure cron runs {paths.offsite_script} at '{offsite.schedule}' as {user}",
+              src=io.StringIO(offsite_cron_file(offsite, user, paths)), dest=OFFSITE_CRON_FILE,
+              user="root", group="root", mode="644")
+    # Run now on a host that has never run it: RestobotOffsiteBackupTooOld would otherwise fire
+    # until the first night (and the run proves the script works where it will run).
+    if host.get_fact(File, path=paths.offsite_last_success) is None:
+        server.shell(name=f"Ensure a first off-site run has succeeded (no {paths.offsite_last_success} yet)",
+                     commands=[shell_text(run_script(paths.offsite_script))])

@@ -223,6 +223,15 @@ def counted_rows(target, release_dir: str) -> str:
     return ", ".join(" ".join(line.split("\t")) for line in lines if "\t" in line)
 
 
+def put_back_by_hand(release_dir: str, safety: str, database: str) -> str:
+    """The way out when a failed restore could not put its safety dump back either."""
+    return (
+        f"n8n is left stopped (on an empty database it would create a new schema). Recreate the database "
+        f"{database}, restore {safety} by hand ({shell_text(restore_from_file(release_dir, safety))}), then "
+        f"{shell_text(n8n_started_again())}."
+    )
+
+
 def safety_dump_put_back(target, release_dir: str, backup: str, safety: str, database: str, user: str) -> bool:
     """After a failed restore: the database as it was, from the safety dump, and n8n started again.
     Always False (the restore failed); the message says in what state it leaves the host."""
@@ -233,9 +242,7 @@ def safety_dump_put_back(target, release_dir: str, backup: str, safety: str, dat
     except StepFailed as failure:
         target.log_styled(
             f"the restore of {backup} failed, and putting back the safety dump {safety} failed too:\n{failure}\n"
-            f"n8n is left stopped (on an empty database it would create a new schema). Recreate the database "
-            f"{database}, restore {safety} by hand ({shell_text(restore_from_file(release_dir, safety))}), then "
-            f"{shell_text(n8n_started_again())}.",
+            f"{put_back_by_hand(release_dir, safety, database)}",
             fg="red", log_func=logger.error,
         )
         return False

@@ -8,7 +8,8 @@
   checkout the release was built from;
 * ``CRON_FILE``: runs it every minute as root (docker's socket), sampling every
   ``monitoring.container_state_interval_seconds``; it also reports when the nightly backup last
-  succeeded (its last-success stamp), which RestobotBackupTooOld reads.
+  succeeded (its last-success stamp), which RestobotBackupTooOld reads, and whether its last run
+  succeeded (the run's recorded outcome), which RestobotBackupFailed reads.
 
 Prometheus, Alertmanager and the exporters themselves are compose services (templates/compose.yml.j2).
 """
@@ -46,7 +47,9 @@ def states_argv(layout: HostLayout, interval_seconds: int) -> list[str]:
     """The program's command line: every service of the stack and of its monitoring (pure)."""
     return [
         "python3", program_path(layout), "--dir", layout.textfile_dir, "--project", COMPOSE_PROJECT,
-        "--backup-stamp", BackupPaths(layout).last_success,
+        "--backup-stamp", BackupPaths(layout).last_success, "--backup-last-run", BackupPaths(layout).last_run,
+        "--offsite-stamp", BackupPaths(layout).offsite_last_success,
+        "--offsite-last-run", BackupPaths(layout).offsite_last_run,
         "--samples", str(samples_per_minute(interval_seconds)), "--every", str(interval_seconds),
         *(argument for service in CPU_SERVICES for argument in ("--cpu", service)),
         *LONG_RUNNING_SERVICES, *MONITORING_SERVICES,

@@ -164,8 +164,10 @@ def keyring_fingerprint_check(keyring: str, fingerprint: str) -> StringCommand:
 
 
 def docker_daemon_config(settings: HostSettings) -> str:
-    """/etc/docker/daemon.json: rotate container logs (json-file, size-capped)."""
+    """/etc/docker/daemon.json: rotate container logs (json-file, size-capped); containers kept
+    running across a restart of dockerd (live-restore)."""
     config = {
+        "live-restore": settings.docker_live_restore,
         "log-driver": "json-file",
         "log-opts": {"max-size": settings.docker_log_max_size, "max-file": str(settings.docker_log_max_files)},
     }

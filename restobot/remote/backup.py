@@ -18,10 +18,17 @@ scheduled directory::
                                          of KEY_TABLES taken in the dump's own snapshot
     last-success                         "<ISO time> <dump path> <size in bytes>"
 
-then calls ``prune``. ``bin/backup-verify`` calls ``verify``.
+then calls ``prune``. ``bin/backup-verify [DUMP]`` calls ``verify`` (the newest complete
+backup, or DUMP, one of the directory's complete backups).
 
     python3 restobot_backup.py prune  --dir DIR --daily 7 --weekly 4 --monthly 6
-    python3 restobot_backup.py verify --dir DIR --container resto-postgres-1
+    python3 restobot_backup.py verify --dir DIR --container resto-postgres-1 [DUMP]
+
+``bin/offsite-backup`` (templates/backup/offsite-backup.sh.j2) asks which pgBackRest backup
+tonight's is, from ``pgbackrest --output=json info`` on stdin: ``full`` when the newest full
+backup is ``--full-every-days`` old or more (or there is none), ``incr`` otherwise.
+
+    pgbackrest --stanza=S --output=json info | python3 restobot_backup.py offsite-type --full-every-days 7
 """
 
 from __future__ import annotations
@@ -219,17 +226,32 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def chosen_backup(directory: Path, dump: Path | None) -> NightlyBackup | str:
+    """The backup ``verify`` restores: the newest complete one, or ``dump`` when it is one of
+    ``directory``'s complete backups (named by its path or its file name); otherwise the error."""
+    backups = complete_backups(directory)
+    if not backups:
+        return f"no complete backup in {directory}: run bin/backup first"
+    if dump is None:
+        return backups[0]
+    for backup in backups:
+        if dump.name == backup.dump.name and (len(dump.parts) == 1 or dump.parent.resolve() == directory.resolve()):
+            return backup
+    return (f"{dump} is not a complete backup of {directory} (a resto-<time>.dump with its .json); "
+            f"list them with: ls {directory}")
+
+
 def verify(directory: Path, container: str, scratch: str = SCRATCH_DATABASE,
-           tables: Sequence[str] = KEY_TABLES, now: float | None = None) -> dict:
-    """Restore the newest complete backup into ``scratch`` and compare the key tables' counts.
+           tables: Sequence[str] = KEY_TABLES, now: float | None = None, dump: Path | None = None) -> dict:
+    """Restore the newest complete backup (or ``dump``, see ``chosen_backup``) into ``scratch`` and
+    compare the key tables' counts with those recorded when it was taken.
 
     The scratch database is dropped afterwards, whatever happened.
     """
-    backups = complete_backups(directory)
-    if not backups:
-        return verify_report("", 0, 0, {}, {}, tables,
-                             error=f"no complete backup in {directory}: run bin/backup first")
-    newest = backups[0]
+    chosen = chosen_backup(directory, dump)
+    if isinstance(chosen, str):
+        return verify_report(str(dump or ""), 0, 0, {}, {}, tables, error=chosen)
+    newest = chosen
     age = (now if now is not None else time.time()) - newest.stamp.timestamp()
     try:
         metadata = json.loads(newest.metadata.read_text())
@@ -267,6 +289,31 @@ def verify(directory: Path, container: str, scratch: str = SCRATCH_DATABASE,
     return verify_report(str(newest.dump), age, restore_seconds, expected, restored, tables, error)
 
 
+# A nightly run starts a few minutes later or earlier from night to night: a full backup
+# taken this much short of the interval is due again (else it would wait one more night).
+FULL_DUE_SLACK_SECONDS = 3600
+
+
+def newest_full_stop(info: object) -> int | None:
+    """When the newest full backup of ``pgbackrest --output=json info``'s first stanza ended (epoch
+    seconds); None when it holds none or does not read as pgBackRest's answer (pure)."""
+    if not isinstance(info, list) or not info or not isinstance(info[0], dict):
+        return None
+    stops = [backup["timestamp"]["stop"] for backup in info[0].get("backup") or []
+             if isinstance(backup, dict) and backup.get("type") == "full"
+             and isinstance(backup.get("timestamp"), dict) and isinstance(backup["timestamp"].get("stop"), int)]
+    return max(stops, default=None)
+
+
+def offsite_type(info: object, full_every_days: int, now: float) -> str:
+    """``full`` when the newest full backup is ``full_every_days`` old or more, or there is none;
+    else ``incr`` (changes since the last backup of any type) (pure)."""
+    stop = newest_full_stop(info)
+    if stop is None or now - stop >= full_every_days * 86400 - FULL_DUE_SLACK_SECONDS:
+        return "full"
+    return "incr"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="restobot_backup.py", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -275,15 +322,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     prune_cmd.add_argument("--daily", type=int, required=True)
     prune_cmd.add_argument("--weekly", type=int, required=True)
     prune_cmd.add_argument("--monthly", type=int, required=True)
-    verify_cmd = commands.add_parser("verify", help="restore the newest backup into a scratch database")
+    verify_cmd = commands.add_parser("verify", help="restore the newest backup (or DUMP) into a scratch database")
     verify_cmd.add_argument("--dir", type=Path, required=True)
     verify_cmd.add_argument("--container", required=True)
     verify_cmd.add_argument("--scratch", default=SCRATCH_DATABASE)
+    verify_cmd.add_argument("dump", nargs="?", type=Path, default=None,
+                            help="one of the directory's complete backups (default: the newest)")
+    type_cmd = commands.add_parser("offsite-type", help="full or incr: tonight's pgBackRest backup (info JSON on stdin)")
+    type_cmd.add_argument("--full-every-days", type=int, required=True)
     args = parser.parse_args(argv)
+    if args.command == "offsite-type":
+        try:
+            info = json.load(sys.stdin)
+        except json.JSONDecodeError as error:
+            print(f"offsite-type: pgbackrest info's answer is not JSON ({error})", file=sys.stderr)
+            return 2
+        print(offsite_type(info, args.full_every_days, time.time()))
+        return 0
     if args.command == "prune":
         prune(args.dir, args.daily, args.weekly, args.monthly)
         return 0
-    report = verify(args.dir, args.container, args.scratch)
+    report = verify(args.dir, args.container, args.scratch, dump=args.dump)
     print(json.dumps(report, sort_keys=True))
     return 0 if report["ok"] else 1
 

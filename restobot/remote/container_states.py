@@ -12,11 +12,17 @@ more often than once a minute), and each time replaces ``restobot_containers.pro
     restobot_container_cpu_percent{service="n8n-main"} 3.5   docker stats, share of one core
     restobot_backup_last_success_timestamp_seconds 1.79e9  the nightly backup's last-success stamp's time
                                                        (--backup-stamp; absent while there is none)
+    restobot_backup_last_run_success 1                 0: the backup's last run failed (--backup-last-run,
+                                                       the outcome it records; absent while there is none)
+    restobot_offsite_backup_last_success_timestamp_seconds, restobot_offsite_backup_last_run_success
+                                                       the same of the nightly off-site backup (--offsite-stamp,
+                                                       --offsite-last-run; absent while off-site is off)
 
 One-off containers (``docker compose run``) are left out: they carry their service's label too.
 
     python3 restobot_container_states.py --dir /opt/resto/metrics --project resto \\
-        --backup-stamp /opt/resto/backups/scheduled/last-success --samples 4 --every 15 nginx postgres ...
+        --backup-stamp /opt/resto/backups/scheduled/last-success \\
+        --backup-last-run /opt/resto/state/backup-last-run --samples 4 --every 15 nginx postgres ...
 """
 
 from __future__ import annotations
@@ -42,6 +48,20 @@ BACKUP_HEADER = (
     "# HELP restobot_backup_last_success_timestamp_seconds When the nightly backup last succeeded.\n"
     "# TYPE restobot_backup_last_success_timestamp_seconds gauge\n"
 )
+LAST_RUN_HEADER = (
+    "# HELP restobot_backup_last_run_success 1 when the nightly backup's last run succeeded, 0 when it failed.\n"
+    "# TYPE restobot_backup_last_run_success gauge\n"
+)
+OFFSITE_HEADER = (
+    "# HELP restobot_offsite_backup_last_success_timestamp_seconds When the nightly off-site backup last succeeded.\n"
+    "# TYPE restobot_offsite_backup_last_success_timestamp_seconds gauge\n"
+)
+OFFSITE_LAST_RUN_HEADER = (
+    "# HELP restobot_offsite_backup_last_run_success 1 when the nightly off-site backup's last run succeeded, "
+    "0 when it failed.\n"
+    "# TYPE restobot_offsite_backup_last_run_success gauge\n"
+)
+LAST_RUN_OUTCOMES = {"ok": 1, "failed": 0}
 
 
 def ps_argv(project: str) -> List[str]:
@@ -99,11 +119,38 @@ def metrics(services: Sequence[str], containers: Iterable[Dict[str, str]], cpu: 
     return "\n".join(lines) + "\n"
 
 
-def backup_metrics(stamp_mtime: Optional[float]) -> str:
+def backup_metrics(stamp_mtime: Optional[float], header: str = BACKUP_HEADER,
+                   name: str = "restobot_backup_last_success_timestamp_seconds") -> str:
     """The backup's last success, from its stamp's modification time; nothing when there is no stamp (pure)."""
     if stamp_mtime is None:
         return ""
-    return f"{BACKUP_HEADER}restobot_backup_last_success_timestamp_seconds {stamp_mtime:.0f}\n"
+    return f"{header}{name} {stamp_mtime:.0f}\n"
+
+
+def last_run_metrics(record: Optional[str], header: str = LAST_RUN_HEADER,
+                     name: str = "restobot_backup_last_run_success") -> str:
+    """The backup's last run from the outcome it records (``<time> ok`` or ``<time> failed``); nothing when
+    there is no record or it reads otherwise (pure)."""
+    words = (record or "").split()
+    if len(words) != 2 or words[1] not in LAST_RUN_OUTCOMES:
+        return ""
+    return f"{header}{name} {LAST_RUN_OUTCOMES[words[1]]}\n"
+
+
+def offsite_metrics(stamp_mtime: Optional[float], record: Optional[str]) -> str:
+    """The off-site backup's last success and last run, as ``backup_metrics`` and ``last_run_metrics`` (pure)."""
+    return (backup_metrics(stamp_mtime, OFFSITE_HEADER, "restobot_offsite_backup_last_success_timestamp_seconds")
+            + last_run_metrics(record, OFFSITE_LAST_RUN_HEADER, "restobot_offsite_backup_last_run_success"))
+
+
+def read_record(path: Optional[str]) -> Optional[str]:
+    if not path:
+        return None
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        return None
 
 
 def stamp_mtime(path: Optional[str]) -> Optional[float]:
@@ -145,11 +192,14 @@ def run(argv: List[str]) -> str:
 
 
 def sample(directory: str, project: str, services: Sequence[str], cpu_services: Sequence[str],
-           backup_stamp: Optional[str]) -> None:
+           backup_stamp: Optional[str], backup_last_run: Optional[str],
+           offsite_stamp: Optional[str] = None, offsite_last_run: Optional[str] = None) -> None:
     containers = parse_ps(run(ps_argv(project)))
     names = [c["Names"] for c in containers if service_of(c) in cpu_services and c.get("State") == "running"]
     cpu = parse_stats(run(stats_argv(names))) if names else {}
-    write_atomically(directory, metrics(services, containers, cpu) + backup_metrics(stamp_mtime(backup_stamp)))
+    write_atomically(directory, metrics(services, containers, cpu) + backup_metrics(stamp_mtime(backup_stamp))
+                     + last_run_metrics(read_record(backup_last_run))
+                     + offsite_metrics(stamp_mtime(offsite_stamp), read_record(offsite_last_run)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -160,12 +210,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--every", type=float, default=15.0, help="seconds between two samples")
     parser.add_argument("--cpu", action="append", default=[], help="a service whose CPU use is reported")
     parser.add_argument("--backup-stamp", help="the nightly backup's last-success stamp")
+    parser.add_argument("--backup-last-run", help="the outcome the nightly backup records of its last run")
+    parser.add_argument("--offsite-stamp", help="the nightly off-site backup's last-success stamp")
+    parser.add_argument("--offsite-last-run", help="the outcome the nightly off-site backup records of its last run")
     parser.add_argument("services", nargs="+", help="the services expected to run")
     args = parser.parse_args(argv)
     for index in range(args.samples):
         started = time.monotonic()
         try:
-            sample(args.dir, args.project, args.services, args.cpu, args.backup_stamp)
+            sample(args.dir, args.project, args.services, args.cpu, args.backup_stamp, args.backup_last_run,
+                   args.offsite_stamp, args.offsite_last_run)
         except (subprocess.SubprocessError, OSError, ValueError) as error:
             # Left as it was: a stale file keeps its last values, and RestobotContainerStateUnknown
             # fires only when it is gone. cron mails stderr.

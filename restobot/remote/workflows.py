@@ -295,36 +295,50 @@ def credentials_body() -> bytes:
 # A route whose workflow has not answered after PENDING_AFTER_MS is reported 102 (Processing): n8n
 # found the webhook (an unregistered one is a 404 at once) and queued its execution, which waits
 # behind the messages the workers are busy with. Registration is what the importer waits for; a
-# backlog is not a failed deploy. n8n's own /healthz answering shows the main process is not stuck.
+# backlog is not a failed deploy. n8n's /healthz/readiness answering 200, before and after, shows
+# the main process is up and not stuck: while n8n migrates at start it answers every other path 200
+# ("n8n is starting up"), which must not be taken for a workflow's answer.
 PENDING_AFTER_MS = 10_000
 PENDING = 102
+NOT_ANSWERED = 0
+
 PROBE_JS = r"""
 const routes = JSON.parse(process.argv[1]);
 const [name, value] = JSON.parse(process.argv[2]);
 const pendingAfter = Number(process.argv[3]);
 const base = process.argv[4];
+const [pending, notAnswered] = [Number(process.argv[5]), Number(process.argv[6])];
 const status = async (url, options) => {
   try {
     return (await fetch(url, { ...options, signal: AbortSignal.timeout(pendingAfter) })).status;
   } catch (error) {
-    return error.name === 'TimeoutError' ? 102 : 0;
+    return error.name === 'TimeoutError' ? pending : notAnswered;
   }
 };
+const ready = async () => (await status(`${base}/healthz/readiness`, {})) === 200;
 (async () => {
-  const codes = await Promise.all(routes.map(([method, path]) =>
-    status(`${base}/webhook/${path}`, { method, headers: { [name]: value } })));
-  const alive = (await status(`${base}/healthz`, {})) === 200;
   const out = {};
-  routes.forEach(([method, path], i) => { out[`${method} ${path}`] = codes[i] === 102 && !alive ? 0 : codes[i]; });
+  if (!(await ready())) {
+    routes.forEach(([method, path]) => { out[`${method} ${path}`] = notAnswered; });
+  } else {
+    const codes = await Promise.all(routes.map(([method, path]) =>
+      status(`${base}/webhook/${path}`, { method, headers: { [name]: value } })));
+    const stillReady = await ready();
+    routes.forEach(([method, path], i) => {
+      out[`${method} ${path}`] = codes[i] === pending && !stillReady ? notAnswered : codes[i];
+    });
+  }
   console.log(JSON.stringify(out));
 })();
 """
 
 
 def probe_argv(routes: Sequence[tuple[str, str]] = WEBHOOK_ROUTES, base: str = "http://127.0.0.1:5678") -> list[str]:
-    """Ask every webhook route from inside n8n main, at once: 200, its workflow answered; 102
-    (PENDING), registered, its execution still queued; 404, not registered; 0, no answer."""
-    return ["node", "-e", PROBE_JS, json.dumps(routes), json.dumps(PROBE_HEADER), str(PENDING_AFTER_MS), base]
+    """Ask every webhook route from inside n8n main, at once, once n8n says it is ready: 200, its
+    workflow answered; PENDING, registered, its execution still queued; 404, not registered;
+    NOT_ANSWERED, no answer or n8n not ready."""
+    return ["node", "-e", PROBE_JS, json.dumps(routes), json.dumps(PROBE_HEADER), str(PENDING_AFTER_MS), base,
+            str(PENDING), str(NOT_ANSWERED)]
 
 
 def credentials_overwrite_data(

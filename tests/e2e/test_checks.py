@@ -6,17 +6,15 @@ e2e modules still see a healthy stack.
 
 from __future__ import annotations
 
-import copy
 import shlex
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
 
-from harness.deploys import write_inventory
+from harness.deploys import checklist_inventory
 from harness.poll import poll
 from restobot import golive
 from restobot.commands import compose
@@ -28,35 +26,9 @@ CURRENT = "/opt/resto/current"
 ALERTMANAGER_YML = f"{CURRENT}/monitoring/alertmanager/alertmanager.yml"
 
 
-def _vps_address(container: str) -> str:
-    return subprocess.run(["docker", "inspect", "--format", "{{.NetworkSettings.IPAddress}}", container],
-                          capture_output=True, text=True, check=True).stdout.strip()
-
-
-def _pebble_root(acme, path: Path) -> Path:
-    import ssl
-
-    context = ssl.create_default_context(cafile=str(acme.ca_pem_path_on_host))
-    with urllib.request.urlopen(acme.roots_url, context=context, timeout=10) as answer:  # noqa: S310 - local pebble
-        path.write_bytes(answer.read())
-    return path
-
-
-def _inventory(stack, name: str, monitoring: dict | None = None, **checks) -> Path:
-    settings = copy.deepcopy(stack.settings)
-    settings["monitoring"] = {**settings.get("monitoring", {}), **(monitoring or {})}
-    settings["checks"] = {
-        **settings.get("checks", {}),
-        "ca_bundle": str(_pebble_root(stack.acme, stack.workdir / "pebble-root.pem")),
-        "exposure_address": _vps_address(stack.endpoint.container),
-        **checks,
-    }
-    return write_inventory(stack.workdir / f"{name}.py", settings, group="e2e", name="e2e-vps")
-
-
 @pytest.fixture(scope="module")
 def inventory(deployed_stack) -> Path:
-    return _inventory(deployed_stack, "checks")
+    return checklist_inventory(deployed_stack, "checks")
 
 
 def run_checklist(inventory: Path, select: str | None = None, *extra: str) -> tuple[int, list[golive.Row], str]:
@@ -222,7 +194,7 @@ def test_broken_item_fails(deployed_stack, inventory, breakage, request):
 
 def test_certificate_nearer_than_the_minimum_fails(deployed_stack):
     """Pebble's certificates last 5 years: a minimum of 2000 days makes them "near expiry"."""
-    near = _inventory(deployed_stack, "checks-near-expiry", monitoring={"certificate_min_days": 2000})
+    near = checklist_inventory(deployed_stack, "checks-near-expiry", monitoring={"certificate_min_days": 2000})
     code, rows, output = run_checklist(near, "expiring")
     assert code == 1, output[-2000:]
     for row in outcome(rows, "certificate is not expiring soon"):

@@ -26,6 +26,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.deploys import checklist_inventory, stack_sql
 from restobot import meta_payloads
 from restobot.commands import HostLayout, container_name
 from restobot.operations.lock import Actor, lock_info
@@ -39,7 +40,8 @@ READS = [
     ["ps"], ["logs", "nginx", "--tail", "3"], ["stats"], ["lock", "status"], ["audit", "--tail", "5"],
     ["migrations", "status"], ["executions", "--failed"], ["messages"], ["security", "--since", "1h"],
     ["flooding", "--since", "1m"], ["dlq", "count"], ["dlq", "list"], ["db", "size"],
-    ["dlq", "replay", "--dry-run"], ["cleanup", "--dry-run"], ["migrations", "log"], ["smoke"],
+    ["dlq", "replay", "--dry-run"], ["cleanup", "--dry-run"], ["migrations", "log"], ["smoke"], ["backup", "list"],
+    ["quarantine", "list"],
 ]
 
 
@@ -70,14 +72,7 @@ def resto(stack) -> Resto:
     return Resto(stack.inventory)
 
 
-def sql(stack, query: str, **variables: str) -> str:
-    """``query`` in the stack's database, values as psql variables (stdin: psql substitutes them there)."""
-    argv = ["docker", "exec", "-i", container_name("postgres"), "psql", "-X", "-At", "-v", "ON_ERROR_STOP=1",
-            "-U", "n8n", "-d", "n8n", *(f"--set={name}={value}" for name, value in variables.items())]
-    proc = subprocess.run(stack.endpoint.ssh_argv(shlex.join(argv)), input=query + "\n",
-                          capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 0, proc.stderr
-    return proc.stdout.strip()
+sql = stack_sql
 
 
 def host_file(stack, path: str) -> str:
@@ -351,6 +346,65 @@ def test_stop_then_start_a_service(resto, stack):
     assert resto.json("lock", "status")["held"] is False
 
 
+def test_stop_all_then_start_all_brings_the_whole_stack_down_and_back(resto, stack):
+    proc = resto("stop", "--all")
+    assert proc.returncode == 0, proc.stderr
+    try:
+        states = {c["service"]: c["state"] for c in resto.json("ps")["containers"]}
+        long_running = {service: state for service, state in states.items() if service != "db-migrate"}
+        assert set(long_running) >= {"traefik", "nginx", "n8n-main", "n8n-worker", "postgres", "redis"}
+        assert set(long_running.values()) == {"exited"}, states
+    finally:
+        proc = resto("start", "--all", timeout=900)
+    assert proc.returncode == 0, proc.stderr
+    assert resto.json("ps")["not_healthy"] == []
+    assert resto.json("smoke")["failed"] == []
+    actions = [e["action"].split()[0] for e in resto.json("audit", "--tail", "2")["entries"]]
+    assert actions == ["stop", "start"]
+
+
+def n8n_workflow_nodes(stack, name: str) -> str:
+    return sql(stack, "SELECT nodes::text FROM workflow_entity WHERE name = :'name'", name=name)
+
+
+@pytest.fixture
+def older_release(resto, stack):
+    """A release kept on the host whose W2_INBOUND_PROCESS differs from the current one's (the current
+    release copied, a note on W2's first node); removed afterwards."""
+    current = resto.json("ps")["release"]
+    old, note = "e2e-workflow-old", f"{MARK} rollback"
+    stack.ssh("cp", "-a", LAYOUT.release_dir(current), LAYOUT.release_dir(old))
+    edit = ("import json, sys; p = sys.argv[1]; d = json.load(open(p)); d['nodes'][0]['notes'] = sys.argv[2]; "
+            "json.dump(d, open(p, 'w'))")
+    stack.ssh("python3", "-c", edit, f"{LAYOUT.release_dir(old)}/workflows/W2_INBOUND_PROCESS.json", note)
+    yield current, old, note
+    stack.ssh("rm", "-rf", LAYOUT.release_dir(old))
+
+
+def test_workflow_rollback_puts_one_workflow_back_then_the_releases_own(resto, stack, older_release):
+    current, old, note = older_release
+    history = resto.json("workflow", "history", "W2_INBOUND_PROCESS")
+    versions = {v["release"]: v for v in history["versions"]}
+    assert versions[current]["current"] and not versions[old]["same_as_current"], history
+    assert note not in n8n_workflow_nodes(stack, "W2_INBOUND_PROCESS")
+
+    back = resto("workflow", "rollback", "W2_INBOUND_PROCESS", "--to", old, "--json", timeout=900)
+    assert back.returncode == 0, back.stderr
+    assert note in n8n_workflow_nodes(stack, "W2_INBOUND_PROCESS")
+    assert [c["passed"] for c in json.loads(back.stdout)["smoke"]] and all(
+        c["passed"] for c in json.loads(back.stdout)["smoke"])
+    entry = resto.json("audit", "--tail", "1")["entries"][-1]
+    assert (entry["action"], entry["result"].split()[:2]) == (
+        "workflow rollback W2_INBOUND_PROCESS", ["ok", f"W2_INBOUND_PROCESS={old}"])
+
+    forward = resto("workflow", "rollback", "W2_INBOUND_PROCESS", "--to", current, timeout=900)
+    assert forward.returncode == 0, forward.stderr
+    assert note not in n8n_workflow_nodes(stack, "W2_INBOUND_PROCESS")
+    # The stamp is the release's again: a deploy of it would change nothing.
+    manifest = json.loads(stack.ssh("cat", f"{LAYOUT.current}/RELEASE.json").stdout)
+    assert host_file(stack, LAYOUT.workflows_stamp).strip() == manifest["workflows_sha256"]
+
+
 @pytest.fixture
 def replayable(stack):
     """Two whatsapp replies and one messenger reply in the DLQ, each of a conversation that wrote a minute
@@ -450,6 +504,21 @@ def test_smoke_passes_on_the_running_stack_and_fails_with_the_gateway_stopped(re
     assert resto.json("smoke")["failed"] == []
 
 
+def test_smoke_meta_runs_the_checklists_meta_items_against_the_stage(stack):
+    # The checklist's inventory trusts the local ACME server's root, as production trusts Let's Encrypt's.
+    resto = Resto(checklist_inventory(stack, "cli-smoke-meta"))
+    before = int(sql(stack, "SELECT count(*) FROM security_events WHERE event_type = 'SIGNATURE_INVALID'") or 0)
+    data = resto.json("smoke", "--meta")
+    outcomes = {item["item"]: item["outcome"] for item in data["items"]}
+    assert set(outcomes) and all(name.startswith("meta: ") for name in outcomes), outcomes
+    passed = {name.split(" [")[0] for name, outcome in outcomes.items() if outcome == "pass"}
+    assert {"meta: verify handshake answers the challenge", "meta: bad signature is refused and recorded",
+            "meta: unsigned post is refused at the gateway"} <= passed, outcomes
+    assert data["failed"] == [] and data["manual"], outcomes  # Meta's subscription: a human confirms it
+    after = int(sql(stack, "SELECT count(*) FROM security_events WHERE event_type = 'SIGNATURE_INVALID'") or 0)
+    assert after > before, "the checklist's badly signed post was not recorded on the host"
+
+
 def test_migrations_apply_dry_run_then_apply_with_nothing_pending(resto, stack):
     files = sorted(path.name for path in (REPO_ROOT / "migrations").glob("*.sql"))
     before = host_snapshot(stack)
@@ -467,7 +536,7 @@ def test_migrations_apply_dry_run_then_apply_with_nothing_pending(resto, stack):
     assert resto.json("lock", "status")["held"] is False
 
 
-TABLES = ("inbound_messages", "outbound_messages", "security_events", "execution_entity")
+TABLES = ("inbound_messages", "outbound_messages", "security_events", "execution_entity", "quarantine")
 AGED_ROWS = {  # table -> INSERT of one row of this module aged :'age' (an interval)
     "inbound_messages": "INSERT INTO inbound_messages (channel, msg_id, conversation_key, sender, payload, status, "
                         "status_reason, processed_at, received_at) VALUES ('whatsapp', :'mark' || '-' || :'age', "
@@ -481,7 +550,10 @@ AGED_ROWS = {  # table -> INSERT of one row of this module aged :'age' (an inter
     "execution_entity": 'INSERT INTO execution_entity (finished, mode, "startedAt", "stoppedAt", "workflowId", status, '
                         '"createdAt") SELECT true, \'trigger\', now() - (:\'age\')::interval, '
                         "now() - (:'age')::interval, id, 'success', now() - (:'age')::interval FROM workflow_entity "
-                        "ORDER BY name LIMIT 1 RETURNING id",
+                        "WHERE name = 'W2_INBOUND_PROCESS' RETURNING id",  # a workflow that keeps its executions
+    "quarantine": "INSERT INTO quarantine (channel, sender, reason, created_by, created_at, expires_at) VALUES "
+                  "('whatsapp', '3360' || extract(epoch FROM (:'age')::interval)::bigint, :'mark', 'e2e', "
+                  "now() - (:'age')::interval - interval '1 day', now() - (:'age')::interval) RETURNING id",
 }
 
 
@@ -502,7 +574,8 @@ def aged_rows(stack, resto):
     days = {"inbound_messages": retention["inbound_messages_days"],
             "outbound_messages": retention["outbound_messages_days"],
             "security_events": retention["security_events_days"]}
-    hours = {**{table: d * 24 for table, d in days.items()}, "execution_entity": retention["executions_max_age_hours"]}
+    hours = {**{table: d * 24 for table, d in days.items()}, "execution_entity": retention["executions_max_age_hours"],
+             "quarantine": days["security_events"] * 24}  # an expired entry: as long as the events naming it
     rows = {table: (insert_aged(stack, table, f"{hours[table] + 1} hours"),
                     insert_aged(stack, table, f"{hours[table] - 1} hours")) for table in TABLES}
     yield rows, baseline["rows"]
@@ -530,12 +603,280 @@ def test_cleanup_removes_exactly_the_rows_past_their_retention_and_dry_run_chang
     assert resto.json("lock", "status")["held"] is False
 
 
+INTERRUPTED = ('INSERT INTO execution_entity (finished, mode, "startedAt", "stoppedAt", "workflowId", status, '
+               "\"createdAt\") SELECT false, 'webhook', now() - interval '2 minutes', "
+               "CASE WHEN :'status' = 'running' THEN NULL ELSE now() - interval '1 minute' END, id, :'status', "
+               "now() - interval '2 minutes' FROM workflow_entity WHERE name = :'workflow' RETURNING id")
+
+
+def test_cleanup_removes_what_an_interruption_left_of_a_workflow_that_saves_nothing(resto, stack):
+    """W0 saves no execution (its data holds the verify token); one a restart interrupted is kept by n8n,
+    and goes at the next cleanup however young. One still running stays, one that succeeded is n8n's to
+    delete, and W2's own stay their age."""
+    cases = (("W0_META_VERIFY_UNIFIED", "crashed"), ("W0_META_VERIFY_UNIFIED", "running"),
+             ("W0_META_VERIFY_UNIFIED", "success"), ("W2_INBOUND_PROCESS", "crashed"))
+    rows = {(workflow, status): int(sql(stack, INTERRUPTED, workflow=workflow, status=status).splitlines()[0])
+            for workflow, status in cases}
+    try:
+        resto.json("cleanup")
+        kept = {key: row_exists(stack, "execution_entity", row) for key, row in rows.items()}
+        assert kept == {**dict.fromkeys(cases, True), ("W0_META_VERIFY_UNIFIED", "crashed"): False}
+    finally:
+        sql(stack, "DELETE FROM execution_entity WHERE id = ANY(string_to_array(:'ids', ',')::bigint[])",
+            ids=",".join(map(str, rows.values())))
+
+
+def test_the_hosts_scheduled_cleanup_deletes_the_same_rows_and_is_audited(resto, stack, aged_rows):
+    rows, baseline = aged_rows
+    counted = resto.json("cleanup", "--dry-run")["rows"]
+    cron = host_file(stack, "/etc/cron.d/restobot-cleanup")
+    assert f"root {LAYOUT.base_dir}/bin/cleanup" in cron, cron
+    ran = stack.ssh(f"{LAYOUT.base_dir}/bin/cleanup", check=False)
+    assert ran.returncode == 0, ran.stderr
+    for table, (old, young) in rows.items():
+        assert (row_exists(stack, table, old), row_exists(stack, table, young)) == (False, True), table
+    last = resto.json("audit", "--tail", "1")["entries"][-1]
+    assert last["action"] == "cleanup (scheduled)" and last["by"].startswith("cron@"), last
+    assert last["result"] == "ok deleted " + " ".join(f"{t}={counted[t]}" for t in TABLES)
+    assert resto.json("lock", "status")["held"] is False
+
+
+def test_the_scheduled_cleanup_under_a_held_lock_deletes_nothing_and_says_so(resto, stack, aged_rows, held_lock):
+    rows, _ = aged_rows
+    ran = stack.ssh(f"{LAYOUT.base_dir}/bin/cleanup", check=False)
+    assert ran.returncode == 75 and "skipped, the deploy lock is held" in ran.stderr, ran
+    assert all(row_exists(stack, table, old) for table, (old, _) in rows.items())
+    last = resto.json("audit", "--tail", "1")["entries"][-1]
+    assert (last["action"], last["result"]) == ("cleanup (scheduled)", "skipped: the deploy lock is held")
+    assert host_file(stack, f"{LAYOUT.lock_dir}/info").strip() == held_lock
+
+
+# --- backups: backup now (lock, audit), backup list, backup verify -----------------------------------------------
+
+SCHEDULED = f"{LAYOUT.backups_dir}/scheduled"
+NOT_ON_THE_HOST = f"{SCHEDULED}/resto-20000101T000000Z.dump"
+
+
+@pytest.fixture(scope="module")
+def backup_taken(resto, stack) -> dict:
+    """``backup now`` once: what it printed, with ``backup list`` before and right after it, the audit's
+    last entry and the file as the host sees it (a later backup of the same day prunes it)."""
+    before = resto.json("backup", "list")
+    proc = resto("backup", "now", "--json", timeout=900)
+    assert proc.returncode == 0, f"backup now exited {proc.returncode}\n{proc.stderr}{proc.stdout}"
+    taken = json.loads(proc.stdout)
+    return {"before": before, "taken": taken, "after": resto.json("backup", "list"),
+            "audit": resto.json("audit", "--tail", "1")["entries"][-1],
+            "stat": stack.ssh("stat", "-c", "%a %s", taken["dump"]).stdout.split()}
+
+
+def scheduled_dumps(listing: dict) -> list[dict]:
+    return [dump for dump in listing["backups"] if dump["kind"] == "scheduled"]
+
+
+def test_backup_now_writes_a_new_dump_that_backup_list_shows_first(backup_taken):
+    dump = backup_taken["taken"]["dump"]
+    assert dump.startswith(f"{SCHEDULED}/resto-") and dump.endswith(".dump")
+    assert dump not in [d["path"] for d in backup_taken["before"]["backups"]]
+    assert scheduled_dumps(backup_taken["after"])[0]["path"] == dump
+
+
+def test_backup_list_shows_the_new_dump_0600_with_its_size_and_row_counts(backup_taken):
+    taken = backup_taken["taken"]
+    listed = scheduled_dumps(backup_taken["after"])[0]
+    assert (listed["mode"], listed["mode_ok"], listed["complete"]) == ("0600", True, True)
+    assert (listed["size"], listed["rows"]) == (taken["size"], taken["rows"])
+    assert backup_taken["stat"] == ["600", str(taken["size"])]
+
+
+def test_backup_now_records_the_row_counts_of_the_database(backup_taken, stack):
+    assert backup_taken["taken"]["rows"]["schema_migrations"] == int(sql(stack, "SELECT count(*) FROM schema_migrations"))
+    assert backup_taken["taken"]["rows"]["api_clients"] >= 1  # the deploy's admin client
+
+
+def test_backup_now_is_audited_and_leaves_the_lock_free(backup_taken, resto):
+    audit, taken = backup_taken["audit"], backup_taken["taken"]
+    assert (audit["action"], audit["by"]) == ("backup now", str(Actor.current()))
+    assert audit["result"] == f"ok dump={taken['dump']} size={taken['size']}"
+    assert resto.json("lock", "status")["held"] is False
+
+
+def test_backup_verify_restores_the_named_dump_with_every_count_matching(resto, stack, backup_taken):
+    taken = backup_taken["taken"]
+    report = resto.json("backup", "verify", taken["dump"])
+    assert (report["ok"], report["dump"]) == (True, taken["dump"]), report
+    assert report["tables"] == {table: [count, count] for table, count in taken["rows"].items()}
+    assert sql(stack, "SELECT count(*) FROM pg_database WHERE datname = 'restore_check'") == "0"
+
+
+def test_backup_verify_without_a_file_restores_the_newest(resto, backup_taken):
+    report = resto.json("backup", "verify")
+    assert (report["ok"], report["dump"]) == (True, scheduled_dumps(resto.json("backup", "list"))[0]["path"]), report
+
+
+@pytest.mark.parametrize("named", [NOT_ON_THE_HOST, "/etc/passwd", "resto-20000101T000000Z.dump"])
+def test_backup_verify_of_a_file_not_among_the_dumps_exits_2_and_changes_nothing(resto, stack, backup_taken, named):
+    before = host_snapshot(stack)
+    listed = [(d["path"], d["size"], d["mode"]) for d in resto.json("backup", "list")["backups"]]
+    proc = resto("backup", "verify", named)
+    assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+    assert f"FILE: {named} is not one of the host's dumps; nothing was run. " \
+           "List them with: resto local backup list" in proc.stderr
+    assert host_snapshot(stack) == before
+    assert [(d["path"], d["size"], d["mode"]) for d in resto.json("backup", "list")["backups"]] == listed
+
+
+# --- quarantine ------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def quarantined_sender(stack):
+    """A WhatsApp sender of this test; its quarantine entry, messages, replies and events go afterwards."""
+    sender = "3369" + str(secrets.randbelow(10**8)).zfill(8)
+    yield sender
+    sql(stack, "DELETE FROM quarantine WHERE sender = :'sender'; "
+               "DELETE FROM outbound_messages WHERE recipient = :'sender'; "
+               "DELETE FROM inbound_messages WHERE sender = :'sender'; "
+               "DELETE FROM security_events WHERE detail ->> 'sender' = :'sender'", sender=sender)
+
+
+def send_signed_whatsapp(stack, sender: str) -> str:
+    """One WhatsApp message from ``sender``, signed with the stack's app secret; its wamid (answered 200)."""
+    from harness.deploys import public_request
+    from restobot.settings import read_env_file, secrets_file
+
+    payload = meta_payloads.whatsapp_text(f"{MARK} quarantine", sender=sender)
+    body = meta_payloads.encode(payload)
+    secret = read_env_file(secrets_file("local"))["META_APP_SECRET"]
+    response, answer = public_request(stack, "POST", "/v1/inbound/whatsapp", body=body, headers={
+        "Content-Type": "application/json", "X-Hub-Signature-256": meta_payloads.sign(body, secret)})
+    assert (response.status, answer) == (200, b"EVENT_RECEIVED")
+    return payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+
+
+def test_a_quarantined_senders_next_message_is_dropped_and_recorded_until_removed(resto, stack, quarantined_sender):
+    from harness.poll import poll
+
+    sender = quarantined_sender
+    before = host_snapshot(stack)
+    refused = resto("quarantine", "add", "whatsapp", "+" + sender, "--for", "1h")
+    assert refused.returncode == 2 and "is not a whatsapp sender id" in refused.stderr
+    assert host_snapshot(stack) == before
+
+    added = resto.json("quarantine", "add", "whatsapp", sender)
+    assert (added["sender"], added["reason"], added["added"], added["expires_at"]) == (sender, None, True, None)
+    replaced = resto.json("quarantine", "add", "whatsapp", sender, "--for", "1h", "--reason", MARK)
+    assert (replaced["reason"], replaced["added"]) == (MARK, False) and replaced["expires_at"]
+    dropped = send_signed_whatsapp(stack, sender)
+    # W1 records the event in the statement that would have stored the message, before answering.
+    assert sql(stack, "SELECT detail ->> 'sender' FROM security_events WHERE event_type = 'QUARANTINED' "
+                      "AND detail ->> 'msg_id' = :'id'", id=dropped) == sender
+    assert sql(stack, "SELECT count(*) FROM inbound_messages WHERE sender = :'sender'", sender=sender) == "0"
+    [entry] = [e for e in resto.json("quarantine", "list")["entries"] if e["sender"] == sender]
+    assert (entry["channel"], entry["expired"], entry["dropped"], entry["reason"]) == ("whatsapp", False, 1, MARK)
+
+    assert resto("quarantine", "remove", "whatsapp", sender).returncode == 0
+    kept = send_signed_whatsapp(stack, sender)
+    poll(lambda: sql(stack, "SELECT count(*) FROM inbound_messages WHERE msg_id = :'id'", id=kept),
+         until=lambda count: count == "1", timeout=30, interval=1, what="the message sent after the removal stored")
+    again = resto("quarantine", "remove", "whatsapp", sender)
+    assert (again.returncode, "was not quarantined; nothing changed" in again.stdout) == (0, True)
+    actions = [(e["action"], e["result"].split(" expires_at=")[0])
+               for e in resto.json("audit", "--tail", "4")["entries"]]
+    assert actions == [(f"quarantine add whatsapp {sender}", "ok added"),
+                       (f"quarantine add whatsapp {sender}", "ok replaced"),
+                       (f"quarantine remove whatsapp {sender}", "ok removed"),
+                       (f"quarantine remove whatsapp {sender}", "ok not quarantined")]
+    assert resto.json("lock", "status")["held"] is False
+
+
+# --- restore: a backup back into the live database (after the backup tests: its backup prunes theirs) ----------
+
+INBOUND_ROW = ("INSERT INTO inbound_messages (channel, msg_id, conversation_key, sender, payload, status, status_reason, "
+               "processed_at) VALUES ('whatsapp', :'msg', :'mark' || '-restore', '33600000096', '{}'::jsonb, 'DROPPED', "
+               "'e2e', now()) RETURNING id")
+
+
+def inbound_ids(stack, *msg_ids: str) -> dict[str, int]:
+    out = sql(stack, "SELECT msg_id, id FROM inbound_messages WHERE msg_id = ANY(string_to_array(:'ids', ','))",
+              ids=",".join(msg_ids))
+    return {msg_id: int(row_id) for msg_id, row_id in (line.split("|") for line in out.splitlines())}
+
+
+def safety_dump_rows(stack, path: str) -> str:
+    """The inbound_messages rows a safety dump holds, as pg_restore prints them (COPY text)."""
+    argv = ["docker", "exec", "-i", container_name("postgres"), "pg_restore", "--data-only",
+            "--table=inbound_messages", "--file=-"]
+    return stack.ssh("sh", "-c", f'{shlex.join(argv)} < "$0"', path).stdout
+
+
+@pytest.fixture(scope="module")
+def restored(resto, stack):
+    """A backup taken with a row of this module in it, then a second row written after it; then
+    ``restore latest --yes --json``. Yields what it printed, the two rows' msg_ids and the host's files."""
+    kept, lost = f"{MARK}-before-backup", f"{MARK}-after-backup"
+    sql(stack, INBOUND_ROW, msg=kept, mark=MARK)
+    safety = None
+    try:
+        backup = resto.json("backup", "now")
+        sql(stack, INBOUND_ROW, msg=lost, mark=MARK)
+        proc = resto("restore", "latest", "--yes", "--json", timeout=900)
+        assert proc.returncode == 0, f"restore exited {proc.returncode}\n{proc.stderr}{proc.stdout}"
+        data = json.loads(proc.stdout)
+        safety = data["safety_dump"]
+        yield {"backup": backup, "data": data, "kept": kept, "lost": lost, "stderr": proc.stderr,
+               "stat": stack.ssh("stat", "-c", "%a", safety).stdout.strip()}
+    finally:
+        sql(stack, "DELETE FROM inbound_messages WHERE conversation_key = :'mark' || '-restore'", mark=MARK)
+        if safety:  # the modules after this one count the host's safety dumps (tests/e2e/test_deploy.py)
+            stack.ssh("rm", "-f", safety)
+
+
+def test_restore_latest_brings_back_the_backup_and_loses_the_rows_written_since(resto, stack, restored):
+    data = restored["data"]
+    assert data["restored"] == restored["backup"]["dump"]
+    assert list(inbound_ids(stack, restored["kept"], restored["lost"])) == [restored["kept"]]
+    assert data["rows_after"]["inbound_messages"] == data["rows_before"]["inbound_messages"] - 1
+    assert f"inbound_messages: {data['rows_before']['inbound_messages']} rows now" in restored["stderr"]
+
+
+def test_restore_keeps_the_replaced_database_in_a_0600_safety_dump(stack, restored):
+    safety = restored["data"]["safety_dump"]
+    assert safety.startswith(f"{LAYOUT.backups_dir}/before-restore-") and safety.endswith("Z.dump")
+    assert restored["stat"] == "600"
+    rows = safety_dump_rows(stack, safety)
+    assert restored["lost"] in rows and restored["kept"] in rows
+
+
+def test_restore_leaves_the_stack_healthy_passing_its_smoke_audited_and_the_lock_free(resto, restored):
+    assert [c["name"] for c in restored["data"]["smoke"] if not c["passed"]] == []
+    assert resto("ps", "--check").returncode == 0
+    assert resto.json("smoke")["failed"] == []
+    last = resto.json("audit", "--tail", "1")["entries"][-1]
+    dump, safety = restored["data"]["restored"], restored["data"]["safety_dump"]
+    assert (last["action"], last["result"]) == (f"restore {dump}", f"ok restored={dump} safety={safety}")
+    assert resto.json("lock", "status")["held"] is False
+
+
+@pytest.mark.parametrize("named", [NOT_ON_THE_HOST, f"{LAYOUT.backups_dir}/../backups/x.dump"])
+def test_restore_of_a_file_not_among_the_dumps_exits_2_and_changes_nothing(resto, stack, named):
+    before = host_snapshot(stack)
+    listed = [(d["path"], d["size"], d["mode"]) for d in resto.json("backup", "list")["backups"]]
+    proc = resto("restore", named, "--yes")
+    assert (proc.returncode, proc.stdout) == (2, ""), proc.stderr
+    assert f"FILE: {named} is not one of the host's dumps; nothing changed. " \
+           "List them with: resto local backup list" in proc.stderr
+    assert host_snapshot(stack) == before  # no lock taken, no audit line, n8n not stopped
+    assert [(d["path"], d["size"], d["mode"]) for d in resto.json("backup", "list")["backups"]] == listed
+
+
 # --- bad input and a changed host key: nothing changes -------------------------------------------------------
 
 
 @pytest.mark.parametrize("argv", [
     ["restart", "nginxx"], ["stop"], ["logs", "--tail", "-1"], ["executions", "--limit", "100000"],
     ["dlq", "list", "--channel", "sms"], ["security", "--since", "forever"], ["lock", "steal"],
+    ["backup", "now", "extra"], ["backup", "verify", "a.dump", "b.dump"],
 ], ids=lambda argv: " ".join(argv))
 def test_bad_input_exits_2_and_changes_nothing(resto, stack, argv):
     before = host_snapshot(stack)

@@ -13,6 +13,7 @@ import json
 import secrets
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -22,7 +23,8 @@ from harness.deploys import changed_operations, public_request, sql
 from harness.offsite import build_offsite_images
 from harness.poll import poll
 from restobot import meta_payloads
-from restobot.commands import POSTGRES_CONTAINER, pgbackrest
+from restobot.commands import POSTGRES_CONTAINER, HostLayout, pgbackrest
+from restobot.operations.backup import OFFSITE_CRON_FILE, BackupPaths
 from restobot.settings import REPO_ROOT, read_env_file, secrets_file
 from tests.e2e.conftest import harness_must_deliver
 
@@ -33,6 +35,8 @@ ARCHIVE_TIMEOUT = 10
 # The WAL segment is switched after ARCHIVE_TIMEOUT, then pushed over SFTP: a generous margin.
 ARCHIVE_MARGIN = 60
 STANZA_OPERATION = "Ensure the off-site repository holds the database"
+PATHS = BackupPaths(HostLayout())
+METRICS = f"{HostLayout().textfile_dir}/restobot_containers.prom"
 
 
 def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -206,7 +210,8 @@ def test_resto_backup_offsite_info_shows_the_repository(stack, sent):
     assert proc.returncode == 0, proc.stderr
     info = json.loads(proc.stdout)
     assert (info["status"], info["cipher"], info["healthy"]) == ("ok", "aes-256-cbc", True)
-    assert [backup["type"] for backup in info["backups"]] == ["full"]
+    # The deploy's full backup, then the first nightly run's incremental (the full is not a week old).
+    assert [backup["type"] for backup in info["backups"]] == ["full", "incr"]
     assert info["wal_max"] >= sent.segment
 
 
@@ -214,3 +219,87 @@ def test_a_second_deploy_changes_nothing(stack):
     run = stack.deploy(release="e2e-offsite")
     assert run.returncode == 0, run.output_tail()
     assert changed_operations(run) == [], run.output_tail()
+
+
+def stored_marker(stack, text: str) -> str:
+    """One message carrying ``text``, answered 200, waited for in inbound_messages; its WAL segment."""
+    assert send_message(stack, f"Réservation {text}", f"3366{secrets.randbelow(10**8):08d}") == 200
+    poll(lambda: sql(stack, f"select count(*) from inbound_messages where payload::text like '%{text}%'"),
+         until=lambda count: count == "1", timeout=60, what=f"the message {text} stored")
+    return sql(stack, "select pg_walfile_name(pg_current_wal_lsn())")
+
+
+def holds(stack, text: str) -> bool:
+    return sql(stack, f"select count(*) from inbound_messages where payload::text like '%{text}%'") != "0"
+
+
+def resto_restore(stack, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "restobot.cli", "--inventory", str(stack.inventory), "local",
+                           "backup", "offsite", "restore", *args, "--yes", "--json"],
+                          capture_output=True, text=True, timeout=1800, cwd=REPO_ROOT)
+
+
+def test_a_restore_to_a_time_brings_back_the_rows_of_then_and_not_those_written_after(stack, sent):
+    before = f"PITR-BEFORE-{secrets.token_hex(6)}"
+    after = f"PITR-AFTER-{secrets.token_hex(6)}"
+    stored_marker(stack, before)
+    time.sleep(2)  # the target falls strictly between the two commits
+    target = sql(stack, "select to_char(now() at time zone 'utc', 'YYYY-MM-DD\"T\"HH24:MI:SS\"Z\"')")
+    time.sleep(2)
+    archived_up_to(stack, stored_marker(stack, after))  # the archive holds a commit past the target
+
+    proc = resto_restore(stack, "--to", target)
+
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    data = json.loads(proc.stdout)
+    assert data["restored_to"] == target and data["safety_dump"].startswith("/opt/resto/backups/before-restore-")
+    assert all(check["passed"] for check in data["smoke"]), data["smoke"]
+    assert (holds(stack, before), holds(stack, after), holds(stack, sent.marker)) == (True, False, True)
+    assert sql(stack, "select pg_is_in_recovery()") == "f"
+    assert send_message(stack, "after the restore", "33677700001") == 200  # customers answered again
+
+
+def test_the_first_deploy_runs_the_nightly_offsite_backup_once_and_schedules_it(stack):
+    assert any("Ensure a first off-site run has succeeded" in name for name in stack.first_deploy.changed)
+    assert stack.ssh("cat", PATHS.offsite_last_run).stdout.split()[1:] == ["ok"]
+    assert stack.ssh("cat", PATHS.offsite_last_success).stdout.split()[1:] == ["incr"]
+    cron = stack.ssh("cat", OFFSITE_CRON_FILE).stdout
+    user = stack.settings.get("host", {}).get("deploy_user", "deploy")
+    assert cron.splitlines()[-1] == f"37 3 * * * {user} {PATHS.offsite_script} >/dev/null", cron
+
+
+def test_the_container_states_report_the_offsite_run_for_its_alerts(stack):
+    text = poll(lambda: stack.ssh("cat", METRICS, check=False).stdout,
+                until=lambda text: "restobot_offsite_backup_last_run_success 1" in text, timeout=90, interval=5,
+                what="the off-site run reported in the container states")
+    assert "restobot_offsite_backup_last_success_timestamp_seconds " in text
+    rules = stack.ssh("cat", "/opt/resto/current/monitoring/prometheus/alerts.yml").stdout
+    assert "alert: RestobotOffsiteBackupFailed" in rules and "alert: RestobotOffsiteBackupTooOld" in rules
+
+
+def test_an_unreachable_offsite_host_fails_the_run_records_it_and_the_stack_keeps_serving(stack, offsite_host):
+    """The VPS cut from the off-site host's network: the nightly run fails and says why, its outcome is
+    recorded failed (RestobotOffsiteBackupFailed), customers are still answered; reconnected, the next run
+    succeeds."""
+    host, _ = offsite_host
+    resolver = docker("exec", stack.endpoint.container, "cat", "/etc/resolv.conf").stdout
+
+    def keep_resolver() -> None:  # docker rewrites it on a network change (see the stack fixture)
+        subprocess.run(["docker", "exec", "-i", stack.endpoint.container, "sh", "-c", "cat > /etc/resolv.conf"],
+                       input=resolver, text=True, check=True, timeout=60)
+
+    docker("network", "disconnect", host.network, stack.endpoint.container)
+    try:
+        keep_resolver()
+        failed = stack.ssh(PATHS.offsite_script, check=False, timeout=600)
+        recorded = stack.ssh("cat", PATHS.offsite_last_run).stdout.split()[1:]
+        served = send_message(stack, "e2e offsite unreachable", "33611100099")
+    finally:
+        docker("network", "connect", host.network, stack.endpoint.container)
+        keep_resolver()
+    assert failed.returncode == 1 and failed.stderr.startswith("offsite-backup: "), failed.stderr
+    assert recorded == ["failed"]
+    assert served == 200
+    again = stack.ssh(PATHS.offsite_script, check=False, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert stack.ssh("cat", PATHS.offsite_last_run).stdout.split()[1:] == ["ok"]

@@ -122,7 +122,7 @@ def test_fresh_database_gets_every_migration_applied(empty_database):
     assert list(result.applied) == SCHEMA_FILES
     assert ledger_names(empty_database) == SCHEMA_FILES
     assert {"inbound_messages", "outbound_messages", "security_events", "api_clients", "alert_state",
-            "schema_migrations"} <= user_tables(empty_database)
+            "quarantine", "schema_migrations"} <= user_tables(empty_database)
     for name in SCHEMA_FILES:
         assert f"Applying {name} ...\n" in out.getvalue()
         assert f"Applied {name} in " in out.getvalue()
@@ -514,6 +514,8 @@ def runbook_database(postgres_server):
               FROM generate_series(1, 50000) g""")
         conn.execute("INSERT INTO api_clients (name, token_hash, scopes) SELECT 'client-' || g, "
                      "encode(sha256(g::text::bytea), 'hex'), '{inbound:write}' FROM generate_series(1, 200) g")
+        conn.execute("INSERT INTO quarantine (channel, sender, created_by) "
+                     "SELECT 'whatsapp', '3361' || g, 'ops' FROM generate_series(1, 50) g")
         conn.execute("ANALYZE")
     yield url
     postgres_server.drop_database(name)
@@ -558,6 +560,8 @@ PIPELINE_LOOKUPS = {
                          "AND next_retry_at <= now() ORDER BY next_retry_at LIMIT 20", "outbound_messages_due_idx"),
     "api_token_lookup": ("SELECT id, scopes FROM api_clients WHERE token_hash = "
                          "encode(sha256('17'::bytea), 'hex') AND enabled", "api_clients_token_hash_key"),
+    "quarantine_lookup": ("SELECT 1 FROM quarantine WHERE channel = 'whatsapp' AND sender = '33617' "
+                          "AND (expires_at IS NULL OR expires_at > now())", "quarantine_channel_sender_key"),
 }
 
 
@@ -573,7 +577,7 @@ def test_runbook_query_runs_against_the_schema(runbook_database, name):
 
 # Tables that stay small (a few rows): a seq scan is the right plan there, so the
 # check is that the index can serve the lookup at all.
-SMALL_TABLES = {"api_token_lookup"}
+SMALL_TABLES = {"api_token_lookup", "quarantine_lookup"}
 
 
 @pytest.mark.parametrize("name", sorted(n for n, (_, idx) in {**RUNBOOK_QUERIES, **PIPELINE_LOOKUPS}.items() if idx))
@@ -627,6 +631,8 @@ INBOUND = ("INSERT INTO inbound_messages (channel, msg_id, conversation_key, sen
            "RETURNING id")
 OUTBOUND = ("INSERT INTO outbound_messages (channel, msg_id, inbound_message_id, conversation_key, recipient, payload) "
             "VALUES ('whatsapp', 'wamid.1', {inbound}, 'wa:123:33600000000', '33600000000', '{{\"text\": \"merci\"}}')")
+QUARANTINE = ("INSERT INTO quarantine (channel, sender, reason, created_by, expires_at) "
+              "VALUES ('whatsapp', '33600000000', 'spam', 'ops', NULL)")
 
 BAD_ROWS = {
     "inbound_duplicate_msg_id_per_channel": (
@@ -667,6 +673,12 @@ BAD_ROWS = {
     "api_client_duplicate_name": (
         [f"INSERT INTO api_clients (name, token_hash) VALUES ('ops', '{'a' * 64}')"],
         f"INSERT INTO api_clients (name, token_hash) VALUES ('ops', '{'b' * 64}')", errors.UniqueViolation),
+    "quarantine_same_sender_twice": (
+        [QUARANTINE], QUARANTINE, errors.UniqueViolation),
+    "quarantine_unknown_channel": ([], QUARANTINE.replace("'whatsapp'", "'telegram'"), errors.CheckViolation),
+    "quarantine_empty_sender": ([], QUARANTINE.replace("'33600000000'", "''"), errors.CheckViolation),
+    "quarantine_expiring_before_it_starts": (
+        [], QUARANTINE.replace("NULL)", "now() - interval '1 day')"), errors.CheckViolation),
     "alert_active_without_alert_time": (
         [], "UPDATE alert_state SET active = true WHERE alert_key = 'dlq_threshold'", errors.CheckViolation),
 }
@@ -698,6 +710,9 @@ def test_database_accepts_the_pipeline_life_of_a_message(db):
                "VALUES ('SIGNATURE_INVALID', 'whatsapp', '203.0.113.9', '{\"header\": \"sha256=...\"}')")
     db.execute(f"INSERT INTO api_clients (name, token_hash, scopes) VALUES ('ops-admin', '{'c' * 64}', "
                "'{admin:dlq,inbound:write}')")
+    db.execute("INSERT INTO security_events (event_type, channel, detail) "
+               "VALUES ('QUARANTINED', 'whatsapp', '{\"sender\": \"33600000000\"}')")
+    db.execute(QUARANTINE.replace("NULL)", "now() + interval '7 days')"))
     raised = db.execute("UPDATE alert_state SET active = true, last_value = 12, threshold = 10, "
                         "last_alerted_at = now() WHERE alert_key = 'dlq_threshold' AND NOT active").rowcount
     raised_again = db.execute("UPDATE alert_state SET active = true, last_alerted_at = now() "

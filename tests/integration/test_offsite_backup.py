@@ -178,11 +178,9 @@ def test_a_full_backup_is_in_the_offsite_repository(offsite, backed_up):
     assert "status: ok" in info and "full backup:" in info, info
 
 
-# Since the source database runs as the deployed stack's user (pg1-user, POSTGRES_USER), the restore
-# fails on opening one backup file over SFTP every time here ("libssh2 error [-31]: sftp error [4]
-# failure", as in pgbackrest/pgbackrest#2772); it passed with the image's default user. Open in #15.
-@pytest.mark.xfail(reason="pgBackRest's SFTP restore fails opening a backup file (sftp error 4), issue #15",
-                   strict=False)
+# Without repo1-bundle, this restore failed on the 1024th file it opened over SFTP ("libssh2 error
+# [-31]: sftp error [4] failure"): pgBackRest kept a handle per file read, and the SFTP server's
+# session had 1024 open files at most (its /proc/PID/fd counted 1024 when it failed).
 def test_restore_into_a_fresh_container_brings_back_the_rows_archived_after_the_backup(offsite, backed_up):
     fresh = offsite.postgres_container(offsite.settings, archiving=False, role="restored")
     offsite.pgbackrest(fresh, "restore")

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from harness.workflows_stack import (
+    previous_app_secret,
     Stack,
     http,
     missing_images,
@@ -30,8 +31,10 @@ def stack(tmp_path_factory):
     missing = missing_images()
     if missing:
         pytest.skip(f"local images not built ({', '.join(missing)}): run python -m harness.images build")
-    with running_stack(tmp_path_factory.mktemp("wfstack"), tmp_path_factory.mktemp("wfdir"), {"w8": "RbW8DlqHandler00"}) as running:
+    with running_stack(tmp_path_factory.mktemp("wfstack"), tmp_path_factory.mktemp("wfdir"), {"w8": "RbW8DlqHandler00"},
+                       previous_app_secret(hours=1)) as running:
         yield running
+
 
 
 def post(stack: Stack, channel: str, payload: dict, *, sign: bool = True, secret: str | None = None,
@@ -168,6 +171,16 @@ def test_enforce_refuses_a_bad_signature_and_stores_nothing(stack):
                                predicate=lambda r: len(r) > before)) == before + 1
 
 
+def test_a_message_signed_with_the_previous_app_secret_is_stored_during_its_overlap(stack):
+    """After ``resto STAGE secrets rotate META_APP_SECRET``: deliveries Meta signed with the old secret
+    are still taken until META_APP_SECRET_PREVIOUS_UNTIL (test_workflows_faults: refused after it)."""
+    payload = meta.whatsapp_text("bonjour", sender="33600000501")
+    wamid = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
+    answer, _ = post(stack, "whatsapp", payload, secret=stack.environ["META_APP_SECRET_PREVIOUS"])
+    assert answer.status == 200, answer.text
+    assert stack.query("select count(*) from inbound_messages where msg_id = %s", wamid) == [(1,)]
+
+
 def test_enforce_refuses_a_missing_signature_at_the_gateway(stack):
     """Nginx refuses it: n8n never runs, so not even a security event is written."""
     before = len(events(stack, "SIGNATURE_MISSING"))
@@ -278,6 +291,64 @@ def test_more_than_the_limit_in_30s_is_dropped_and_recorded(stack):
     limited = stack.query("select count(*) from security_events where event_type = 'RATE_LIMIT' "
                           "and detail ->> 'conversation_key' = %s", key)
     assert limited == [(2,)]
+
+
+# --- quarantine -----------------------------------------------------------------------------
+
+
+def random_sender(prefix: str = "336") -> str:
+    return prefix + str(secrets.randbelow(10**8)).zfill(8)
+
+
+def quarantine(stack: Stack, channel: str, sender: str, expires: str = "NULL") -> None:
+    stack.query("insert into quarantine (channel, sender, reason, created_by, created_at, expires_at) "
+                f"values (%s, %s, 'test', 'pytest', now() - interval '2 days', {expires})", channel, sender)
+
+
+def whatsapp_id(payload: dict, index: int = 0) -> str:
+    return payload["entry"][0]["changes"][0]["value"]["messages"][index]["id"]
+
+
+def test_quarantined_sender_is_answered_200_not_stored_not_replied_and_recorded(stack):
+    quarantined, other = random_sender(), random_sender()
+    quarantine(stack, "whatsapp", quarantined)
+    other_message = meta.whatsapp_text("bonjour", sender=other)["entry"][0]["changes"][0]["value"]["messages"][0]
+    payload = meta.whatsapp_text("bonjour, spam", sender=quarantined, extra_messages=[other_message])
+    dropped, kept = whatsapp_id(payload), whatsapp_id(payload, 1)
+    answer, _ = post(stack, "whatsapp", payload)
+    assert (answer.status, answer.text) == (200, "EVENT_RECEIVED")
+    # Recorded before the answer, in the same statement that stores the batch.
+    assert events_for(stack, "QUARANTINED", dropped) == [("whatsapp", {"sender": quarantined, "msg_id": dropped})]
+    # The other sender of the same batch goes through the whole pipeline: W2 has run for this batch.
+    stack.wait_rows("select status from outbound_messages where msg_id = %s", kept,
+                    predicate=lambda r: r and r[0][0] == "SENT")
+    assert stack.query("select msg_id from inbound_messages where sender = any(%s)", [quarantined, other]) == [(kept,)]
+    assert stack.query("select id from outbound_messages where msg_id = %s", dropped) == []
+    assert events_for(stack, "REPLAY", dropped) == []
+
+
+def test_quarantine_is_per_channel_and_expired_entries_no_longer_drop(stack):
+    sender = random_sender("1784")
+    quarantine(stack, "messenger", sender)
+    expired = random_sender()
+    quarantine(stack, "whatsapp", expired, expires="now() - interval '1 minute'")
+    on_messenger = meta.messaging_text("messenger", "hello", sender=sender)
+    on_instagram = meta.messaging_text("instagram", "hello", sender=sender)
+    after_expiry = meta.whatsapp_text("bonjour", sender=expired)
+    for channel, payload in (("messenger", on_messenger), ("instagram", on_instagram), ("whatsapp", after_expiry)):
+        assert post(stack, channel, payload)[0].status == 200
+    mid = on_messenger["entry"][0]["messaging"][0]["message"]["mid"]
+    assert events_for(stack, "QUARANTINED", mid) == [("messenger", {"sender": sender, "msg_id": mid})]
+    stored = stack.query("select channel from inbound_messages where sender = any(%s) order by channel",
+                         [sender, expired])
+    assert stored == [("instagram",), ("whatsapp",)]
+    assert stack.query("select count(*) from security_events where event_type = 'QUARANTINED' "
+                       "and detail ->> 'sender' = any(%s)", [sender, expired]) == [(1,)]
+
+
+def events_for(stack: Stack, event_type: str, msg_id: str) -> list[tuple]:
+    return stack.query("select channel, detail from security_events where event_type = %s "
+                       "and detail ->> 'msg_id' = %s", event_type, msg_id)
 
 
 # --- outbound errors ----------------------------------------------------------------------

@@ -11,7 +11,9 @@ import time
 
 import pytest
 
+from harness.poll import poll
 from harness.workflows_stack import (
+    previous_app_secret,
     Stack,
     docker,
     http,
@@ -34,7 +36,8 @@ def stack(tmp_path_factory):
     missing = missing_images()
     if missing:
         pytest.skip(f"local images not built ({', '.join(missing)}): run python -m harness.images build")
-    with running_stack(tmp_path_factory.mktemp("wfstack"), tmp_path_factory.mktemp("wfdir"), {"w4": SWEEPER_ID}) as running:
+    with running_stack(tmp_path_factory.mktemp("wfstack"), tmp_path_factory.mktemp("wfdir"), {"w4": SWEEPER_ID},
+                       previous_app_secret(hours=-1)) as running:
         yield running
 
 
@@ -181,9 +184,47 @@ def test_postgres_stopped_under_a_delivery_loses_nothing(stack):
     assert_the_rule_held(stack, answer, payload, "33600000406")
 
 
+def test_postgres_gone_while_meta_answers_a_reply_records_it_once_back_and_never_resends_it(stack):
+    """The reply reached Meta, then PostgreSQL went away before W3 recorded it: W3 retries the record
+    until PostgreSQL is back. Without that, the row keeps its 2-minute lease and is sent a second time."""
+    stack.graph_reset()
+    stack.graph_script({"status": 200, "delay": 4})  # Meta's answer comes while PostgreSQL is down
+    sender = "33600000409"
+    payload = meta.whatsapp_text("bonjour", sender=sender)
+    assert deliver(stack, payload).status == 200
+    poll(lambda: replies_sent_to(stack, sender), until=lambda sent: sent == 1, timeout=60, interval=0.3,
+         what="the reply at the Graph API double")
+    docker("stop", "--time", "1", stack.name("postgres"))
+    time.sleep(7)
+    docker("start", stack.name("postgres"))
+    stack.forget_published_ports()
+    stack.wait_postgres()
+    rows = stack.wait_rows("select status, provider_message_id from outbound_messages where msg_id = %s",
+                           wamid_of(payload), predicate=lambda rows: rows and rows[0][0] == "SENT", timeout=60)
+    assert rows[0][1].startswith("wamid.DOUBLE")
+    assert replies_sent_to(stack, sender) == 1
+    stack.wait_n8n()  # left serving: n8n reconnects to PostgreSQL before it answers ready again
+
+
+def test_a_message_signed_with_the_previous_app_secret_after_its_overlap_is_refused_and_recorded(stack):
+    """The overlap over (META_APP_SECRET_PREVIOUS_UNTIL an hour ago), the old secret is a wrong one."""
+    stack.wait_n8n()  # a 503 from the gateway (n8n not ready) would say nothing of the signature
+    payload = meta.whatsapp_text("bonjour", sender="33600000502")
+    body = meta.encode(payload)
+    before = stack.query("select count(*) from security_events where event_type = 'SIGNATURE_INVALID'")[0][0]
+    answer = http("POST", f"{stack.gateway_url}/v1/inbound/whatsapp", body, {
+        "Content-Type": "application/json",
+        "X-Hub-Signature-256": meta.sign(body, stack.environ["META_APP_SECRET_PREVIOUS"])})
+    assert answer.status == 403
+    assert stack.query("select count(*) from inbound_messages where msg_id = %s", wamid_of(payload)) == [(0,)]
+    stack.wait_rows("select count(*) from security_events where event_type = 'SIGNATURE_INVALID'",
+                    predicate=lambda rows: rows[0][0] == before + 1)
+
+
 def test_a_message_postgresql_refuses_is_refused_and_so_is_its_retry(stack):
     """Its retry too: nothing may count the first delivery as seen (a replay check before the insert
     did, and answered the retry 200 with nothing stored)."""
+    stack.wait_n8n()  # else the gateway's 503 for an n8n not ready would pass for PostgreSQL's refusal
     payload = meta.whatsapp_text("nul \u0000 byte", sender="33600000407")  # jsonb cannot hold \u0000
     answers = [deliver(stack, payload) for _ in range(2)]
     assert all(answer.status >= 500 for answer in answers), [(a.status, a.text[:200]) for a in answers]

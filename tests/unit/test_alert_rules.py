@@ -143,12 +143,14 @@ CASES: dict[str, Case] = {
         description=f"Above 500 for {SUSTAINED} minutes: the worker does not keep up."),
     "RestobotErrorsPerHour": Case(
         firing={f'{EVENTS}{{event_type="AUTH_FAILED"}}': 5, f'{EVENTS}{{event_type="PAYLOAD_INVALID"}}': 3},
-        # Meta's retries (REPLAY) and rate limiting have their own meaning: not errors.
+        # Meta's retries (REPLAY), rate limiting and a quarantined sender's refused messages have their
+        # own meaning: not errors.
         silent={f'{EVENTS}{{event_type="AUTH_FAILED"}}': 4, f'{EVENTS}{{event_type="PAYLOAD_INVALID"}}': 3,
-                f'{EVENTS}{{event_type="REPLAY"}}': 500, f'{EVENTS}{{event_type="RATE_LIMIT"}}': 500},
+                f'{EVENTS}{{event_type="REPLAY"}}': 500, f'{EVENTS}{{event_type="RATE_LIMIT"}}': 500,
+                f'{EVENTS}{{event_type="QUARANTINED"}}': 500},
         labels={"severity": "warning"},
         summary="8 errors in the last hour",
-        description="security_events other than REPLAY and RATE_LIMIT, above 7 per hour."),
+        description="security_events other than REPLAY, RATE_LIMIT and QUARANTINED, above 7 per hour."),
     "RestobotSignatureErrors": Case(
         firing={f'{EVENTS}{{event_type="SIGNATURE_INVALID"}}': 3, f'{EVENTS}{{event_type="SIGNATURE_MISSING"}}': 2},
         silent={f'{EVENTS}{{event_type="SIGNATURE_INVALID"}}': 2, f'{EVENTS}{{event_type="SIGNATURE_MISSING"}}': 2,
@@ -278,3 +280,55 @@ def test_the_runbook_alerts_each_have_a_rule(rules):
     }
     missing = {item: name for item, name in runbook.items() if name not in rule_names(rules)}
     assert not missing
+
+
+# --- the off-site backup's alerts: rendered only while offsite_backup is enabled ---------------------
+
+OFFSITE = {"enabled": True, "schedule": "37 3 * * *",
+           "sftp": {"host": "backup.example.net", "user": "u12345", "path": "/backups/resto",
+                    "host_key": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAINsycvnFokzgwk+wg/3g55PO3cJm/0hW975MP6JNfpp8",  # pragma: allowlist secret
+                    "key_path": "/home/ops/.ssh/resto-offsite"}}
+# A day's schedule: 24 h + 10 % + an hour.
+OFFSITE_MAX_AGE = int(86400 * 1.1) + 3600
+OFFSITE_CASES: dict[str, Case] = {
+    "RestobotOffsiteBackupFailed": Case(
+        firing={"restobot_offsite_backup_last_run_success": 0},
+        silent={"restobot_offsite_backup_last_run_success": 1},
+        labels={"severity": "critical"},
+        summary="The last off-site backup run failed",
+        description="Tonight's pgBackRest backup, check or verify failed (the backup log on the host says which); "
+                    "WAL archiving may have stopped too: resto STAGE backup offsite info --check."),
+    "RestobotOffsiteBackupTooOld": Case(
+        firing={"restobot_offsite_backup_last_success_timestamp_seconds": EVAL_SECONDS - OFFSITE_MAX_AGE - 3600},
+        silent={"restobot_offsite_backup_last_success_timestamp_seconds": EVAL_SECONDS - OFFSITE_MAX_AGE + 3600},
+        labels={"severity": "critical"},
+        summary=f"No successful off-site backup run for over {OFFSITE_MAX_AGE / 3600:g} h",
+        description="The schedule '37 3 * * *' should have produced one: check cron and the backup's log."),
+}
+
+
+@pytest.fixture(scope="module")
+def offsite_rules(tmp_path_factory) -> Path:
+    settings = settings_for_stage("production", generate_secrets(), monitoring=MONITORING, pipeline=PIPELINE,
+                                  offsite_backup=OFFSITE)
+    directory = tmp_path_factory.mktemp("offsite-monitoring")
+    write_release(render_monitoring(settings), directory)
+    return directory / "monitoring" / "prometheus" / "alerts.yml"
+
+
+def test_the_offsite_alerts_are_added_while_offsite_is_enabled(offsite_rules):
+    assert sorted(rule_names(offsite_rules)) == sorted({**CASES, **OFFSITE_CASES})
+
+
+@pytest.mark.parametrize("name", sorted(OFFSITE_CASES))
+def test_offsite_alert_fires_above_its_threshold_and_stays_silent_below(promtool, offsite_rules, name):
+    case = OFFSITE_CASES[name]
+    fired = promtool_test(promtool, offsite_rules, name, case.firing, expected(case))
+    silent = promtool_test(promtool, offsite_rules, name, case.silent, [])
+    assert (fired.returncode, silent.returncode) == (0, 0), fired.stdout + fired.stderr + silent.stdout + silent.stderr
+
+
+def test_offsite_too_old_fires_when_no_run_was_ever_recorded(promtool, offsite_rules):
+    result = promtool_test(promtool, offsite_rules, "RestobotOffsiteBackupTooOld", {'up{job="node"}': 1},
+                           expected(OFFSITE_CASES["RestobotOffsiteBackupTooOld"]))
+    assert result.returncode == 0, result.stdout + result.stderr

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import datetime
+import fcntl
+import getpass
 import hashlib
+import json
 import subprocess
 from pathlib import Path
 
@@ -125,6 +128,51 @@ def test_rendered_scripts_are_valid_posix_sh(template, tmp_path):
     assert proc.returncode == 0, proc.stderr
     execs = [line for line in text.splitlines() if "docker exec" in line and not line.lstrip().startswith("#")]
     assert not [line for line in execs if " -t " in line or " -it " in line]  # a TTY corrupts binary output
+
+
+def rendered_backup(tmp_path: Path) -> tuple[Path, Path]:
+    """bin/backup rendered for a base dir under ``tmp_path``, run as the current user: (script, its last-run record)."""
+    paths = BackupPaths(HostLayout(str(tmp_path / "base")))
+    values = {**script_values(BackupSettings(), getpass.getuser(), paths), "log": str(tmp_path / "backup.log")}
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    script = tmp_path / "backup"
+    script.write_text(env.from_string((TEMPLATES / "backup.sh.j2").read_text()).render(**values))
+    Path(paths.layout.state_dir).mkdir(parents=True)
+    return script, Path(paths.last_run)
+
+
+def test_the_last_run_is_recorded_outside_the_backups_directory():
+    assert PATHS.last_run == "/opt/resto/state/backup-last-run"
+    assert not PATHS.last_run.startswith(PATHS.directory)
+    assert script_values(BackupSettings(), "deploy", PATHS)["last_run"] == "/opt/resto/state/backup-last-run"
+
+
+def test_a_failed_backup_records_failed_as_its_last_run(tmp_path):
+    script, last_run = rendered_backup(tmp_path)
+    last_run.write_text("2026-12-01T03:17:02Z ok\n")
+
+    proc = subprocess.run(["sh", str(script)], check=False, capture_output=True, text=True, timeout=30)
+
+    assert proc.returncode == 1
+    assert "scheduled is missing" in proc.stderr
+    assert last_run.read_text().split()[1:] == ["failed"]
+    assert [path.name for path in last_run.parent.iterdir()] == [last_run.name]  # renamed whole
+    assert last_run.stat().st_mode & 0o777 == 0o600
+
+
+def test_a_run_that_finds_another_running_records_nothing(tmp_path):
+    script, last_run = rendered_backup(tmp_path)
+    directory = tmp_path / "base" / "backups" / "scheduled"
+    directory.mkdir(parents=True)
+    last_run.write_text("2026-12-01T03:17:02Z ok\n")
+
+    with open(directory / ".lock", "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        proc = subprocess.run(["sh", str(script)], check=False, capture_output=True, text=True, timeout=30)
+
+    assert proc.returncode == 1
+    assert "another backup is running" in proc.stderr
+    assert last_run.read_text() == "2026-12-01T03:17:02Z ok\n"
 
 
 # --- counts ---------------------------------------------------------------------------------
@@ -276,3 +324,48 @@ def test_restore_argvs_use_no_tty_and_stop_at_the_first_error():
         ["docker", "exec", "pg", "sh", "-c", backup_helper.PSQL, "n8n", 'DROP DATABASE IF EXISTS "restore_check" WITH (FORCE)'],
         ["docker", "exec", "pg", "sh", "-c", backup_helper.PSQL, "n8n", 'CREATE DATABASE "restore_check"'],
     )
+
+
+# --- which backup verify restores (bin/backup-verify [DUMP]) ----------------------------------------
+
+
+def test_verify_chooses_the_newest_complete_backup_by_default(tmp_path):
+    write_backup(tmp_path, "2026-11-01T03:17:00")
+    newest = write_backup(tmp_path, "2026-11-02T03:17:00")
+    write_backup(tmp_path, "2026-11-03T03:17:00", complete=False)
+
+    assert backup_helper.chosen_backup(tmp_path, None).dump == newest
+
+
+@pytest.mark.parametrize("named", ["path", "name"])
+def test_verify_chooses_the_named_backup_by_path_or_file_name(tmp_path, named):
+    older = write_backup(tmp_path, "2026-11-01T03:17:00")
+    write_backup(tmp_path, "2026-11-02T03:17:00")
+
+    chosen = backup_helper.chosen_backup(tmp_path, older if named == "path" else Path(older.name))
+
+    assert chosen.dump == older
+
+
+@pytest.mark.parametrize("dump", ["resto-20261103T031700Z.dump", "elsewhere/resto-20261101T031700Z.dump",
+                                  "resto-20261101T031700Z.globals.sql"])
+def test_verify_refuses_a_dump_that_is_not_a_complete_backup_of_the_directory(tmp_path, dump):
+    write_backup(tmp_path, "2026-11-01T03:17:00")
+    write_backup(tmp_path, "2026-11-03T03:17:00", complete=False)
+    named = tmp_path / dump if "/" in dump else Path(dump)
+
+    assert backup_helper.chosen_backup(tmp_path, named) == (
+        f"{named} is not a complete backup of {tmp_path} (a resto-<time>.dump with its .json); "
+        f"list them with: ls {tmp_path}")
+
+
+def test_verify_of_an_unknown_dump_reports_it_and_exits_1_before_any_restore(tmp_path, capsys):
+    write_backup(tmp_path, "2026-11-01T03:17:00")
+
+    status = backup_helper.main(["verify", "--dir", str(tmp_path), "--container", "no-such-container",
+                                 "resto-20991231T000000Z.dump"])
+
+    report = json.loads(capsys.readouterr().out)
+    assert status == 1
+    assert (report["ok"], report["dump"], report["restore_seconds"]) == (False, "resto-20991231T000000Z.dump", 0)
+    assert report["error"].startswith("resto-20991231T000000Z.dump is not a complete backup of ")

@@ -82,7 +82,10 @@ def test_one_cron_run_samples_a_minute_at_the_interval():
 def test_cron_runs_the_program_as_root_every_minute_for_every_service():
     assert monitoring.cron_file(LAYOUT, 15).splitlines()[-1] == (
         "* * * * * root python3 /opt/resto/bin/restobot_container_states.py --dir /opt/resto/metrics "
-        "--project resto --backup-stamp /opt/resto/backups/scheduled/last-success --samples 4 --every 15 --cpu n8n-main --cpu n8n-worker postgres redis n8n-main "
+        "--project resto --backup-stamp /opt/resto/backups/scheduled/last-success "
+        "--backup-last-run /opt/resto/state/backup-last-run "
+        "--offsite-stamp /opt/resto/state/offsite-backup-last-success "
+        "--offsite-last-run /opt/resto/state/offsite-backup-last-run --samples 4 --every 15 --cpu n8n-main --cpu n8n-worker postgres redis n8n-main "
         "n8n-worker nginx traefik prometheus alertmanager node-exporter postgres-exporter redis-exporter "
         "blackbox-exporter >/dev/null"
     )
@@ -102,3 +105,50 @@ def test_the_backup_s_last_success_is_its_stamp_s_time_and_absent_without_one(tm
     os.utime(stamp, (1796000000, 1796000000))
     assert lines(states.backup_metrics(states.stamp_mtime(str(stamp)))) == [
         "restobot_backup_last_success_timestamp_seconds 1796000000"]
+
+
+def test_the_backup_s_last_run_reads_1_when_it_recorded_ok_and_0_when_it_recorded_failed():
+    assert lines(states.last_run_metrics("2026-12-02T03:17:02Z ok\n")) == ["restobot_backup_last_run_success 1"]
+    assert lines(states.last_run_metrics("2026-12-02T03:17:02Z failed\n")) == ["restobot_backup_last_run_success 0"]
+
+
+def test_the_backup_s_last_run_is_absent_without_a_record_or_with_one_that_reads_otherwise(tmp_path):
+    assert states.read_record(str(tmp_path / "backup-last-run")) is None
+    assert states.read_record(None) is None
+    assert [states.last_run_metrics(text) for text in (None, "", "ok", "2026-12-02T03:17:02Z done\n",
+                                                       "2026-12-02T03:17:02Z ok extra\n")] == [""] * 5
+
+
+def test_a_sample_writes_the_backup_s_last_run_with_the_containers(tmp_path, monkeypatch):
+    record_file = tmp_path / "backup-last-run"
+    record_file.write_text("2026-12-02T03:17:02Z failed\n")
+    outputs = {"ps": json.dumps(record("nginx", "running", "Up 1 minute")) + "\n"}
+    monkeypatch.setattr(states, "run", lambda argv: outputs.get(argv[1], ""))
+    states.sample(str(tmp_path), "resto", ["nginx"], [], None, str(record_file))
+    assert lines((tmp_path / states.OUTPUT).read_text()) == [
+        'restobot_container_running{service="nginx"} 1', "restobot_backup_last_run_success 0"]
+
+
+def test_the_offsite_backup_s_metrics_are_its_stamp_s_time_and_its_recorded_outcome(tmp_path):
+    stamp = tmp_path / "offsite-backup-last-success"
+    stamp.write_text("2026-12-02T03:37:40Z incr\n")
+    os.utime(stamp, (1796000000, 1796000000))
+    assert lines(states.offsite_metrics(states.stamp_mtime(str(stamp)), "2026-12-02T03:37:40Z failed\n")) == [
+        "restobot_offsite_backup_last_success_timestamp_seconds 1796000000",
+        "restobot_offsite_backup_last_run_success 0"]
+
+
+def test_the_offsite_backup_s_metrics_are_absent_while_it_never_ran(tmp_path):
+    """Off-site disabled (or not run yet): no files, no metric (its alerts are not even rendered then)."""
+    assert states.offsite_metrics(states.stamp_mtime(str(tmp_path / "none")),
+                                  states.read_record(str(tmp_path / "none"))) == ""
+
+
+def test_a_sample_writes_the_offsite_backup_s_last_run_after_the_nightly_dump_s(tmp_path, monkeypatch):
+    (tmp_path / "backup-last-run").write_text("2026-12-02T03:17:02Z ok\n")
+    (tmp_path / "offsite-last-run").write_text("2026-12-02T03:37:40Z ok\n")
+    monkeypatch.setattr(states, "run", lambda argv: "")
+    states.sample(str(tmp_path), "resto", [], [], None, str(tmp_path / "backup-last-run"), None,
+                  str(tmp_path / "offsite-last-run"))
+    assert lines((tmp_path / states.OUTPUT).read_text()) == [
+        "restobot_backup_last_run_success 1", "restobot_offsite_backup_last_run_success 1"]

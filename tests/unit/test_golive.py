@@ -218,3 +218,17 @@ def test_receiver_urls_read_the_rendered_alertmanager_config(production_data, se
     other = next(name for name in golive.RECEIVER_CONFIGS if name != alert_format)
     assert golive.receiver_urls(text, golive.ALERT_RECEIVER, other) == []
     assert golive.receiver_urls(text, "another-receiver", alert_format) == []
+
+
+def test_the_checklist_can_be_narrowed_to_its_meta_module(tmp_path):
+    argv = golive.pytest_argv(tmp_path / "inv.py", tmp_path / "r.xml", workers=0, select=None,
+                              modules=[golive.META_CHECKS])
+    paths = argv[argv.index("pytest") + 1:argv.index("-c")]
+    assert paths == [str(golive.CHECKS_DIR / "test_meta.py")]
+    assert (golive.CHECKS_DIR / golive.META_CHECKS).is_file()
+
+
+def test_the_checklist_outside_a_checkout_is_a_clear_error(monkeypatch, tmp_path):
+    monkeypatch.setattr(golive, "CHECKS_DIR", tmp_path / "checks")
+    with pytest.raises(golive.ChecklistNotRun, match="run it from a checkout of the project"):
+        golive.run_checklist(tmp_path / "inv.py")

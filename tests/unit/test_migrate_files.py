@@ -110,5 +110,6 @@ def test_the_repo_schema_loads_in_order_and_every_file_is_transactional():
         "0004_api_clients.sql",
         "0005_alert_state.sql",
         "0006_inbound_redrive.sql",
+        "0007_quarantine.sql",
     ]
     assert all(m.transactional for m in migrations)

@@ -68,7 +68,7 @@ def test_enabled_sftp_loads(production_data, secret_env):
 
 def test_enabled_sftp_without_its_host_is_refused(production_data, secret_env):
     assert problems_of(offsite(production_data, enabled=True), secret_env) == [
-        "offsite_backup: sftp: required while enabled is true and repository is 'sftp' "
+        "offsite_backup.sftp: required while enabled is true and repository is 'sftp' "
         "(host, user, host_key; or set enabled: false)"
     ]
 
@@ -76,7 +76,7 @@ def test_enabled_sftp_without_its_host_is_refused(production_data, secret_env):
 def test_enabled_without_passphrase_names_the_variable(production_data, secret_env):
     del secret_env["OFFSITE_BACKUP_PASSPHRASE"]
     [problem] = problems_of(offsite(production_data, enabled=True, sftp=SFTP), secret_env)
-    assert problem.startswith("offsite_backup: cipher_passphrase: required while enabled is true (set "
+    assert problem.startswith("offsite_backup.cipher_passphrase: required while enabled is true (set "
                               "OFFSITE_BACKUP_PASSPHRASE")
     assert "keep a copy off the VPS" in problem
 
@@ -128,7 +128,7 @@ def test_relative_repository_path_is_refused(production_data, secret_env):
 def test_retention_that_cannot_hold_the_window_is_refused(production_data, secret_env):
     data = offsite(production_data, enabled=True, sftp=SFTP, pitr_days=30, full_backups_kept=4)
     assert problems_of(data, secret_env) == [
-        "offsite_backup: full_backups_kept: 4 full backups every 7 days cannot hold a 30-day point-in-time "
+        "offsite_backup.full_backups_kept: 4 full backups every 7 days cannot hold a 30-day point-in-time "
         "window (it needs 6); raise full_backups_kept or lower pitr_days"
     ]
 
@@ -183,6 +183,7 @@ def test_sftp_configuration_by_value(production_data, secret_env):
         "repo1-retention-archive=2",
         "archive-async=n",
         "compress-type=zst",
+        "repo1-bundle=y",
         "start-fast=y",
         "log-level-console=info",
         "log-level-file=off",
@@ -267,7 +268,7 @@ def postgres_service(settings, context=None) -> dict:
 def test_login_key_path_is_required(production_data, secret_env):
     sftp = {key: value for key, value in SFTP.items() if key != "key_path"}
     [problem] = problems_of(offsite(production_data, enabled=True, sftp=sftp), secret_env)
-    assert problem.startswith("offsite_backup: sftp.key_path: required while enabled is true")
+    assert problem.startswith("offsite_backup.sftp.key_path: required while enabled is true")
 
 
 def test_release_ships_the_configuration_and_the_key_owner_only(enabled, secret_env, login_key):

@@ -105,9 +105,10 @@ def test_keyring_fingerprint_check():
 
 def test_docker_daemon_config_rotates_logs():
     assert json.loads(docker_daemon_config(HostSettings(docker_log_max_size="20m", docker_log_max_files=5))) == {
-        "log-driver": "json-file", "log-opts": {"max-file": "5", "max-size": "20m"},
+        "live-restore": True, "log-driver": "json-file", "log-opts": {"max-file": "5", "max-size": "20m"},
     }
     assert docker_daemon_config(HostSettings()).endswith("}\n")
+    assert json.loads(docker_daemon_config(HostSettings(docker_live_restore=False)))["live-restore"] is False
 
 
 def test_sshd_effective_values_spell_prohibit_password_as_sshd_prints_it():

@@ -103,9 +103,10 @@ def test_a_route_n8n_does_not_know_is_waited_for_then_named():
 
 FAKE_N8N_MAIN = r"""
 const http = require('http');
-const healthy = process.argv[1] === 'healthy';
+const mode = process.argv[1];
 http.createServer((req, res) => {
-  if (req.url === '/healthz') { res.statusCode = healthy ? 200 : 503; res.end(); return; }
+  if (req.url === '/healthz/readiness') { res.statusCode = mode === 'ready' ? 200 : 503; res.end(); return; }
+  if (mode === 'starting') { res.end('n8n is starting up. Please wait'); return; }  // n8n 2.x, migrating
   if (req.url.includes('answers')) { res.end('ok'); return; }
   if (req.url.includes('queued')) return;  // its execution waits behind others: no answer yet
   res.statusCode = 404; res.end();
@@ -113,9 +114,14 @@ http.createServer((req, res) => {
 """
 
 
-@pytest.mark.parametrize("health, queued", [("healthy", 102), ("stuck", 0)])
-def test_the_probe_reports_answered_queued_and_unknown_routes(monkeypatch, health, queued):
-    """The probe script itself, under node, against a stand-in of n8n main on a free port."""
+@pytest.mark.parametrize("mode, expected", [
+    ("ready", {"GET answers": 200, "POST queued": 102, "POST unknown": 404}),
+    ("starting", {"GET answers": 0, "POST queued": 0, "POST unknown": 0}),
+    ("stuck", {"GET answers": 0, "POST queued": 0, "POST unknown": 0}),
+])
+def test_the_probe_counts_routes_only_while_n8n_says_it_is_ready(monkeypatch, mode, expected):
+    """The probe script itself, under node, against a stand-in of n8n main on a free port. Starting,
+    n8n answers every path 200 "starting up": that is not a workflow's answer."""
     import json
     import shutil
 
@@ -123,7 +129,7 @@ def test_the_probe_reports_answered_queued_and_unknown_routes(monkeypatch, healt
     node = shutil.which("node")
     if node is None:
         pytest.fail("node is needed to run the importer's probe script (scripts/setup-host installs it)")
-    server = subprocess.Popen([node, "-e", FAKE_N8N_MAIN, health], stdout=subprocess.PIPE, text=True)
+    server = subprocess.Popen([node, "-e", FAKE_N8N_MAIN, mode], stdout=subprocess.PIPE, text=True)
     try:
         port = int(server.stdout.readline())
         monkeypatch.setattr(workflows, "PENDING_AFTER_MS", 500)
@@ -132,4 +138,4 @@ def test_the_probe_reports_answered_queued_and_unknown_routes(monkeypatch, healt
         out = subprocess.run([node, *argv[1:]], capture_output=True, text=True, timeout=20, check=True).stdout
     finally:
         server.kill()
-    assert json.loads(out) == {"GET answers": 200, "POST queued": queued, "POST unknown": 404}
+    assert json.loads(out) == expected
