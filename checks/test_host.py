@@ -71,14 +71,37 @@ def test_memory_usage_is_under_threshold(target, evidence):
     evidence(f"{used:.0f}% used (< {threshold}%)")
 
 
-@pytest.mark.parametrize("service", ["n8n-main", "n8n-worker"])
-def test_container_cpu_is_under_threshold(target, service, evidence):
+CPU_WATCHED = ("n8n-main", "n8n-worker")
+# docker stats --no-stream reads one second or two: right after a deploy that is n8n's start (95 % once,
+# on the demo), not its load. The mean of a few readings is what the check and its alert look at.
+CPU_READINGS = 4
+
+
+@pytest.fixture(scope="module")
+def cpu_readings(target) -> dict[str, list[float] | str]:
+    """Each n8n container's CPU percent, read CPU_READINGS times together, or why it could not be read."""
+    readings: dict[str, list[float] | str] = {service: [] for service in CPU_WATCHED}
+    names = {container(service): service for service in CPU_WATCHED}
+    for _ in range(CPU_READINGS):
+        result = target.run("docker", "stats", "--no-stream", "--format", "{{.Name}} {{.CPUPerc}}", *names)
+        if result.rc != 0:
+            return {service: f"docker stats: {result.stderr.strip()}" for service in CPU_WATCHED}
+        for line in result.stdout.splitlines():
+            name, _, percent = line.partition(" ")
+            if name in names:
+                readings[names[name]].append(float(percent.strip().rstrip("%") or 0))
+    return readings
+
+
+@pytest.mark.parametrize("service", CPU_WATCHED)
+def test_container_cpu_is_under_threshold(target, service, cpu_readings, evidence):
     threshold = target.settings.monitoring.cpu_percent
-    result = target.run("docker", "stats", "--no-stream", "--format", "{{.CPUPerc}}", container(service))
-    assert result.rc == 0, f"docker stats {container(service)}: {result.stderr.strip()}"
-    cpu = float(result.stdout.strip().rstrip("%") or 0)
-    assert cpu < threshold, f"{container(service)} uses {cpu:.0f}% CPU (threshold {threshold}%)"
-    evidence(f"{cpu:.1f}% CPU (< {threshold}%)")
+    readings = cpu_readings[service]
+    assert isinstance(readings, list) and readings, f"{container(service)}: {readings or 'not running'}"
+    cpu = sum(readings) / len(readings)
+    shown = ", ".join(f"{reading:.0f}" for reading in readings)
+    assert cpu < threshold, f"{container(service)} uses {cpu:.0f}% CPU on average ({shown}; threshold {threshold}%)"
+    evidence(f"{cpu:.1f}% CPU on average of {len(readings)} readings (< {threshold}%)")
 
 
 def test_redis_queue_is_under_threshold(target, evidence):
