@@ -62,6 +62,7 @@ class ThrowawayPostgres:
     password: str = ""
     process: subprocess.Popen | None = None
     user: str = "postgres"
+    settings: tuple[str, ...] = ()  # further server settings, "name=value", as postgres -c takes them
 
     def _as_server_user(self) -> list[str]:
         if os.geteuid() != 0:
@@ -96,7 +97,8 @@ class ThrowawayPostgres:
         self.process = subprocess.Popen(
             [*self._as_server_user(), str(self.bindir / "postgres"), "-D", str(data), "-k", str(sockets),
              "-p", str(self.port), "-h", "127.0.0.1", "-c", "fsync=off", "-c", "synchronous_commit=off",
-             "-c", "full_page_writes=off", "-c", "max_connections=100"],
+             "-c", "full_page_writes=off", "-c", "max_connections=100",
+             *(argument for setting in self.settings for argument in ("-c", setting))],
             stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
         log.close()

@@ -14,11 +14,14 @@ import psycopg
 import pytest
 import yaml
 
+from harness.poll import poll
+from harness.postgres import ThrowawayPostgres, postgres_bindir
 from restobot.remote.migrate.lexer import DEFAULT_DIR
 from restobot.remote.migrate.runner import apply
 from restobot.render import SECURITY_EVENT_TYPES, render_monitoring
 from restobot.secrets import generate_secrets
 from tests.conftest import settings_for_stage
+from tests.unit.test_alert_rules import OFFSITE
 
 
 @pytest.fixture(scope="module")
@@ -95,3 +98,67 @@ def test_outbound_counts_pending_retry_and_dlq_rows(database, queries):
              ("m4", payload, "SENT", None, "2026-01-01T00:00:00Z", "wamid.sent")])
     counts = {row["status"]: row["messages"] for row in run(database, queries, "restobot_outbound")}
     assert counts == {"PENDING": 0, "RETRY": 1, "DLQ": 2}
+
+
+# --- WAL archiving (rendered with the off-site backup): pg_stat_archiver on a server that archives ---
+
+
+@pytest.fixture(scope="module")
+def offsite_queries() -> dict:
+    settings = settings_for_stage("production", generate_secrets(), offsite_backup=OFFSITE)
+    text = render_monitoring(settings)["monitoring/postgres-exporter/queries.yml"].text
+    return yaml.safe_load(text)
+
+
+@pytest.fixture(scope="module")
+def archiving_server():
+    """A cluster that archives its WAL with an archive_command that succeeds, as pgBackRest's does."""
+    # archive_command is set by ALTER SYSTEM, never with -c: a command-line setting outranks it.
+    with ThrowawayPostgres(postgres_bindir(), settings=("archive_mode=on",)) as server:
+        archive_command(server, "/bin/true")
+        yield server
+
+
+def archive_command(server: ThrowawayPostgres, command: str) -> None:
+    with psycopg.connect(server.url(), autocommit=True) as connection:
+        connection.execute(f"ALTER SYSTEM SET archive_command = '{command}'")
+        connection.execute("SELECT pg_reload_conf()")
+
+
+def switch_wal(server: ThrowawayPostgres) -> None:
+    """A write, then a new WAL segment: the full one goes to archive_command."""
+    with psycopg.connect(server.url(), autocommit=True) as connection:
+        connection.execute("CREATE TABLE IF NOT EXISTS written (at timestamptz)")
+        connection.execute("INSERT INTO written VALUES (now())")
+        connection.execute("SELECT pg_switch_wal()")
+
+
+def wal_archive(server: ThrowawayPostgres, queries: dict) -> dict:
+    [row] = run(server.url(), queries, "restobot_wal_archive")
+    return row
+
+
+def archived_after_a_switch(server: ThrowawayPostgres, queries: dict) -> dict:
+    """A segment handed to archive_command, then the query (the archiver reloads its configuration
+    when it gets to it: the first switch after a change may still go to the old command)."""
+    switch_wal(server)
+    return wal_archive(server, queries)
+
+
+def test_wal_archive_reads_not_failing_while_segments_are_archived(archiving_server, offsite_queries):
+    row = poll(lambda: archived_after_a_switch(archiving_server, offsite_queries),
+               until=lambda row: row["archived_count"] > 0, timeout=30, interval=1, what="a segment archived")
+    assert (row["failing"], row["failed_count"]) == (0, 0)
+
+
+def test_wal_archive_reads_failing_while_archive_command_fails_and_not_once_it_succeeds_again(
+        archiving_server, offsite_queries):
+    archive_command(archiving_server, "/bin/false")
+    try:
+        failing = poll(lambda: archived_after_a_switch(archiving_server, offsite_queries),
+                       until=lambda row: row["failing"] == 1, timeout=60, interval=1, what="the archiver's failure")
+        assert failing["failed_count"] > 0
+    finally:
+        archive_command(archiving_server, "/bin/true")
+    poll(lambda: archived_after_a_switch(archiving_server, offsite_queries), until=lambda row: row["failing"] == 0,
+         timeout=120, interval=2, what="the archiver's next success")

@@ -297,13 +297,21 @@ OFFSITE_CASES: dict[str, Case] = {
         labels={"severity": "critical"},
         summary="The last off-site backup run failed",
         description="Tonight's pgBackRest backup, check or verify failed (the backup log on the host says which); "
-                    "WAL archiving may have stopped too: resto STAGE backup offsite info --check."),
+                    "WAL archiving may have stopped too: resto production backup offsite info --check."),
     "RestobotOffsiteBackupTooOld": Case(
         firing={"restobot_offsite_backup_last_success_timestamp_seconds": EVAL_SECONDS - OFFSITE_MAX_AGE - 3600},
         silent={"restobot_offsite_backup_last_success_timestamp_seconds": EVAL_SECONDS - OFFSITE_MAX_AGE + 3600},
         labels={"severity": "critical"},
         summary=f"No successful off-site backup run for over {OFFSITE_MAX_AGE / 3600:g} h",
         description="The schedule '37 3 * * *' should have produced one: check cron and the backup's log."),
+    "RestobotWalArchiveFailing": Case(
+        firing={"restobot_wal_archive_failing": 1},
+        silent={"restobot_wal_archive_failing": 0},
+        labels={"severity": "critical"},
+        summary="PostgreSQL cannot archive its WAL to the off-site repository",
+        description="archive_command (pgBackRest's archive-push) fails: the WAL piles up in pg_wal until the disk "
+                    "is full, and a point-in-time restore stops at the last archived segment. "
+                    "resto production backup offsite info --check says why."),
 }
 
 

@@ -19,6 +19,7 @@ from restobot.render import SECRET_MODE, SECURITY_EVENT_TYPES, render_monitoring
 from restobot.secrets import generate_secrets
 from restobot.settings import REPO_ROOT
 from tests.conftest import settings_for_stage
+from tests.unit.test_alert_rules import OFFSITE
 
 WEBHOOK = "https://hooks.example.com/services/T0000/B0000/s3cr3tPartOfTheUrl"
 ALERTMANAGER = "monitoring/alertmanager/alertmanager.yml"
@@ -150,6 +151,17 @@ def test_postgres_exporter_queries_feed_the_rules(tmp_path):
     rules = (directory / "prometheus" / "alerts.yml").read_text()
     for metric in metrics - {"restobot_inbound_received"}:
         assert metric in rules, f"{metric} feeds no rule"
+
+
+def test_with_the_offsite_backup_the_wal_archive_query_feeds_its_rule(tmp_path):
+    settings = settings_for_stage("production", generate_secrets(), offsite_backup=OFFSITE)
+    write_release(render_monitoring(settings), tmp_path)
+    queries = yaml.safe_load((tmp_path / "monitoring" / "postgres-exporter" / "queries.yml").read_text())
+    rules = yaml.safe_load((tmp_path / "monitoring" / "prometheus" / "alerts.yml").read_text())
+    expressions = {rule["alert"]: rule["expr"] for group in rules["groups"] for rule in group["rules"]}
+    assert [column for metric in queries["restobot_wal_archive"]["metrics"] for column in metric] == [
+        "failing", "failed_count", "archived_count"]
+    assert expressions["RestobotWalArchiveFailing"] == "restobot_wal_archive_failing == 1"
 
 
 def test_blackbox_modules_are_the_ones_prometheus_asks_for(tmp_path):
