@@ -360,24 +360,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     owner_cmd.add_argument("--system-id", type=int, required=True, help="this host's (pg_controldata)")
     owner_cmd.add_argument("--stage", required=True)
     args = parser.parse_args(argv)
-    if args.command == "offsite-owner":
+    if args.command in ("offsite-owner", "offsite-type"):
         try:
             info = json.load(sys.stdin)
         except json.JSONDecodeError as error:
-            print(f"offsite-owner: pgbackrest info's answer is not JSON ({error})", file=sys.stderr)
+            print(f"{args.command}: pgbackrest info's answer is not JSON ({error})", file=sys.stderr)
             return 2
+        if args.command == "offsite-type":
+            print(offsite_type(info, args.full_every_days, time.time()))
+            return 0
         foreign = foreign_repository(info, args.system_id, args.stage)
         if foreign:
             print(foreign, file=sys.stderr)
             return FOREIGN_REPOSITORY
-        return 0
-    if args.command == "offsite-type":
-        try:
-            info = json.load(sys.stdin)
-        except json.JSONDecodeError as error:
-            print(f"offsite-type: pgbackrest info's answer is not JSON ({error})", file=sys.stderr)
-            return 2
-        print(offsite_type(info, args.full_every_days, time.time()))
         return 0
     if args.command == "prune":
         prune(args.dir, args.daily, args.weekly, args.monthly)
