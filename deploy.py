@@ -82,7 +82,8 @@ release.releases_pruned(
 backup.backups_scheduled(settings, layout)
 if settings.offsite_backup.enabled:  # a setting: it cannot change during the run
     backup.offsite_stanza_created(
-        name="Ensure the off-site repository holds the database", stanza=settings.offsite_backup.stanza
+        name="Ensure the off-site repository holds the database", stanza=settings.offsite_backup.stanza,
+        helper=backup.BackupPaths(layout).helper, stage=settings.stage.value,
     )
 backup.offsite_backups_scheduled(settings, layout)
 

@@ -1503,20 +1503,38 @@ def backup_offsite_restore(session: Session, to: str, yes: bool, as_json: bool) 
         restored(release)
         outcome["rows_after"], outcome["smoke"] = serving_again(
             session, f"the database is restored to {target.describe()}", safety, as_json)
+        outcome["offsite_run"] = first_offsite_run(session, as_json)
         return f"ok restored=offsite:{target.describe()} safety={safety}"
 
     locked_change(session, f"backup offsite restore --to {to}", change)
     data = {"stage": session.stage, "restored_to": target.describe(), "stanza": offsite.stanza,
             "safety_dump": safety, "rows_before": before, "rows_after": outcome["rows_after"],
-            "migrations": outcome["migrations"], "smoke": outcome["smoke"]}
+            "migrations": outcome["migrations"], "smoke": outcome["smoke"], "offsite_run": outcome["offsite_run"]}
 
     def render():
         say(f"restored from the off-site repository to {target.describe()}; the database as it was is in {safety}")
         say("rows: " + ", ".join(f"{t} {before.get(t)} -> {n}" for t, n in data["rows_after"].items()))
         say("smoke: " + ", ".join(f"{c['name']} PASS" for c in data["smoke"]))
+        if data["offsite_run"]:
+            say(f"first off-site run on this host: {data['offsite_run']}")
         say(f"recorded in {layout.audit_log}")
 
     emit(as_json, data, render)
+
+
+def first_offsite_run(session: Session, as_json: bool) -> str | None:
+    """On a host that has no off-site run yet (a VPS rebuilt after a loss, whose deploy left the
+    repository alone until this restore): the nightly run now, so that the restored database has a
+    backup and a stamp of its own. Its failure is reported, not raised: the restore is done. None: a
+    run had succeeded here before."""
+    paths = backup_paths(session)
+    if session.remote.run(["test", "-e", paths.offsite_last_success]).exit_status == 0:
+        return None
+    tell(as_json, f"no off-site run on this host yet: running {paths.offsite_script}")
+    result = session.remote.run(commands.run_script(paths.offsite_script), timeout=RECOVERY_TIMEOUT_S)
+    if result.exit_status == 0:
+        return f"ok ({result.stdout.strip()} backup)"
+    return f"failed: {result.stderr.strip()[-400:]} (run it again: sudo {paths.offsite_script})"
 
 
 def backup_paths(session: Session) -> BackupPaths:

@@ -305,6 +305,24 @@ def pgbackrest(stanza: str, *args: str) -> list[str]:
     return ["docker", "exec", "--user", "postgres", POSTGRES_CONTAINER, "pgbackrest", f"--stanza={stanza}", *args]
 
 
+# $0 container, $1 stanza, $2 the backup helper, $3 the stage. pgBackRest's info and the cluster's
+# system identifier (pg_controldata, no login needed) handed to the helper, which exits 3, saying why,
+# when the repository backs up another database (a VPS rebuilt after a loss, before its restore).
+OFFSITE_OWNER_SCRIPT = (
+    'info=$(docker exec --user postgres "$0" pgbackrest --stanza="$1" --output=json info) || exit 1\n'
+    'id=$(docker exec --user postgres "$0" sh -c \'pg_controldata "$PGDATA"\' '
+    '| sed -n "s/^Database system identifier: *//p")\n'
+    '[ -n "$id" ] || { echo "cannot read the database system identifier (pg_controldata in $0)" >&2; exit 1; }\n'
+    'printf "%s" "$info" | python3 "$2" offsite-owner --system-id "$id" --stage "$3"'
+)
+
+
+def offsite_repository_is_this_databases(stanza: str, helper: str, stage: str) -> list[str]:
+    """Exit 0 when the off-site repository holds no stanza yet or this database's; 3, saying why, when
+    it backs up another database (pgBackRest would refuse to archive into it)."""
+    return ["sh", "-c", OFFSITE_OWNER_SCRIPT, POSTGRES_CONTAINER, stanza, helper, stage]
+
+
 def compose_logs(release_dir: str, service: str, lines: int = 30) -> list[str]:
     return compose(release_dir, "logs", "--no-color", "--tail", str(lines), service)
 

@@ -37,15 +37,24 @@ import io
 import shlex
 from pathlib import Path
 
-from pyinfra import host
-from pyinfra.api import OperationError, deploy, operation
+from pyinfra import host, logger
+from pyinfra.api import FunctionCommand, OperationError, deploy, operation
 from pyinfra.facts.files import File, Sha256File
 from pyinfra.operations import apt, files, server
 
-from restobot.commands import POSTGRES_CONTAINER, HostLayout, pgbackrest, run_script, shell, shell_text
+from restobot.commands import (
+    POSTGRES_CONTAINER,
+    HostLayout,
+    offsite_repository_is_this_databases,
+    pgbackrest,
+    run_script,
+    shell,
+    shell_text,
+)
 from restobot.facts.offsite import OffsiteBackupInfo
 from restobot.facts.provision import HostPlatform
 from restobot.operations.provision import init_service
+from restobot.operations.stack import StepFailed, run_step
 from restobot.remote import backup as backup_helper
 from restobot.settings import REPO_ROOT, BackupSettings, OffsiteBackupSettings, Settings
 
@@ -174,12 +183,12 @@ def offsite_cron_file(offsite: OffsiteBackupSettings, user: str, paths: BackupPa
 
 
 def offsite_script_values(offsite: OffsiteBackupSettings, user: str, paths: BackupPaths,
-                          container: str = POSTGRES_CONTAINER) -> dict[str, str | int]:
+                          container: str = POSTGRES_CONTAINER, stage: str = "production") -> dict[str, str | int]:
     """What the off-site script's template is rendered with; shell words come quoted (pure)."""
     return {
         **shell_words(deploy_user=user, container=container, stanza=offsite.stanza, log=BACKUP_LOG,
                       helper=paths.helper, last_run=paths.offsite_last_run, stamp=paths.offsite_last_success,
-                      lock=paths.offsite_lock),
+                      lock=paths.offsite_lock, stage=stage),
         "script_text": paths.offsite_script,
         "cron_file": OFFSITE_CRON_FILE,
         "full_every_days": offsite.full_interval_days,
@@ -267,33 +276,87 @@ def backups_scheduled(settings: Settings, layout: HostLayout) -> None:
 
 
 @operation()
-def offsite_stanza_created(stanza: str):
+def offsite_stanza_created(stanza: str, helper: str, stage: str):
     """
     Ensure the off-site repository holds ``stanza`` with a full backup, WAL archiving into it checked.
 
     A missing stanza is created and ``pgbackrest check`` proves a WAL segment reaches the repository
     (it fails the deploy, with pgBackRest's error, when the host, its key or the passphrase is wrong);
-    a repository without a full backup gets one. Call it once the postgres service runs with archiving.
+    a repository without a full backup gets one. A repository that backs up another database (a VPS
+    rebuilt after a loss, before its restore) fails the deploy, naming the restore command, and is
+    not written to. Call it once the postgres service runs with archiving.
 
     + stanza: ``offsite_backup.stanza``
+    + helper: the backup helper installed on the host (``BackupPaths.helper``)
+    + stage: the stage's name, for the commands the errors name
 
     **Example:**
 
     .. code:: python
 
         offsite_stanza_created(name="Ensure the off-site repository holds the database",
-                               stanza=settings.offsite_backup.stanza)
+                               stanza=settings.offsite_backup.stanza, helper=paths.helper, stage="production")
     """
     repository = host.get_fact(OffsiteBackupInfo, stanza=stanza)
     if repository is not None and repository.stanza_exists and repository.full_backups:
         host.noop(f"stanza {stanza} holds {repository.full_backups} full backup(s), "
                   f"WAL archived up to {repository.wal_max or 'none yet'}")
         return
+    steps = []
     if repository is None or not repository.stanza_exists:
-        yield shell(pgbackrest(stanza, "stanza-create"))
-        yield shell(pgbackrest(stanza, "check"))
+        steps += [pgbackrest(stanza, "stanza-create"), pgbackrest(stanza, "check")]
     if repository is None or not repository.full_backups:
-        yield shell(pgbackrest(stanza, "--type=full", "backup"))
+        steps.append(pgbackrest(stanza, "--type=full", "backup"))
+    # Whose repository it is is read when the steps run: on a fresh VPS postgres is not up yet when
+    # the facts are read.
+    yield FunctionCommand(unless_foreign, (stanza, helper, stage, steps), {})
+
+
+def foreign_repository(target, stanza: str, helper: str, stage: str) -> str | None:
+    """Why the off-site repository is another database's (None: it is this one's, or holds no stanza)."""
+    ok, output = target.run_shell_command(shell(offsite_repository_is_this_databases(stanza, helper, stage)),
+                                          print_output=False, print_input=False)
+    lines = [item.line for item in output]
+    if ok:
+        return None
+    foreign = [line for line in lines if line.startswith(backup_helper.FOREIGN_REPOSITORY_SAYS)]
+    if foreign:
+        return foreign[0]
+    raise StepFailed("reading the off-site repository failed:\n" + "\n".join(f"    {line}" for line in lines[-20:]))
+
+
+def unless_foreign(state, host, stanza: str, helper: str, stage: str, steps: list[list[str]]) -> bool:
+    """Run ``steps`` unless the repository backs up another database: a VPS rebuilt after a loss
+    whose next step is the restore. The deploy goes on, the warning says so, nothing is written."""
+    try:
+        foreign = foreign_repository(host, stanza, helper, stage)
+        if foreign:
+            host.log_styled(foreign, fg="yellow", log_func=logger.warning)
+            return True
+        for argv in steps:
+            run_step(host, argv, shell_text(argv))
+    except StepFailed as failure:
+        host.log_styled(str(failure), fg="red", log_func=logger.error)
+        return False
+    return True
+
+
+@operation()
+def offsite_first_run_done(script: str, stamp: str, stanza: str, helper: str, stage: str):
+    """
+    Ensure one off-site run has succeeded on this host: ``script`` is run now when ``stamp`` is
+    missing (RestobotOffsiteBackupTooOld would otherwise fire until the first night, and the run
+    proves the script works where it will run). Not on a repository of another database (a VPS
+    rebuilt, before its restore: the restore runs it).
+
+    + script: ``bin/offsite-backup``
+    + stamp: the stamp its success writes
+    + stanza, helper, stage: as ``offsite_stanza_created``'s
+    """
+    if host.get_fact(File, path=stamp) is not None:
+        host.noop(f"{stamp} exists: an off-site run has succeeded here")
+        return
+    yield FunctionCommand(unless_foreign, (stanza, helper, stage, [run_script(script)]), {})
 
 
 @deploy("Ensure the off-site backup runs on schedule")
@@ -320,12 +383,11 @@ def offsite_backups_scheduled(settings: Settings, layout: HostLayout) -> None:
         return
     files.template(name=f"Ensure {paths.offsite_script} backs up, checks and verifies the off-site repository",
                    src=str(TEMPLATES / "offsite-backup.sh.j2"), dest=paths.offsite_script,
-                   user="root", group=user, mode="750", **offsite_script_values(offsite, user, paths))
+                   user="root", group=user, mode="750",
+                   **offsite_script_values(offsite, user, paths, stage=settings.stage.value))
     files.put(name=f"Ensure cron runs {paths.offsite_script} at '{offsite.schedule}' as {user}",
               src=io.StringIO(offsite_cron_file(offsite, user, paths)), dest=OFFSITE_CRON_FILE,
               user="root", group="root", mode="644")
-    # Run now on a host that has never run it: RestobotOffsiteBackupTooOld would otherwise fire
-    # until the first night (and the run proves the script works where it will run).
-    if host.get_fact(File, path=paths.offsite_last_success) is None:
-        server.shell(name=f"Ensure a first off-site run has succeeded (no {paths.offsite_last_success} yet)",
-                     commands=[shell_text(run_script(paths.offsite_script))])
+    offsite_first_run_done(name=f"Ensure an off-site run has succeeded on this host ({paths.offsite_last_success})",
+                           script=paths.offsite_script, stamp=paths.offsite_last_success, stanza=offsite.stanza,
+                           helper=paths.helper, stage=settings.stage.value)

@@ -292,6 +292,8 @@ def verify(directory: Path, container: str, scratch: str = SCRATCH_DATABASE,
 # A nightly run starts a few minutes later or earlier from night to night: a full backup
 # taken this much short of the interval is due again (else it would wait one more night).
 FULL_DUE_SLACK_SECONDS = 3600
+FOREIGN_REPOSITORY = 3  # offsite-owner's exit status: another database's repository
+FOREIGN_REPOSITORY_SAYS = "the off-site repository holds the backups of another database"
 
 
 def newest_full_stop(info: object) -> int | None:
@@ -314,6 +316,29 @@ def offsite_type(info: object, full_every_days: int, now: float) -> str:
     return "incr"
 
 
+def repository_system_id(info: object) -> int | None:
+    """The system identifier of the database ``pgbackrest --output=json info``'s first stanza backs up
+    now (its newest ``db`` entry); None when there is no stanza yet (pure)."""
+    if not isinstance(info, list) or not info or not isinstance(info[0], dict):
+        return None
+    databases = [db for db in info[0].get("db") or [] if isinstance(db, dict) and isinstance(db.get("system-id"), int)]
+    if not databases:
+        return None
+    return max(databases, key=lambda db: db.get("id", 0))["system-id"]
+
+
+def foreign_repository(info: object, system_id: int, stage: str) -> str | None:
+    """Why the repository is not this database's to write to, or None when it is (or holds no stanza
+    yet): pgBackRest refuses to archive into another cluster's stanza (pure)."""
+    theirs = repository_system_id(info)
+    if theirs is None or theirs == system_id:
+        return None
+    return (f"{FOREIGN_REPOSITORY_SAYS} (system identifier {theirs}; this "
+            f"host's is {system_id}). A VPS rebuilt after a loss: restore them with `resto {stage} backup offsite "
+            f"restore`, then deploy again. A new stack: give it a repository of its own (offsite_backup.path or "
+            f"offsite_backup.stanza). Nothing was written to the repository.")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="restobot_backup.py", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -330,14 +355,24 @@ def main(argv: Sequence[str] | None = None) -> int:
                             help="one of the directory's complete backups (default: the newest)")
     type_cmd = commands.add_parser("offsite-type", help="full or incr: tonight's pgBackRest backup (info JSON on stdin)")
     type_cmd.add_argument("--full-every-days", type=int, required=True)
+    owner_cmd = commands.add_parser("offsite-owner", help=f"exit {FOREIGN_REPOSITORY}, saying why, when the "
+                                    "repository backs up another database (info JSON on stdin)")
+    owner_cmd.add_argument("--system-id", type=int, required=True, help="this host's (pg_controldata)")
+    owner_cmd.add_argument("--stage", required=True)
     args = parser.parse_args(argv)
-    if args.command == "offsite-type":
+    if args.command in ("offsite-owner", "offsite-type"):
         try:
             info = json.load(sys.stdin)
         except json.JSONDecodeError as error:
-            print(f"offsite-type: pgbackrest info's answer is not JSON ({error})", file=sys.stderr)
+            print(f"{args.command}: pgbackrest info's answer is not JSON ({error})", file=sys.stderr)
             return 2
-        print(offsite_type(info, args.full_every_days, time.time()))
+        if args.command == "offsite-type":
+            print(offsite_type(info, args.full_every_days, time.time()))
+            return 0
+        foreign = foreign_repository(info, args.system_id, args.stage)
+        if foreign:
+            print(foreign, file=sys.stderr)
+            return FOREIGN_REPOSITORY
         return 0
     if args.command == "prune":
         prune(args.dir, args.daily, args.weekly, args.monthly)

@@ -84,10 +84,8 @@ def offsite_host(tmp_path_factory) -> Iterator[tuple[OffsiteHost, dict]]:
         docker("network", "rm", network, check=False)
 
 
-@pytest.fixture(scope="module")
-def stack(offsite_host, tmp_path_factory):
-    """A stack of this module's own, its VPS joined to the off-site host's network, deployed with offsite_backup."""
-    host, settings = offsite_host
+def attached_to(host: OffsiteHost, settings: dict):
+    """bring_up_stack's ``prepare``: the VPS joins the off-site host's network; its settings reach it."""
 
     def attach_offsite(endpoint) -> dict:
         # Joining a user-defined network points the VPS's resolv.conf at docker's embedded 127.0.0.11, which the
@@ -99,10 +97,18 @@ def stack(offsite_host, tmp_path_factory):
                        input=resolver, text=True, check=True, timeout=60)
         return {"offsite_backup": settings}
 
+    return attach_offsite
+
+
+@pytest.fixture(scope="module")
+def stack(offsite_host, tmp_path_factory):
+    """A stack of this module's own, its VPS joined to the off-site host's network, deployed with offsite_backup."""
+    host, settings = offsite_host
+
     with harness_must_deliver("the stack with an off-site backup did not come up") as deploys:
         names = deploys.stack_names("offsite")
         deployed = deploys.bring_up_stack(names, tmp_path_factory.mktemp("offsite-stack"), release="e2e-offsite",
-                                          prepare=attach_offsite)
+                                          prepare=attached_to(host, settings))
     yield deployed
     deploys.tear_down_stack(names)
 
@@ -303,3 +309,75 @@ def test_an_unreachable_offsite_host_fails_the_run_records_it_and_the_stack_keep
     again = stack.ssh(PATHS.offsite_script, check=False, timeout=600)
     assert again.returncode == 0, again.stderr
     assert stack.ssh("cat", PATHS.offsite_last_run).stdout.split()[1:] == ["ok"]
+
+
+# --- the VPS lost: last in the module, it destroys the module's VPS ----------------------------------------
+
+
+def repository_listing(host: OffsiteHost) -> list[str]:
+    """Every file of the repository with its size and modification time: any write shows."""
+    return sorted(docker("exec", host.container, "find", REPO_PATH, "-type", "f", "-printf", "%p %s %T@\n")
+                  .stdout.splitlines())
+
+
+@dataclass(frozen=True)
+class Rebuilt:
+    markers: tuple[str, ...]
+    stack: object
+    untouched: bool
+    restore: subprocess.CompletedProcess[str]
+    seconds: dict[str, float]
+
+
+@pytest.fixture(scope="module")
+def rebuilt(stack, offsite_host, tmp_path_factory) -> Iterator[Rebuilt]:
+    """Messages answered 200 and archived within archive_timeout + 60 s; then the VPS and its volumes
+    destroyed; a fresh VPS deployed with the same settings (deploy.py, once); then one restore command,
+    to the end of the archive."""
+    host, settings = offsite_host
+    markers = tuple(f"LOST-VPS-{secrets.token_hex(6)}-{number}" for number in range(3))
+    segment = ""
+    for marker in markers:
+        segment = stored_marker(stack, marker)
+    archived_up_to(stack, segment)
+    with harness_must_deliver("the VPS could not be destroyed") as deploys:
+        deploys.tear_down_stack(stack.names)
+    lost = time.monotonic()
+    before = repository_listing(host)
+    names = deploys.stack_names("offsite-rebuilt")
+    try:
+        with harness_must_deliver("the fresh VPS with the lost one's settings did not come up") as deploys:
+            fresh = deploys.bring_up_stack(names, tmp_path_factory.mktemp("offsite-rebuilt"), release="e2e-offsite",
+                                           prepare=attached_to(host, settings))
+        deployed = time.monotonic()
+        untouched = repository_listing(host) == before
+        restore = resto_restore(fresh)
+        yield Rebuilt(markers, fresh, untouched, restore,
+                      {"deploy": deployed - lost, "restore": time.monotonic() - deployed})
+    finally:
+        deploys.tear_down_stack(names)
+
+
+def test_a_fresh_vps_deploys_over_the_lost_ones_repository_saying_to_restore_and_writing_nothing(rebuilt):
+    output = rebuilt.stack.first_deploy.output
+    assert "the off-site repository holds the backups of another database" in output, rebuilt.stack.first_deploy.output_tail()
+    assert "`resto local backup offsite restore`, then deploy again" in output
+    assert rebuilt.untouched
+
+
+def test_one_restore_brings_back_every_message_answered_before_the_loss(rebuilt, capsys):
+    with capsys.disabled():  # the RTO of a small database, into the run's log
+        print(f"\nVPS lost: fresh VPS deployed in {rebuilt.seconds['deploy']:.0f} s, "
+              f"restored in {rebuilt.seconds['restore']:.0f} s")
+    assert rebuilt.restore.returncode == 0, rebuilt.restore.stderr[-4000:]
+    data = json.loads(rebuilt.restore.stdout)
+    assert data["restored_to"] == "the end of the archive" and all(check["passed"] for check in data["smoke"]), data
+    assert [holds(rebuilt.stack, marker) for marker in rebuilt.markers] == [True, True, True]
+    assert sql(rebuilt.stack, "select pg_is_in_recovery()") == "f"
+    assert send_message(rebuilt.stack, "after the VPS was lost", "33677700002") == 200
+
+
+def test_the_restore_takes_the_restored_databases_first_offsite_backup(rebuilt):
+    data = json.loads(rebuilt.restore.stdout)
+    assert data["offsite_run"].startswith("ok"), data["offsite_run"]
+    assert rebuilt.stack.ssh("cat", PATHS.offsite_last_run).stdout.split()[1:] == ["ok"]

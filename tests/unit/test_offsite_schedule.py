@@ -6,6 +6,7 @@ pgBackRest itself runs in tests/integration/test_offsite_backup.py and tests/e2e
 
 from __future__ import annotations
 
+import dataclasses
 import fcntl
 import getpass
 import json
@@ -16,8 +17,9 @@ from pathlib import Path
 import jinja2
 import pytest
 
-from restobot.commands import HostLayout
+from restobot.commands import HostLayout, offsite_repository_is_this_databases
 from restobot.operations.backup import (
+    unless_foreign,
     OFFSITE_CRON_FILE,
     TEMPLATES,
     BackupPaths,
@@ -71,6 +73,65 @@ def test_the_helper_refuses_an_answer_that_is_not_json_with_exit_2():
     proc = run_helper("ERROR: [039]: HTTP request failed")
     assert (proc.returncode, proc.stdout) == (2, "")
     assert "offsite-type: pgbackrest info's answer is not JSON" in proc.stderr
+
+
+# --- whose repository: a VPS rebuilt after a loss finds another database's backups ---------------------
+
+OURS, THEIRS = 7_380_000_000_000_000_001, 7_380_000_000_000_000_002
+
+
+def owned_by(*system_ids: int) -> list[dict]:
+    """``pgbackrest info`` of a stanza whose db history holds ``system_ids``, the last one current."""
+    return [{"name": "restobot", "status": {"code": 0, "message": "ok"}, "backup": [],
+             "db": [{"id": index + 1, "repo-key": index + 1, "system-id": system_id, "version": "17"}
+                    for index, system_id in enumerate(system_ids)]}]
+
+
+MISSING_STANZA = [{"name": "restobot", "status": {"code": 1, "message": "missing stanza path"}, "backup": [], "db": []}]
+
+
+@pytest.mark.parametrize(("answer", "expected"), [
+    (owned_by(OURS), OURS), (owned_by(THEIRS, OURS), OURS), (owned_by(OURS, THEIRS), THEIRS),
+    (MISSING_STANZA, None), (None, None), ([{}], None),
+])
+def test_the_repository_backs_up_the_database_of_its_newest_db_entry(answer, expected):
+    assert helper.repository_system_id(answer) == expected
+
+
+@pytest.mark.parametrize("answer", [owned_by(OURS), owned_by(THEIRS, OURS), MISSING_STANZA])
+def test_a_repository_of_this_database_or_without_a_stanza_is_ours_to_write(answer):
+    assert helper.foreign_repository(answer, OURS, "production") is None
+
+
+def test_another_databases_repository_is_refused_naming_both_and_the_restore_command():
+    why = helper.foreign_repository(owned_by(THEIRS), OURS, "production")
+    assert f"system identifier {THEIRS}" in why and f"this host's is {OURS}" in why
+    assert "`resto production backup offsite restore`, then deploy again" in why
+    assert "Nothing was written to the repository." in why
+
+
+def fake_docker(tmp_path: Path, answer: list[dict], system_id: int) -> dict[str, str]:
+    """PATH with a docker that answers pgbackrest info and pg_controldata as the postgres container does."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (tmp_path / "info.json").write_text(json.dumps(answer))
+    (bin_dir / "docker").write_text(f"""#!/bin/sh
+case "$*" in
+  *pgbackrest*) cat {tmp_path / "info.json"} ;;
+  *pg_controldata*) printf 'pg_control version number:            1700\nDatabase system identifier:           {system_id}\n' ;;
+  *) exit 1 ;;
+esac
+""")
+    (bin_dir / "docker").chmod(0o755)
+    return {"PATH": f"{bin_dir}:/usr/bin:/bin"}
+
+
+@pytest.mark.parametrize(("answer", "status"), [(owned_by(OURS), 0), (MISSING_STANZA, 0), (owned_by(THEIRS), 3)])
+def test_the_hosts_owner_check_reads_the_repository_and_the_cluster(tmp_path, answer, status):
+    argv = offsite_repository_is_this_databases("restobot", helper.__file__, "production")
+    proc = subprocess.run(argv, env=fake_docker(tmp_path, answer, OURS), capture_output=True, text=True, timeout=30)
+    assert proc.returncode == status, proc.stderr
+    assert ("another database" in proc.stderr) == (status == 3)
 
 
 # --- settings and cron ------------------------------------------------------------------------------------
@@ -162,3 +223,78 @@ def test_a_run_that_finds_another_running_records_nothing(tmp_path):
     assert proc.returncode == 1
     assert "another off-site backup is running" in proc.stderr
     assert Path(paths.offsite_last_run).read_text() == "2026-12-01T03:37:40Z ok\n"
+
+
+def test_a_run_on_a_rebuilt_vps_before_its_restore_fails_naming_the_restore_and_backs_nothing_up(tmp_path):
+    script, paths = rendered(tmp_path)
+    Path(paths.helper).parent.mkdir(parents=True)
+    Path(paths.helper).write_text(Path(helper.__file__).read_text())  # as the deploy installs it
+    env = fake_docker(tmp_path, owned_by(THEIRS), OURS)
+
+    proc = subprocess.run(["sh", str(script)], env=env, check=False, capture_output=True, text=True, timeout=60)
+
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("offsite-backup: the off-site repository holds the backups of another database")
+    assert "resto production backup offsite restore" in proc.stderr
+    assert Path(paths.offsite_last_run).read_text().split()[1:] == ["failed"]
+    assert "starting a" not in (tmp_path / "backup.log").read_text()  # no backup was tried
+
+
+# --- the deploy's steps on the repository, decided when they run ------------------------------------------
+
+
+@dataclasses.dataclass
+class Line:
+    line: str
+
+
+class ScriptedHost:
+    """A pyinfra host whose commands answer as scripted: the owner check's answer, then each step's."""
+
+    def __init__(self, owner: tuple[bool, list[str]], steps_fail: bool = False):
+        self.owner, self.steps_fail = owner, steps_fail
+        self.ran: list[str] = []
+        self.logged: list[tuple[str, str]] = []
+
+    def run_shell_command(self, command, print_output=False, print_input=False):
+        text = str(command)
+        self.ran.append(text)
+        if "offsite-owner" in text:
+            ok, lines = self.owner
+        else:
+            ok, lines = (not self.steps_fail), ["ERROR: [037]: unable to open file"] if self.steps_fail else []
+        return ok, [Line(line) for line in lines]
+
+    def log_styled(self, message, fg=None, log_func=None):
+        self.logged.append((fg, message))
+
+
+STEPS = [["docker", "exec", "resto-postgres-1", "pgbackrest", "--stanza=restobot", "stanza-create"]]
+
+
+def decide(target: ScriptedHost) -> bool:
+    return unless_foreign(None, target, "restobot", PATHS.helper, "production", STEPS)
+
+
+def test_the_steps_run_on_a_repository_of_this_database():
+    target = ScriptedHost(owner=(True, []))
+    assert decide(target) is True
+    assert len(target.ran) == 2 and "stanza-create" in target.ran[1]
+
+
+def test_another_databases_repository_is_left_alone_and_the_deploy_goes_on_with_a_warning():
+    why = helper.foreign_repository(owned_by(THEIRS), OURS, "production")
+    target = ScriptedHost(owner=(False, [why]))
+    assert decide(target) is True
+    assert len(target.ran) == 1  # the owner check only
+    assert target.logged == [("yellow", why)]
+
+
+@pytest.mark.parametrize(("owner", "steps_fail", "says"), [
+    ((False, ["ERROR: [039]: HTTP request failed"]), False, "reading the off-site repository failed"),
+    ((True, []), True, "unable to open file"),
+])
+def test_an_unreadable_repository_or_a_failed_step_fails_the_deploy_saying_why(owner, steps_fail, says):
+    target = ScriptedHost(owner=owner, steps_fail=steps_fail)
+    assert decide(target) is False
+    assert target.logged[-1][0] == "red" and says in target.logged[-1][1]
