@@ -1453,10 +1453,11 @@ def backup_offsite_restore(session: Session, to: str, yes: bool, as_json: bool) 
 
     Checked first, nothing changed on a refusal (exit 2): off-site enabled, the repository ok with a backup,
     the time in the past and not before its oldest backup ended. What is lost is shown before a confirmation.
-    Then, under the deploy lock (audited): n8n stopped, a safety dump (backups/before-restore-TIME.dump),
-    postgres stopped, pgBackRest's restore (--delta) from a one-off container of the service, postgres
-    started and waited for until it has replayed the archive and promoted, the current release's
-    migrations, n8n started and healthy, the smoke checks. A failure after postgres stopped empties its
+    Then, under the deploy lock (audited): n8n stopped, a safety dump (backups/before-restore-TIME.dump;
+    the newest 3 kept), postgres stopped, pgBackRest's restore (--delta) from a one-off container of the
+    service, postgres started and waited for until it has replayed the archive and promoted, the current
+    release's migrations, n8n started and healthy, the smoke checks; on a host without an off-site run yet
+    (rebuilt after a loss), the first one. A failure after postgres stopped empties its
     volume, initialises a new cluster and puts the safety dump back (exit 1)."""
     from restobot.offsite_restore import TargetRefused, check_reachable, parse_target, what_is_lost
     from restobot.operations.database import safety_stamp
@@ -1477,6 +1478,7 @@ def backup_offsite_restore(session: Session, to: str, yes: bool, as_json: bool) 
     confirmed(yes, "replace the live database with the off-site repository's?",
               "backup offsite restore replaces the live database",
               f"resto {session.stage} backup offsite restore --to {to} --yes", stdin_is_tty)
+    dumps = list_backups(session)
     safety = layout.safety_dump(safety_stamp())
     outcome: dict[str, Any] = {}
 
@@ -1504,12 +1506,16 @@ def backup_offsite_restore(session: Session, to: str, yes: bool, as_json: bool) 
         outcome["rows_after"], outcome["smoke"] = serving_again(
             session, f"the database is restored to {target.describe()}", safety, as_json)
         outcome["offsite_run"] = first_offsite_run(session, as_json)
+        outcome["pruned"] = old_safety_dumps(dumps, keep="")
+        for old in outcome["pruned"]:
+            session.remote.run(commands.remove_file(old))
         return f"ok restored=offsite:{target.describe()} safety={safety}"
 
     locked_change(session, f"backup offsite restore --to {to}", change)
     data = {"stage": session.stage, "restored_to": target.describe(), "stanza": offsite.stanza,
             "safety_dump": safety, "rows_before": before, "rows_after": outcome["rows_after"],
-            "migrations": outcome["migrations"], "smoke": outcome["smoke"], "offsite_run": outcome["offsite_run"]}
+            "migrations": outcome["migrations"], "smoke": outcome["smoke"], "offsite_run": outcome["offsite_run"],
+            "pruned_safety_dumps": outcome["pruned"]}
 
     def render():
         say(f"restored from the off-site repository to {target.describe()}; the database as it was is in {safety}")
