@@ -266,7 +266,7 @@ def test_a_restore_to_a_time_brings_back_the_rows_of_then_and_not_those_written_
 
 
 def test_the_first_deploy_runs_the_nightly_offsite_backup_once_and_schedules_it(stack):
-    assert any("Ensure a first off-site run has succeeded" in name for name in stack.first_deploy.changed)
+    assert any("Ensure an off-site run has succeeded on this host" in name for name in stack.first_deploy.changed)
     assert stack.ssh("cat", PATHS.offsite_last_run).stdout.split()[1:] == ["ok"]
     assert stack.ssh("cat", PATHS.offsite_last_success).stdout.split()[1:] == ["incr"]
     cron = stack.ssh("cat", OFFSITE_CRON_FILE).stdout
