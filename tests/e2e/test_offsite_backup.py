@@ -101,7 +101,7 @@ def attached_to(host: OffsiteHost, settings: dict):
 
 
 @pytest.fixture(scope="module")
-def stack(offsite_host, tmp_path_factory):
+def stack(offsite_host, tmp_path_factory, local_secrets):
     """A stack of this module's own, its VPS joined to the off-site host's network, deployed with offsite_backup."""
     host, settings = offsite_host
 
