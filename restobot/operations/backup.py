@@ -283,8 +283,8 @@ def offsite_stanza_created(stanza: str, helper: str, stage: str):
     A missing stanza is created and ``pgbackrest check`` proves a WAL segment reaches the repository
     (it fails the deploy, with pgBackRest's error, when the host, its key or the passphrase is wrong);
     a repository without a full backup gets one. A repository that backs up another database (a VPS
-    rebuilt after a loss, before its restore) fails the deploy, naming the restore command, and is
-    not written to. Call it once the postgres service runs with archiving.
+    rebuilt after a loss, before its restore) is not written to: a warning names the restore command
+    and the deploy goes on. Call it once the postgres service runs with archiving.
 
     + stanza: ``offsite_backup.stanza``
     + helper: the backup helper installed on the host (``BackupPaths.helper``)
