@@ -53,6 +53,7 @@ from restobot.commands import (
 )
 from restobot.facts.offsite import OffsiteBackupInfo
 from restobot.facts.provision import HostPlatform
+from restobot.operations.cron import managed_cron_file
 from restobot.operations.provision import init_service
 from restobot.operations.stack import StepFailed, run_step
 from restobot.remote import backup as backup_helper
@@ -135,21 +136,15 @@ def cron_line(schedule: str, user: str, script: str) -> str:
     return f"{schedule} {user} {shlex.quote(script)} >/dev/null"
 
 
-def managed_cron_file(what: str, setting: str, line: str) -> str:
+def backup_cron_file(what: str, setting: str, line: str) -> str:
     """A cron.d file of this module: ``what`` it runs, the ``setting`` its schedule comes from, its ``line``."""
-    return "\n".join([
-        f"# Managed by restobot (restobot/operations/backup.py): {what}.",
-        f"# Change `{setting}` in the inventory and deploy again; do not edit on the host.",
-        "SHELL=/bin/sh",
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        line,
-        "",
-    ])
+    return managed_cron_file("restobot/operations/backup.py", what,
+                             f"Change `{setting}` in the inventory and deploy again", line)
 
 
 def cron_file(backup: BackupSettings, user: str, paths: BackupPaths) -> str:
     """The whole ``CRON_FILE`` (pure: tested by value)."""
-    return managed_cron_file("the nightly database backup", "backup.schedule",
+    return backup_cron_file("the nightly database backup", "backup.schedule",
                              cron_line(backup.schedule, user, paths.script))
 
 
@@ -178,7 +173,7 @@ def script_values(backup: BackupSettings, user: str, paths: BackupPaths,
 
 def offsite_cron_file(offsite: OffsiteBackupSettings, user: str, paths: BackupPaths) -> str:
     """The whole ``OFFSITE_CRON_FILE`` (pure: tested by value)."""
-    return managed_cron_file("the nightly off-site backup (pgBackRest)", "offsite_backup.schedule",
+    return backup_cron_file("the nightly off-site backup (pgBackRest)", "offsite_backup.schedule",
                              cron_line(offsite.schedule, user, paths.offsite_script))
 
 

@@ -14,6 +14,7 @@ from pyinfra.operations import files
 
 from restobot.commands import CLEANUP_SQL, HostLayout, database_read, shell_text
 from restobot.operations.backup import LOG_DIR
+from restobot.operations.cron import managed_cron_file
 from restobot.settings import REPO_ROOT, Settings
 
 TEMPLATE = REPO_ROOT / "templates" / "cleanup" / "cleanup.sh.j2"
@@ -35,14 +36,9 @@ def script_path(layout: HostLayout) -> str:
 
 def cron_file(settings: Settings, script: str) -> str:
     """The whole ``CRON_FILE`` (pure: tested by value)."""
-    return "\n".join([
-        "# Managed by restobot (restobot/operations/cleanup.py): rows past their retention deleted nightly.",
-        "# Change `retention.schedule` in the inventory and deploy again; do not edit on the host.",
-        "SHELL=/bin/sh",
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        f"{settings.retention.schedule} root {shell_text([script])} >/dev/null",
-        "",
-    ])
+    return managed_cron_file("restobot/operations/cleanup.py", "rows past their retention deleted nightly",
+                             "Change `retention.schedule` in the inventory and deploy again",
+                             f"{settings.retention.schedule} root {shell_text([script])} >/dev/null")
 
 
 def script_values(settings: Settings, layout: HostLayout) -> dict[str, str]:

@@ -26,6 +26,7 @@ from pyinfra.operations import files
 
 from restobot.commands import LONG_RUNNING_SERVICES, MONITORING_SERVICES, HostLayout
 from restobot.operations.backup import BackupPaths
+from restobot.operations.cron import managed_cron_file
 from restobot.render import COMPOSE_PROJECT
 from restobot.settings import REPO_ROOT, Settings
 
@@ -58,14 +59,9 @@ def states_argv(layout: HostLayout, interval_seconds: int) -> list[str]:
 
 def cron_file(layout: HostLayout, interval_seconds: int) -> str:
     """The whole ``CRON_FILE`` (pure: tested by value)."""
-    return "\n".join([
-        "# Managed by restobot (restobot/operations/monitoring.py): the containers' states for node-exporter.",
-        "# Change `monitoring.container_state_interval_seconds` and deploy again; do not edit on the host.",
-        "SHELL=/bin/sh",
-        "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        f"* * * * * root {shlex.join(states_argv(layout, interval_seconds))} >/dev/null",
-        "",
-    ])
+    return managed_cron_file("restobot/operations/monitoring.py", "the containers' states for node-exporter",
+                             "Change `monitoring.container_state_interval_seconds` and deploy again",
+                             f"* * * * * root {shlex.join(states_argv(layout, interval_seconds))} >/dev/null")
 
 
 @deploy("Ensure the container states are written for node-exporter")
