@@ -1506,6 +1506,9 @@ def backup_offsite_restore(session: Session, to: str, yes: bool, as_json: bool) 
         outcome["rows_after"], outcome["smoke"] = serving_again(
             session, f"the database is restored to {target.describe()}", safety, as_json)
         outcome["offsite_run"] = first_offsite_run(session, as_json)
+        # The drill restores what that run backed up: only after it succeeded here.
+        ran = (outcome["offsite_run"] or "").startswith("ok")
+        outcome["restore_drill"] = first_restore_drill(session, as_json) if ran else None
         outcome["pruned"] = old_safety_dumps(dumps, keep="")
         for old in outcome["pruned"]:
             session.remote.run(commands.remove_file(old))
@@ -1515,7 +1518,7 @@ def backup_offsite_restore(session: Session, to: str, yes: bool, as_json: bool) 
     data = {"stage": session.stage, "restored_to": target.describe(), "stanza": offsite.stanza,
             "safety_dump": safety, "rows_before": before, "rows_after": outcome["rows_after"],
             "migrations": outcome["migrations"], "smoke": outcome["smoke"], "offsite_run": outcome["offsite_run"],
-            "pruned_safety_dumps": outcome["pruned"]}
+            "restore_drill": outcome["restore_drill"], "pruned_safety_dumps": outcome["pruned"]}
 
     def render():
         say(f"restored from the off-site repository to {target.describe()}; the database as it was is in {safety}")
@@ -1523,6 +1526,8 @@ def backup_offsite_restore(session: Session, to: str, yes: bool, as_json: bool) 
         say("smoke: " + ", ".join(f"{c['name']} PASS" for c in data["smoke"]))
         if data["offsite_run"]:
             say(f"first off-site run on this host: {data['offsite_run']}")
+        if data["restore_drill"]:
+            say(f"first restore drill on this host: {data['restore_drill']}")
         say(f"recorded in {layout.audit_log}")
 
     emit(as_json, data, render)
@@ -1534,13 +1539,24 @@ def first_offsite_run(session: Session, as_json: bool) -> str | None:
     backup and a stamp of its own. Its failure is reported, not raised: the restore is done. None: a
     run had succeeded here before."""
     paths = backup_paths(session)
-    if session.remote.run(["test", "-e", paths.offsite_last_success]).exit_status == 0:
+    return run_once(session, paths.offsite_script, paths.offsite_last_success, "off-site run", as_json)
+
+
+def first_restore_drill(session: Session, as_json: bool) -> str | None:
+    """Likewise the restore drill (after the first off-site run, which it restores)."""
+    paths = backup_paths(session)
+    return run_once(session, paths.drill_script, paths.drill_last_success, "restore drill", as_json)
+
+
+def run_once(session: Session, script: str, stamp: str, what: str, as_json: bool) -> str | None:
+    """Run ``script`` unless its success ``stamp`` exists: ``ok (...)``, ``failed: ...`` or None."""
+    if session.remote.run(["test", "-e", stamp]).exit_status == 0:
         return None
-    tell(as_json, f"no off-site run on this host yet: running {paths.offsite_script}")
-    result = session.remote.run(commands.run_script(paths.offsite_script), timeout=RECOVERY_TIMEOUT_S)
+    tell(as_json, f"no {what} on this host yet: running {script}")
+    result = session.remote.run(commands.run_script(script), timeout=RECOVERY_TIMEOUT_S)
     if result.exit_status == 0:
-        return f"ok ({result.stdout.strip()} backup)"
-    return f"failed: {result.stderr.strip()[-400:]} (run it again: sudo {paths.offsite_script})"
+        return f"ok ({result.stdout.strip().splitlines()[-1] if result.stdout.strip() else 'done'})"
+    return f"failed: {result.stderr.strip()[-400:]} (run it again: sudo {script})"
 
 
 def backup_paths(session: Session) -> BackupPaths:

@@ -579,6 +579,44 @@ def offsite_restore(release_dir: str, stanza: str, options: Sequence[str]) -> li
                    "gosu", "postgres", "pgbackrest", f"--stanza={stanza}", "--delta", *options, "restore")
 
 
+# The restore drill (templates/backup/offsite-restore-drill.sh.j2 runs it through restobot/remote/backup.py):
+# the repository's latest point restored into a scratch instance that shares nothing with the live one.
+DRILL_CONTAINER = "restobot-restore-drill"
+# Run as postgres in a one-off container of the service, with $1 the stanza, $2 the seconds recovery may
+# take, $3 the SQL whose one-line JSON answer is the drill's result. The data directory is a
+# subdirectory of an anonymous volume that replaces the service's (postgres wants it 0700); the instance
+# listens on no TCP port and archives nothing: no client, and not the repository, can reach it.
+DRILL_SCRIPT = r"""set -eu
+stanza=$1 seconds=$2 sql=$3
+data=/var/lib/postgresql/data/drill log=/var/lib/postgresql/data/drill.log
+mkdir -m 700 "$data"
+pgbackrest --stanza="$stanza" --pg1-path="$data" --archive-mode=off --log-level-console=warn restore >&2
+pg_ctl -D "$data" -l "$log" -w -t "$seconds" -o "-c listen_addresses='' -c archive_mode=off" start >&2 \
+    || { tail -n 20 "$log" >&2; exit 1; }
+deadline=$(( $(date +%s) + seconds ))
+until [ "$(psql -X -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c 'SELECT pg_is_in_recovery()')" = f ]; do
+    if [ "$(date +%s)" -ge "$deadline" ]; then
+        echo "the restored instance was still replaying the archive after $seconds s" >&2
+        tail -n 20 "$log" >&2
+        exit 1
+    fi
+    sleep 1
+done
+psql -X -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$sql"
+pg_dump -U "$POSTGRES_USER" -d "$POSTGRES_DB" --format=custom --file=/dev/null >&2
+pg_ctl -D "$data" -m fast stop >&2
+"""
+
+
+def offsite_restore_drill(release_dir: str) -> list[str]:
+    """The restore drill's scratch instance (``DRILL_SCRIPT``; the caller appends its three arguments): a
+    one-off container of the postgres service (its image, configuration and route to the repository)
+    whose data volume is replaced by an anonymous one, removed with the container."""
+    return compose(release_dir, "run", "--rm", "--no-deps", "--no-TTY", "--name", DRILL_CONTAINER,
+                   "--volume", SERVICE_PGDATA, "postgres",
+                   "gosu", "postgres", "sh", "-c", DRILL_SCRIPT, "restore-drill")
+
+
 def data_directory_emptied(release_dir: str) -> list[str]:
     """Empty the stopped service's data volume, so that its next start initialises a new cluster (from
     the env file's user, password and database): the way back from a restore that failed half-way."""

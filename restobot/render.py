@@ -225,6 +225,8 @@ def render_monitoring(settings: Settings, options: MonitoringOptions | None = No
         "backup_max_age_hours": f"{max_age / 3600:g}",
         "offsite_max_age_seconds": settings.offsite_backup_max_age_seconds,
         "offsite_max_age_hours": f"{settings.offsite_backup_max_age_seconds / 3600:g}",
+        "drill_max_age_seconds": settings.restore_drill_max_age_seconds,
+        "drill_max_age_days": f"{settings.restore_drill_max_age_seconds / 86400:.1f}",
         "security_event_types": SECURITY_EVENT_TYPES,
     }
     environment = make_environment()

@@ -612,6 +612,9 @@ class OffsiteBackupSettings(Section):
     # When the host takes tonight's backup (full every full_interval_days, else incremental),
     # checks the archiving and verifies the repository (cron; after the local dump's 03:17).
     schedule: str = "37 3 * * *"
+    # When the host restores the repository's latest point into a scratch instance and checks it holds
+    # what the live database held (cron; weekly, after that night's backup).
+    drill_schedule: str = "7 5 * * 0"
     cipher_passphrase: SecretStr | None = None
     # The bucket's access key pair, issued by its provider (never generated).
     s3_key: SecretStr | None = None
@@ -619,7 +622,7 @@ class OffsiteBackupSettings(Section):
 
     _passphrase = field_validator("cipher_passphrase")(secret_rule(32))
 
-    @field_validator("schedule")
+    @field_validator("schedule", "drill_schedule")
     @classmethod
     def schedule_is_cron(cls, value: str) -> str:
         return BackupSettings.schedule_is_cron(value)
@@ -628,6 +631,11 @@ class OffsiteBackupSettings(Section):
     def period_seconds(self) -> int:
         """How often the schedule fires at least, in seconds (the longest gap, coarsely)."""
         return cron_period_seconds(self.schedule)
+
+    @property
+    def drill_period_seconds(self) -> int:
+        """How often the restore drill runs at least, in seconds (the longest gap, coarsely)."""
+        return cron_period_seconds(self.drill_schedule)
     _s3_keys = field_validator("s3_key", "s3_key_secret")(secret_rule(16))
 
     @property
@@ -1047,6 +1055,12 @@ class Settings(Section):
         """How old the newest successful off-site run may be before RestobotOffsiteBackupTooOld fires:
         its schedule's period plus 10 % and an hour (a full backup and the verify take a while)."""
         return int(self.offsite_backup.period_seconds * 1.1) + 3600
+
+    @property
+    def restore_drill_max_age_seconds(self) -> int:
+        """How old the newest successful restore drill may be before RestobotRestoreDrillTooOld fires:
+        its schedule's period plus 10 % and an hour (restoring a large database takes a while)."""
+        return int(self.offsite_backup.drill_period_seconds * 1.1) + 3600
 
     @property
     def redis_url(self) -> str:

@@ -26,7 +26,10 @@ makes the repository's stanza, checks that archiving reaches it, and takes a fir
 ``offsite_backups_scheduled`` installs ``{base_dir}/bin/offsite-backup``
 (templates/backup/offsite-backup.sh.j2: tonight's full or incremental backup, ``pgbackrest check``
 and ``verify``, its outcome recorded for the alerts) and ``OFFSITE_CRON_FILE``, which runs it as
-the deploy user on ``offsite_backup.schedule``; with ``offsite_backup`` disabled, both are removed.
+the deploy user on ``offsite_backup.schedule``; and ``{base_dir}/bin/offsite-restore-drill``
+(templates/backup/offsite-restore-drill.sh.j2: the repository's latest point restored into a scratch
+instance and checked against the live row counts) with ``DRILL_CRON_FILE`` on
+``offsite_backup.drill_schedule``. With ``offsite_backup`` disabled, all four are removed.
 """
 
 from __future__ import annotations
@@ -43,9 +46,11 @@ from pyinfra.facts.files import File, Sha256File
 from pyinfra.operations import apt, files, server
 
 from restobot.commands import (
+    DRILL_CONTAINER,
     POSTGRES_CONTAINER,
     HostLayout,
     offsite_repository_is_this_databases,
+    offsite_restore_drill,
     pgbackrest,
     run_script,
     shell,
@@ -62,11 +67,14 @@ from restobot.settings import REPO_ROOT, BackupSettings, OffsiteBackupSettings, 
 TEMPLATES = REPO_ROOT / "templates" / "backup"
 CRON_FILE = "/etc/cron.d/restobot-backup"
 OFFSITE_CRON_FILE = "/etc/cron.d/restobot-offsite-backup"
+DRILL_CRON_FILE = "/etc/cron.d/restobot-offsite-restore-drill"
 LOG_DIR = "/var/log/restobot"
 BACKUP_LOG = f"{LOG_DIR}/backup.log"
 HELPER_IN_RELEASE = "restobot/remote/backup.py"
 """The helper's path in a release (and in the checkout it is built from)."""
 HELPER_MODE = 750
+# How long the drill's scratch instance may take to replay the archive and promote.
+DRILL_RECOVERY_SECONDS = 3600
 
 
 @dataclasses.dataclass(frozen=True)
@@ -126,6 +134,23 @@ class BackupPaths:
     @property
     def offsite_lock(self) -> str:
         return f"{self.layout.state_dir}/offsite-backup.lock"
+
+    @property
+    def drill_script(self) -> str:
+        return f"{self.bin_dir}/offsite-restore-drill"
+
+    @property
+    def drill_last_run(self) -> str:
+        """The restore drill's outcome, ``<time> ok`` or ``<time> failed``."""
+        return f"{self.layout.state_dir}/offsite-restore-drill-last-run"
+
+    @property
+    def drill_last_success(self) -> str:
+        return f"{self.layout.state_dir}/offsite-restore-drill-last-success"
+
+    @property
+    def drill_lock(self) -> str:
+        return f"{self.layout.state_dir}/offsite-restore-drill.lock"
 
 
 # --- pure builders ---------------------------------------------------------
@@ -187,6 +212,28 @@ def offsite_script_values(offsite: OffsiteBackupSettings, user: str, paths: Back
         "script_text": paths.offsite_script,
         "cron_file": OFFSITE_CRON_FILE,
         "full_every_days": offsite.full_interval_days,
+    }
+
+
+def drill_cron_file(offsite: OffsiteBackupSettings, user: str, paths: BackupPaths) -> str:
+    """The whole ``DRILL_CRON_FILE`` (pure: tested by value)."""
+    return backup_cron_file("the off-site restore drill (pgBackRest into a scratch instance)",
+                             "offsite_backup.drill_schedule", cron_line(offsite.drill_schedule, user, paths.drill_script))
+
+
+def drill_script_values(settings: Settings, paths: BackupPaths,
+                        container: str = POSTGRES_CONTAINER) -> dict[str, str | int]:
+    """What the drill's template is rendered with; shell words come quoted (pure)."""
+    return {
+        **shell_words(deploy_user=settings.host.deploy_user, container=container,
+                      stanza=settings.offsite_backup.stanza, name=DRILL_CONTAINER, log=BACKUP_LOG,
+                      helper=paths.helper, last_run=paths.drill_last_run, stamp=paths.drill_last_success,
+                      lock=paths.drill_lock),
+        "script_text": paths.drill_script,
+        "cron_file": DRILL_CRON_FILE,
+        "seconds": DRILL_RECOVERY_SECONDS,
+        "disk_percent": settings.monitoring.disk_percent,
+        "scratch_command": shlex.join(offsite_restore_drill(paths.layout.current)),
     }
 
 
@@ -339,12 +386,12 @@ def unless_foreign(state, host, stanza: str, helper: str, stage: str, steps: lis
 @operation()
 def offsite_first_run_done(script: str, stamp: str, stanza: str, helper: str, stage: str):
     """
-    Ensure one off-site run has succeeded on this host: ``script`` is run now when ``stamp`` is
-    missing (RestobotOffsiteBackupTooOld would otherwise fire until the first night, and the run
+    Ensure one run of an off-site ``script`` has succeeded on this host: it is run now when ``stamp``
+    is missing (its TooOld alert would otherwise fire until the first scheduled run, and the run
     proves the script works where it will run). Not on a repository of another database (a VPS
     rebuilt, before its restore: the restore runs it).
 
-    + script: ``bin/offsite-backup``
+    + script: ``bin/offsite-backup`` or ``bin/offsite-restore-drill``
     + stamp: the stamp its success writes
     + stanza, helper, stage: as ``offsite_stanza_created``'s
     """
@@ -357,9 +404,10 @@ def offsite_first_run_done(script: str, stamp: str, stanza: str, helper: str, st
 @deploy("Ensure the off-site backup runs on schedule")
 def offsite_backups_scheduled(settings: Settings, layout: HostLayout) -> None:
     """
-    Ensure ``bin/offsite-backup`` and its cron entry are installed while ``offsite_backup`` is
-    enabled, and that one run has succeeded (run now on a host that has none yet); absent while it is not (a host that stopped archiving must not report its
-    nightly failures). Call it after ``backups_scheduled`` (it uses the helper that installs).
+    Ensure ``bin/offsite-backup``, ``bin/offsite-restore-drill`` and their cron entries are installed
+    while ``offsite_backup`` is enabled, and that one run of each has succeeded (run now on a host that
+    has none yet); absent while it is not (a host that stopped archiving must not report its nightly
+    failures). Call it after ``backups_scheduled`` (it uses the helper that installs).
 
     + settings: the stage's settings (``offsite_backup`` and ``host.deploy_user`` are read)
     + layout: where the stack lives on the host
@@ -375,6 +423,8 @@ def offsite_backups_scheduled(settings: Settings, layout: HostLayout) -> None:
         files.file(name=f"Ensure {OFFSITE_CRON_FILE} is absent (offsite_backup is disabled)",
                    path=OFFSITE_CRON_FILE, present=False)
         files.file(name=f"Ensure {paths.offsite_script} is absent", path=paths.offsite_script, present=False)
+        files.file(name=f"Ensure {DRILL_CRON_FILE} is absent", path=DRILL_CRON_FILE, present=False)
+        files.file(name=f"Ensure {paths.drill_script} is absent", path=paths.drill_script, present=False)
         return
     files.template(name=f"Ensure {paths.offsite_script} backs up, checks and verifies the off-site repository",
                    src=str(TEMPLATES / "offsite-backup.sh.j2"), dest=paths.offsite_script,
@@ -385,4 +435,13 @@ def offsite_backups_scheduled(settings: Settings, layout: HostLayout) -> None:
               user="root", group="root", mode="644")
     offsite_first_run_done(name=f"Ensure an off-site run has succeeded on this host ({paths.offsite_last_success})",
                            script=paths.offsite_script, stamp=paths.offsite_last_success, stanza=offsite.stanza,
+                           helper=paths.helper, stage=settings.stage.value)
+    files.template(name=f"Ensure {paths.drill_script} restores the off-site repository into a scratch instance",
+                   src=str(TEMPLATES / "offsite-restore-drill.sh.j2"), dest=paths.drill_script,
+                   user="root", group=user, mode="750", **drill_script_values(settings, paths))
+    files.put(name=f"Ensure cron runs {paths.drill_script} at '{offsite.drill_schedule}' as {user}",
+              src=io.StringIO(drill_cron_file(offsite, user, paths)), dest=DRILL_CRON_FILE,
+              user="root", group="root", mode="644")
+    offsite_first_run_done(name=f"Ensure a restore drill has passed on this host ({paths.drill_last_success})",
+                           script=paths.drill_script, stamp=paths.drill_last_success, stanza=offsite.stanza,
                            helper=paths.helper, stage=settings.stage.value)

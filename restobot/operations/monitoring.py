@@ -51,6 +51,8 @@ def states_argv(layout: HostLayout, interval_seconds: int) -> list[str]:
         "--backup-stamp", BackupPaths(layout).last_success, "--backup-last-run", BackupPaths(layout).last_run,
         "--offsite-stamp", BackupPaths(layout).offsite_last_success,
         "--offsite-last-run", BackupPaths(layout).offsite_last_run,
+        "--drill-stamp", BackupPaths(layout).drill_last_success,
+        "--drill-last-run", BackupPaths(layout).drill_last_run,
         "--samples", str(samples_per_minute(interval_seconds)), "--every", str(interval_seconds),
         *(argument for service in CPU_SERVICES for argument in ("--cpu", service)),
         *LONG_RUNNING_SERVICES, *MONITORING_SERVICES,

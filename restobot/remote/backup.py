@@ -29,6 +29,14 @@ tonight's is, from ``pgbackrest --output=json info`` on stdin: ``full`` when the
 backup is ``--full-every-days`` old or more (or there is none), ``incr`` otherwise.
 
     pgbackrest --stanza=S --output=json info | python3 restobot_backup.py offsite-type --full-every-days 7
+
+``bin/offsite-restore-drill`` (templates/backup/offsite-restore-drill.sh.j2) calls ``drill``: the key
+tables' live counts, ``pgbackrest check`` (everything counted is archived by then), the repository's
+latest point restored into a scratch instance (the command after ``--``, a one-off container), and
+the restore must hold at least the rows counted; one JSON object is printed, exit 1 unless ok.
+
+    python3 restobot_backup.py drill --container resto-postgres-1 --stanza restobot --name DRILL \
+        --seconds 3600 --disk-percent 90 -- docker compose ... run ... postgres gosu postgres sh -c ...
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import os
 import re
 import subprocess
 import sys
@@ -339,6 +348,114 @@ def foreign_repository(info: object, system_id: int, stage: str) -> str | None:
             f"offsite_backup.stanza). Nothing was written to the repository.")
 
 
+# --- the restore drill ------------------------------------------------------------------
+
+# The scratch copy takes the backup's size and room for the WAL it replays.
+DRILL_ROOM = 1.2
+
+
+def drill_sql(tables: Sequence[str] = KEY_TABLES) -> str:
+    """The scratch instance's answer once it has promoted: the last transaction it replayed and the key
+    tables' counts, one line of JSON (pure)."""
+    return ("SELECT json_build_object('restored_to', pg_last_xact_replay_timestamp(), "
+            f"'tables', ({count_sql(tables)})::json)::text")
+
+
+def newest_backup(info: object) -> dict:
+    """The newest backup of ``pgbackrest --output=json info``'s first stanza: label and database size
+    (``{}`` when it holds none) (pure)."""
+    if not isinstance(info, list) or not info or not isinstance(info[0], dict):
+        return {}
+    backups = [backup for backup in info[0].get("backup") or [] if isinstance(backup, dict)]
+    if not backups:
+        return {}
+    newest = backups[-1]
+    size = (newest.get("info") or {}).get("size")
+    return {"label": newest.get("label"), "size": size if isinstance(size, int) else 0}
+
+
+def drill_room_error(backup_size: int, total: int, free: int, disk_percent: int) -> str | None:
+    """Why the scratch copy must not be made on this disk (None: it fits): the drill must not push the
+    disk past the monitoring threshold, where the live database would be next (pure)."""
+    needed = int(backup_size * DRILL_ROOM)
+    used_after = total - free + needed
+    if total <= 0 or used_after * 100 < disk_percent * total:
+        return None
+    mib = 1 << 20
+    return (f"not enough disk for the restore drill: its scratch copy needs about {needed // mib} MiB, "
+            f"which would leave the disk {used_after * 100 // total} % used (monitoring.disk_percent: "
+            f"{disk_percent} %); {free // mib} MiB are free. Free space on the VPS (old releases, images: "
+            "resto STAGE cleanup) or give it a larger disk; the live database and its archiving are untouched")
+
+
+def drill_report(live: dict[str, int], answer: dict, backup: dict, seconds: float,
+                 error: str | None = None) -> dict:
+    """The JSON object ``drill`` prints (pure: tested by value).
+
+    ``ok`` only when there is no error and the restore holds, of every key table, at least the rows the
+    live database held when the drill began (everything then was archived before the restore ran; rows
+    deleted since are the only way the restore can hold more)."""
+    restored = answer.get("tables") or {}
+    tables = {table: [count, restored.get(table)] for table, count in sorted(live.items())}
+    short = [f"{table} ({pair[1] if pair[1] is not None else 'absent'} restored, {pair[0]} live)"
+             for table, pair in tables.items() if pair[1] is None or pair[1] < pair[0]]
+    if error is None and not answer:
+        error = "the scratch instance gave no answer"
+    if error is None and short:
+        error = ("the restore holds fewer rows than the live database had archived when the drill began: "
+                 + ", ".join(short) + ". The repository does not hold what it should: resto STAGE backup "
+                 "offsite info --check, and the backup log")
+    report = {
+        "ok": error is None,
+        "backup": backup.get("label"),
+        "backup_size_bytes": backup.get("size"),
+        "restored_to": answer.get("restored_to"),
+        "seconds": round(seconds, 1),
+        "tables": tables,
+    }
+    if error is not None:
+        report["error"] = error
+    return report
+
+
+def _docker_root_statvfs() -> os.statvfs_result:
+    root = _run(["docker", "info", "--format", "{{.DockerRootDir}}"]).strip() or "/var/lib/docker"
+    return os.statvfs(root)
+
+
+def drill(container: str, stanza: str, name: str, scratch_argv: Sequence[str], seconds: int,
+          disk_percent: int) -> dict:
+    """Count the live key tables, archive everything counted (``pgbackrest check``), restore the
+    repository's latest point into the scratch instance ``scratch_argv`` starts (container ``name``,
+    removed afterwards whatever happened) and compare."""
+    started = time.monotonic()
+    live: dict[str, int] = {}
+    answer: dict = {}
+    backup: dict = {}
+    pgbackrest = ["docker", "exec", "--user", "postgres", container, "pgbackrest", f"--stanza={stanza}"]
+    try:
+        database = _run(["docker", "exec", container, "sh", "-c", 'printf %s "$POSTGRES_DB"']).strip()
+        live = {str(k): int(v) for k, v in json.loads(_run(psql_argv(container, database, count_sql()))).items()}
+        _run([*pgbackrest, "check"])
+        backup = newest_backup(json.loads(_run([*pgbackrest, "--output=json", "info"])))
+        if not backup:
+            raise RuntimeError("the repository holds no backup to restore: run bin/offsite-backup first")
+        disk = _docker_root_statvfs()
+        room = drill_room_error(backup["size"], disk.f_blocks * disk.f_frsize, disk.f_bavail * disk.f_frsize,
+                                disk_percent)
+        if room:
+            raise RuntimeError(room)
+        subprocess.run(["docker", "rm", "--force", "--volumes", name], check=False, capture_output=True)
+        output = _run([*scratch_argv, stanza, str(seconds), drill_sql()])
+        lines = [line for line in output.splitlines() if line.startswith("{")]
+        answer = json.loads(lines[-1]) if lines else {}
+    except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as failure:
+        return drill_report(live, answer, backup, time.monotonic() - started, str(failure))
+    finally:
+        subprocess.run(["docker", "rm", "--force", "--volumes", name], check=False, capture_output=True)
+    return drill_report(live, answer, backup, time.monotonic() - started)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="restobot_backup.py", description=__doc__.split("\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
@@ -359,7 +476,22 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     "repository backs up another database (info JSON on stdin)")
     owner_cmd.add_argument("--system-id", type=int, required=True, help="this host's (pg_controldata)")
     owner_cmd.add_argument("--stage", required=True)
+    drill_cmd = commands.add_parser("drill", help="restore the off-site repository's latest point into a scratch "
+                                    "instance (the command after --) and check it holds the live rows")
+    drill_cmd.add_argument("--container", required=True, help="the live postgres container")
+    drill_cmd.add_argument("--stanza", required=True)
+    drill_cmd.add_argument("--name", required=True, help="the scratch instance's container name")
+    drill_cmd.add_argument("--seconds", type=int, default=COMMAND_TIMEOUT, help="how long recovery may take")
+    drill_cmd.add_argument("--disk-percent", type=int, required=True, help="the disk use the drill must stay under")
+    drill_cmd.add_argument("scratch", nargs=argparse.REMAINDER, help="-- and the command starting the scratch instance")
     args = parser.parse_args(argv)
+    if args.command == "drill":
+        scratch = args.scratch[1:] if args.scratch[:1] == ["--"] else args.scratch
+        if not scratch:
+            parser.error("drill: the command starting the scratch instance is missing (after --)")
+        report = drill(args.container, args.stanza, args.name, scratch, args.seconds, args.disk_percent)
+        print(json.dumps(report, sort_keys=True))
+        return 0 if report["ok"] else 1
     if args.command in ("offsite-owner", "offsite-type"):
         try:
             info = json.load(sys.stdin)

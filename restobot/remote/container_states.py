@@ -17,6 +17,9 @@ more often than once a minute), and each time replaces ``restobot_containers.pro
     restobot_offsite_backup_last_success_timestamp_seconds, restobot_offsite_backup_last_run_success
                                                        the same of the nightly off-site backup (--offsite-stamp,
                                                        --offsite-last-run; absent while off-site is off)
+    restobot_offsite_restore_drill_last_success_timestamp_seconds, restobot_offsite_restore_drill_last_run_success
+                                                       the same of the off-site restore drill (--drill-stamp,
+                                                       --drill-last-run)
 
 One-off containers (``docker compose run``) are left out: they carry their service's label too.
 
@@ -60,6 +63,16 @@ OFFSITE_LAST_RUN_HEADER = (
     "# HELP restobot_offsite_backup_last_run_success 1 when the nightly off-site backup's last run succeeded, "
     "0 when it failed.\n"
     "# TYPE restobot_offsite_backup_last_run_success gauge\n"
+)
+DRILL_HEADER = (
+    "# HELP restobot_offsite_restore_drill_last_success_timestamp_seconds When the off-site restore drill last "
+    "passed.\n"
+    "# TYPE restobot_offsite_restore_drill_last_success_timestamp_seconds gauge\n"
+)
+DRILL_LAST_RUN_HEADER = (
+    "# HELP restobot_offsite_restore_drill_last_run_success 1 when the off-site restore drill's last run passed, "
+    "0 when it failed.\n"
+    "# TYPE restobot_offsite_restore_drill_last_run_success gauge\n"
 )
 LAST_RUN_OUTCOMES = {"ok": 1, "failed": 0}
 
@@ -143,6 +156,12 @@ def offsite_metrics(stamp_mtime: Optional[float], record: Optional[str]) -> str:
             + last_run_metrics(record, OFFSITE_LAST_RUN_HEADER, "restobot_offsite_backup_last_run_success"))
 
 
+def drill_metrics(stamp_mtime: Optional[float], record: Optional[str]) -> str:
+    """The restore drill's last success and last run, as ``backup_metrics`` and ``last_run_metrics`` (pure)."""
+    return (backup_metrics(stamp_mtime, DRILL_HEADER, "restobot_offsite_restore_drill_last_success_timestamp_seconds")
+            + last_run_metrics(record, DRILL_LAST_RUN_HEADER, "restobot_offsite_restore_drill_last_run_success"))
+
+
 def read_record(path: Optional[str]) -> Optional[str]:
     if not path:
         return None
@@ -193,13 +212,15 @@ def run(argv: List[str]) -> str:
 
 def sample(directory: str, project: str, services: Sequence[str], cpu_services: Sequence[str],
            backup_stamp: Optional[str], backup_last_run: Optional[str],
-           offsite_stamp: Optional[str] = None, offsite_last_run: Optional[str] = None) -> None:
+           offsite_stamp: Optional[str] = None, offsite_last_run: Optional[str] = None,
+           drill_stamp: Optional[str] = None, drill_last_run: Optional[str] = None) -> None:
     containers = parse_ps(run(ps_argv(project)))
     names = [c["Names"] for c in containers if service_of(c) in cpu_services and c.get("State") == "running"]
     cpu = parse_stats(run(stats_argv(names))) if names else {}
     write_atomically(directory, metrics(services, containers, cpu) + backup_metrics(stamp_mtime(backup_stamp))
                      + last_run_metrics(read_record(backup_last_run))
-                     + offsite_metrics(stamp_mtime(offsite_stamp), read_record(offsite_last_run)))
+                     + offsite_metrics(stamp_mtime(offsite_stamp), read_record(offsite_last_run))
+                     + drill_metrics(stamp_mtime(drill_stamp), read_record(drill_last_run)))
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -213,13 +234,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--backup-last-run", help="the outcome the nightly backup records of its last run")
     parser.add_argument("--offsite-stamp", help="the nightly off-site backup's last-success stamp")
     parser.add_argument("--offsite-last-run", help="the outcome the nightly off-site backup records of its last run")
+    parser.add_argument("--drill-stamp", help="the off-site restore drill's last-success stamp")
+    parser.add_argument("--drill-last-run", help="the outcome the off-site restore drill records of its last run")
     parser.add_argument("services", nargs="+", help="the services expected to run")
     args = parser.parse_args(argv)
     for index in range(args.samples):
         started = time.monotonic()
         try:
             sample(args.dir, args.project, args.services, args.cpu, args.backup_stamp, args.backup_last_run,
-                   args.offsite_stamp, args.offsite_last_run)
+                   args.offsite_stamp, args.offsite_last_run, args.drill_stamp, args.drill_last_run)
         except (subprocess.SubprocessError, OSError, ValueError) as error:
             # Left as it was: a stale file keeps its last values, and RestobotContainerStateUnknown
             # fires only when it is gone. cron mails stderr.

@@ -23,8 +23,8 @@ from harness.deploys import changed_operations, public_request, sql
 from harness.offsite import build_offsite_images
 from harness.poll import poll
 from restobot import meta_payloads
-from restobot.commands import POSTGRES_CONTAINER, HostLayout, pgbackrest
-from restobot.operations.backup import OFFSITE_CRON_FILE, BackupPaths
+from restobot.commands import DRILL_CONTAINER, POSTGRES_CONTAINER, HostLayout, pgbackrest
+from restobot.operations.backup import DRILL_CRON_FILE, OFFSITE_CRON_FILE, BackupPaths
 from restobot.settings import REPO_ROOT, read_env_file, secrets_file
 from tests.e2e.conftest import harness_must_deliver
 
@@ -227,6 +227,29 @@ def test_a_second_deploy_changes_nothing(stack):
     assert changed_operations(run) == [], run.output_tail()
 
 
+def postgres_started_at(stack) -> str:
+    return stack.ssh("docker", "inspect", "--format", "{{.State.StartedAt}}", POSTGRES_CONTAINER).stdout.strip()
+
+
+def test_a_restore_drill_restores_every_archived_message_into_a_scratch_instance_and_leaves_the_live_one(stack, sent):
+    """bin/offsite-restore-drill: the repository's latest point, restored into a one-off container that is
+    gone afterwards, holds every row the live database had when the drill began; the live postgres was
+    not restarted and customers are answered."""
+    live_since = postgres_started_at(stack)
+
+    drill = stack.ssh(PATHS.drill_script, check=False, timeout=900)
+
+    assert drill.returncode == 0, drill.stderr[-4000:]
+    report = json.loads(drill.stdout.splitlines()[-1])
+    live, restored = report["tables"]["inbound_messages"]
+    assert report["ok"] is True and restored >= live >= 3, report
+    assert report["restored_to"] and report["backup"], report
+    assert stack.ssh("cat", PATHS.drill_last_run).stdout.split()[1:] == ["ok"]
+    assert stack.ssh("docker", "ps", "--all", "--quiet", "--filter", f"name={DRILL_CONTAINER}").stdout == ""
+    assert postgres_started_at(stack) == live_since
+    assert send_message(stack, "after the drill", "33677700003") == 200
+
+
 def stored_marker(stack, text: str) -> str:
     """One message carrying ``text``, answered 200, waited for in inbound_messages; its WAL segment."""
     assert send_message(stack, f"Réservation {text}", f"3366{secrets.randbelow(10**8):08d}") == 200
@@ -274,13 +297,25 @@ def test_the_first_deploy_runs_the_nightly_offsite_backup_once_and_schedules_it(
     assert cron.splitlines()[-1] == f"37 3 * * * {user} {PATHS.offsite_script} >/dev/null", cron
 
 
+def test_the_first_deploy_passes_a_restore_drill_and_schedules_it_weekly(stack):
+    assert any("Ensure a restore drill has passed on this host" in name for name in stack.first_deploy.changed)
+    assert stack.ssh("cat", PATHS.drill_last_success).stdout.split()[1:] == ["ok"]
+    cron = stack.ssh("cat", DRILL_CRON_FILE).stdout
+    user = stack.settings.get("host", {}).get("deploy_user", "deploy")
+    assert cron.splitlines()[-1] == f"7 5 * * 0 {user} {PATHS.drill_script} >/dev/null", cron
+
+
 def test_the_container_states_report_the_offsite_run_for_its_alerts(stack):
     text = poll(lambda: stack.ssh("cat", METRICS, check=False).stdout,
                 until=lambda text: "restobot_offsite_backup_last_run_success 1" in text, timeout=90, interval=5,
                 what="the off-site run reported in the container states")
     assert "restobot_offsite_backup_last_success_timestamp_seconds " in text
+    assert "restobot_offsite_restore_drill_last_run_success 1" in text
+    assert "restobot_offsite_restore_drill_last_success_timestamp_seconds " in text
     rules = stack.ssh("cat", "/opt/resto/current/monitoring/prometheus/alerts.yml").stdout
-    assert "alert: RestobotOffsiteBackupFailed" in rules and "alert: RestobotOffsiteBackupTooOld" in rules
+    assert all(f"alert: {name}" in rules for name in (
+        "RestobotOffsiteBackupFailed", "RestobotOffsiteBackupTooOld", "RestobotRestoreDrillFailed",
+        "RestobotRestoreDrillTooOld"))
 
 
 def test_an_unreachable_offsite_host_fails_the_run_records_it_and_the_stack_keeps_serving(stack, offsite_host):
@@ -377,7 +412,9 @@ def test_one_restore_brings_back_every_message_answered_before_the_loss(rebuilt,
     assert send_message(rebuilt.stack, "after the VPS was lost", "33677700002") == 200
 
 
-def test_the_restore_takes_the_restored_databases_first_offsite_backup(rebuilt):
+def test_the_restore_takes_the_restored_databases_first_offsite_backup_and_restore_drill(rebuilt):
     data = json.loads(rebuilt.restore.stdout)
     assert data["offsite_run"].startswith("ok"), data["offsite_run"]
     assert rebuilt.stack.ssh("cat", PATHS.offsite_last_run).stdout.split()[1:] == ["ok"]
+    assert data["restore_drill"].startswith("ok"), data["restore_drill"]
+    assert rebuilt.stack.ssh("cat", PATHS.drill_last_run).stdout.split()[1:] == ["ok"]

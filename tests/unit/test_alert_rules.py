@@ -290,6 +290,8 @@ OFFSITE = {"enabled": True, "schedule": "37 3 * * *",
                     "key_path": "/home/ops/.ssh/resto-offsite"}}
 # A day's schedule: 24 h + 10 % + an hour.
 OFFSITE_MAX_AGE = int(86400 * 1.1) + 3600
+# The drill's weekly default: 7 days + 10 % + an hour.
+DRILL_MAX_AGE = int(7 * 86400 * 1.1) + 3600
 OFFSITE_CASES: dict[str, Case] = {
     "RestobotOffsiteBackupFailed": Case(
         firing={"restobot_offsite_backup_last_run_success": 0},
@@ -312,6 +314,20 @@ OFFSITE_CASES: dict[str, Case] = {
         description="archive_command (pgBackRest's archive-push) fails: the WAL piles up in pg_wal until the disk "
                     "is full, and a point-in-time restore stops at the last archived segment. "
                     "resto production backup offsite info --check says why."),
+    "RestobotRestoreDrillFailed": Case(
+        firing={"restobot_offsite_restore_drill_last_run_success": 0},
+        silent={"restobot_offsite_restore_drill_last_run_success": 1},
+        labels={"severity": "critical"},
+        summary="The last off-site restore drill failed",
+        description="The repository's latest point did not restore into a scratch instance, or lacked rows the "
+                    "live database had: its report is in the backup log on the host. Until a drill passes, assume "
+                    "the off-site backup cannot be restored; run it again: sudo /opt/resto/bin/offsite-restore-drill."),
+    "RestobotRestoreDrillTooOld": Case(
+        firing={"restobot_offsite_restore_drill_last_success_timestamp_seconds": EVAL_SECONDS - DRILL_MAX_AGE - 3600},
+        silent={"restobot_offsite_restore_drill_last_success_timestamp_seconds": EVAL_SECONDS - DRILL_MAX_AGE + 3600},
+        labels={"severity": "warning"},
+        summary=f"No off-site restore drill has passed for over {DRILL_MAX_AGE / 86400:.1f} days",
+        description="The schedule '7 5 * * 0' should have produced one: check cron and the backup's log."),
 }
 
 
@@ -336,7 +352,7 @@ def test_offsite_alert_fires_above_its_threshold_and_stays_silent_below(promtool
     assert (fired.returncode, silent.returncode) == (0, 0), fired.stdout + fired.stderr + silent.stdout + silent.stderr
 
 
-def test_offsite_too_old_fires_when_no_run_was_ever_recorded(promtool, offsite_rules):
-    result = promtool_test(promtool, offsite_rules, "RestobotOffsiteBackupTooOld", {'up{job="node"}': 1},
-                           expected(OFFSITE_CASES["RestobotOffsiteBackupTooOld"]))
+@pytest.mark.parametrize("name", ["RestobotOffsiteBackupTooOld", "RestobotRestoreDrillTooOld"])
+def test_offsite_too_old_fires_when_no_run_was_ever_recorded(promtool, offsite_rules, name):
+    result = promtool_test(promtool, offsite_rules, name, {'up{job="node"}': 1}, expected(OFFSITE_CASES[name]))
     assert result.returncode == 0, result.stdout + result.stderr

@@ -85,7 +85,9 @@ def test_cron_runs_the_program_as_root_every_minute_for_every_service():
         "--project resto --backup-stamp /opt/resto/backups/scheduled/last-success "
         "--backup-last-run /opt/resto/state/backup-last-run "
         "--offsite-stamp /opt/resto/state/offsite-backup-last-success "
-        "--offsite-last-run /opt/resto/state/offsite-backup-last-run --samples 4 --every 15 --cpu n8n-main --cpu n8n-worker postgres redis n8n-main "
+        "--offsite-last-run /opt/resto/state/offsite-backup-last-run "
+        "--drill-stamp /opt/resto/state/offsite-restore-drill-last-success "
+        "--drill-last-run /opt/resto/state/offsite-restore-drill-last-run --samples 4 --every 15 --cpu n8n-main --cpu n8n-worker postgres redis n8n-main "
         "n8n-worker nginx traefik prometheus alertmanager node-exporter postgres-exporter redis-exporter "
         "blackbox-exporter >/dev/null"
     )
@@ -152,3 +154,22 @@ def test_a_sample_writes_the_offsite_backup_s_last_run_after_the_nightly_dump_s(
                   str(tmp_path / "offsite-last-run"))
     assert lines((tmp_path / states.OUTPUT).read_text()) == [
         "restobot_backup_last_run_success 1", "restobot_offsite_backup_last_run_success 1"]
+
+
+def test_the_restore_drill_s_metrics_are_its_stamp_s_time_and_its_recorded_outcome(tmp_path):
+    stamp = tmp_path / "offsite-restore-drill-last-success"
+    stamp.write_text("2026-12-06T05:07:40Z ok\n")
+    os.utime(stamp, (1796500000, 1796500000))
+    assert lines(states.drill_metrics(states.stamp_mtime(str(stamp)), "2026-12-13T05:08:02Z failed\n")) == [
+        "restobot_offsite_restore_drill_last_success_timestamp_seconds 1796500000",
+        "restobot_offsite_restore_drill_last_run_success 0"]
+
+
+def test_a_sample_writes_the_restore_drill_s_last_run_after_the_offsite_backup_s(tmp_path, monkeypatch):
+    (tmp_path / "offsite-last-run").write_text("2026-12-06T03:37:40Z ok\n")
+    (tmp_path / "drill-last-run").write_text("2026-12-06T05:07:40Z ok\n")
+    monkeypatch.setattr(states, "run", lambda argv: "")
+    states.sample(str(tmp_path), "resto", [], [], None, None, None, str(tmp_path / "offsite-last-run"),
+                  None, str(tmp_path / "drill-last-run"))
+    assert lines((tmp_path / states.OUTPUT).read_text()) == [
+        "restobot_offsite_backup_last_run_success 1", "restobot_offsite_restore_drill_last_run_success 1"]
