@@ -226,7 +226,7 @@ def drill_script_values(settings: Settings, paths: BackupPaths,
     """What the drill's template is rendered with; shell words come quoted (pure)."""
     return {
         **shell_words(deploy_user=settings.host.deploy_user, container=container,
-                      stanza=settings.offsite_backup.stanza, name=DRILL_CONTAINER, log=BACKUP_LOG,
+                      stanza=settings.offsite_backup.stanza, scratch_name=DRILL_CONTAINER, log=BACKUP_LOG,
                       helper=paths.helper, last_run=paths.drill_last_run, stamp=paths.drill_last_success,
                       lock=paths.drill_lock),
         "script_text": paths.drill_script,

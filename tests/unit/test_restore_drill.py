@@ -7,6 +7,7 @@ tests/e2e/test_offsite_backup.py; here, what is ours, by value.
 from __future__ import annotations
 
 import fcntl
+import inspect
 import getpass
 import json
 import subprocess
@@ -15,6 +16,7 @@ from pathlib import Path
 
 import jinja2
 import pytest
+from pyinfra.operations import files
 
 from restobot.commands import DRILL_CONTAINER, DRILL_SCRIPT, HostLayout, offsite_restore_drill
 from restobot.operations.backup import (
@@ -23,6 +25,8 @@ from restobot.operations.backup import (
     BackupPaths,
     drill_cron_file,
     drill_script_values,
+    offsite_script_values,
+    script_values,
 )
 from restobot.remote import backup as helper
 from restobot.secrets import generate_secrets
@@ -147,7 +151,7 @@ def test_the_drill_reads_the_disk_threshold_and_starts_the_current_releases_serv
     settings = settings_for_stage("production", generate_secrets(), monitoring={"disk_percent": 80},
                                   offsite_backup={"stanza": "resto-1"})
     values = drill_script_values(settings, BackupPaths(HostLayout("/srv/my resto")))
-    assert (values["stanza"], values["disk_percent"], values["name"]) == ("resto-1", 80, DRILL_CONTAINER)
+    assert (values["stanza"], values["disk_percent"], values["scratch_name"]) == ("resto-1", 80, DRILL_CONTAINER)
     assert "--project-directory '/srv/my resto/current'" in values["scratch_command"]
 
 
@@ -212,3 +216,12 @@ def test_the_helper_refuses_a_drill_without_the_scratch_command():
                            "--name", "n", "--disk-percent", "90"], check=False, capture_output=True, text=True)
     assert proc.returncode == 2
     assert "the command starting the scratch instance is missing" in proc.stderr
+
+
+def test_no_script_value_takes_the_name_of_an_argument_of_pyinfras_template_operation():
+    """The values are passed to files.template as keywords: one named like its own arguments breaks the deploy."""
+    reserved = set(inspect.signature(files.template._inner).parameters) | {"name"}
+    settings = settings_for_stage("production", generate_secrets())
+    for values in (drill_script_values(settings, PATHS), offsite_script_values(settings.offsite_backup, "ops", PATHS),
+                   script_values(settings.backup, "ops", PATHS)):
+        assert not set(values) & reserved
