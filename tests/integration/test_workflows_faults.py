@@ -111,22 +111,13 @@ def test_a_message_still_within_the_redrive_age_is_left_to_its_own_step(stack):
     stack.query("delete from inbound_messages where msg_id = %s", wamid)
 
 
-def stuck_alert_posts(stack: Stack) -> list[dict]:
-    return [r for r in stack.graph_requests() if r["path"] == "/alert" and r["body"].get("alert") == "inbound_stuck"]
-
-
-def test_a_message_stuck_past_the_alert_threshold_alerts_once_then_clears(stack):
+def test_a_message_stuck_past_the_alert_threshold_is_redriven_and_w4_posts_no_alert_of_its_own(stack):
+    """RestobotMessagesStuck (Prometheus, through Alertmanager) is the one alert of this condition."""
     wamid = leave_received(stack, sender="33600000403", age_seconds=1200)
     assert run_workflow(stack, "w4").status == 200
-    [alert] = stuck_alert_posts(stack)
-    assert (alert["status"], alert["body"]["stuck_count"], alert["body"]["after_seconds"]) == (200, 1, 900)
-    assert alert["body"]["restaurant"] == "Chez Test"
-    assert stack.query("select active from alert_state where alert_key = 'inbound_stuck'") == [(True,)]
-    assert_stored_once_and_replied_once(stack, wamid, "33600000403")  # the same sweep re-drove it
-    assert run_workflow(stack, "w4").status == 200
-    assert stack.query("select active, cleared_at is not null from alert_state where alert_key = 'inbound_stuck'") \
-        == [(False, True)]
-    assert len(stuck_alert_posts(stack)) == 1
+    assert_stored_once_and_replied_once(stack, wamid, "33600000403")
+    # W8's DLQ alert may post to the same sink on its own schedule; nothing else may.
+    assert [r for r in stack.graph_requests() if r["path"] == "/alert" and r["body"].get("alert") != "dlq_threshold"] == []
 
 
 # --- the intake fails closed ----------------------------------------------------------------

@@ -170,12 +170,6 @@ CASES: dict[str, Case] = {
         labels={"severity": "critical"},
         summary="An inbound message has waited 22m 0s in RECEIVED",
         description="Older than 1260 s: nothing re-drives it (is n8n down?)."),
-    "RestobotDlqAboveThreshold": Case(
-        firing={'restobot_outbound_messages{status="DLQ"}': 7},
-        silent={'restobot_outbound_messages{status="DLQ"}': 6, 'restobot_outbound_messages{status="RETRY"}': 100},
-        labels={"severity": "warning", "status": "DLQ"},
-        summary="7 outbound messages in the DLQ",
-        description="Above DLQ_ALERT_THRESHOLD (6). Replay: POST /v1/admin/dlq/replay."),
     "RestobotBackupFailed": Case(
         firing={"restobot_backup_last_run_success": 0},
         silent={"restobot_backup_last_run_success": 1},
@@ -276,10 +270,18 @@ def test_the_runbook_alerts_each_have_a_rule(rules):
         "Redis queue > 1000": "RestobotRedisQueueLong", "errors/hour > 10": "RestobotErrorsPerHour",
         "backup failed": "RestobotBackupFailed", "backup too old": "RestobotBackupTooOld",
         "certificate expiring": "RestobotCertificateExpiring", "messages stuck": "RestobotMessagesStuck",
-        "DLQ above threshold": "RestobotDlqAboveThreshold",
     }
     missing = {item: name for item, name in runbook.items() if name not in rule_names(rules)}
     assert not missing
+
+
+def test_the_dlq_alert_is_w8s_alone():
+    """The runbook's W8_DLQ_HANDLER posts the DLQ alert (DLQ_ALERT_THRESHOLD, ALERT_WEBHOOK_URL): no rule
+    announces the same condition a second time. The DLQ count stays a metric, for the dashboards."""
+    rules = render_monitoring(settings_for_stage("production", generate_secrets()))
+    text = rules["monitoring/prometheus/alerts.yml"].text
+    assert "DLQ" not in "".join(line for line in text.splitlines() if "alert:" in line or "expr:" in line)
+    assert "restobot_outbound:" in rules["monitoring/postgres-exporter/queries.yml"].text
 
 
 # --- the off-site backup's alerts: rendered only while offsite_backup is enabled ---------------------

@@ -149,7 +149,8 @@ def test_postgres_exporter_queries_feed_the_rules(tmp_path):
     assert metrics == {"restobot_security_events_last_hour", "restobot_inbound_received",
                        "restobot_inbound_received_oldest_age_seconds", "restobot_outbound_messages"}
     rules = (directory / "prometheus" / "alerts.yml").read_text()
-    for metric in metrics - {"restobot_inbound_received"}:
+    # The counts by state are for the dashboards; the DLQ alert is W8_DLQ_HANDLER's (the runbook's).
+    for metric in metrics - {"restobot_inbound_received", "restobot_outbound_messages"}:
         assert metric in rules, f"{metric} feeds no rule"
 
 
