@@ -118,6 +118,7 @@ def test_alert_destination_answers_a_test_alert(target, evidence):
 
 
 PROMETHEUS_RULES_URL = "http://127.0.0.1:9090/api/v1/rules?type=alert"
+PROMETHEUS_TARGETS_URL = "http://127.0.0.1:9090/api/v1/targets?state=active"
 ALERTMANAGER_CONFIG = "/etc/alertmanager/alertmanager.yml"
 
 
@@ -159,3 +160,23 @@ def test_runbook_alert_is_routed_to_the_alert_destination(target, alert, evidenc
         f"{golive.ALERT_RECEIVER} does not post to ALERT_WEBHOOK_URL as {alert_format} with resolves (deploy again)")
     evidence(f"{', '.join(golive.RUNBOOK_ALERT_RULES[alert])} -> {golive.ALERT_RECEIVER} ({alert_format}, "
              f"{configured.host})")
+
+
+def _scrape_targets(target) -> dict[str, str]:
+    result = target.run("docker", "exec", container("prometheus"), "wget", "-q", "-O", "-", PROMETHEUS_TARGETS_URL)
+    assert result.rc == 0, f"Prometheus's targets API did not answer: {(result.stderr or result.stdout).strip()[-300:]}"
+    return golive.scrape_targets(result.stdout)
+
+
+def test_every_scrape_target_is_up(target, evidence):
+    """Every source the alerts read (exporters, probes, n8n's own /metrics) answers Prometheus. A target not
+    scraped yet (just deployed) is waited for, up to two scrape intervals."""
+    deadline = time.monotonic() + 2 * target.settings.monitoring.scrape_interval_seconds + 5
+    targets = _scrape_targets(target)
+    while any(health == "unknown" for health in targets.values()) and time.monotonic() < deadline:
+        time.sleep(2)
+        targets = _scrape_targets(target)
+    assert targets, "Prometheus scrapes nothing (deploy again)"
+    failing = sorted(f"{name} ({health})" for name, health in targets.items() if health != "up")
+    assert not failing, f"scrape targets not up: {', '.join(failing)} (resto STAGE status, then the target's logs)"
+    evidence(f"{len(targets)} up: " + ", ".join(sorted({name.split()[0] for name in targets})))

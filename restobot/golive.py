@@ -392,6 +392,13 @@ def loaded_alert_rules(rules_api: str) -> dict[str, str]:
             if rule.get("type") == "alerting"}
 
 
+def scrape_targets(targets_api: str) -> dict[str, str]:
+    """Prometheus's ``/api/v1/targets`` answer -> {"job instance": its health ("up", "down", "unknown")}."""
+    data = json.loads(targets_api)
+    return {f"{target.get('labels', {}).get('job', '?')} {target.get('labels', {}).get('instance', '?')}":
+            target.get("health", "unknown") for target in data.get("data", {}).get("activeTargets", [])}
+
+
 def routed_receivers(amtool_output: str) -> list[str]:
     """``amtool config routes test`` output (``alert-destination``, or several comma-separated) -> names."""
     return [name.strip() for name in amtool_output.strip().split(",") if name.strip()]

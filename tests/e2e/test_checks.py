@@ -104,6 +104,24 @@ def _console_answers_outside(stack, refused: bool) -> None:
          what=f"the console {'refusing' if refused else 'answering'} a client outside the allowlist")
 
 
+N8N_METRICS_NETWORK = "resto_n8n-metrics"
+
+
+def _n8n_target(stack) -> str:
+    """The health Prometheus gives n8n-main's /metrics now."""
+    answer = stack.ssh("docker", "exec", "resto-prometheus-1", "wget", "-q", "-O", "-",
+                       "http://127.0.0.1:9090/api/v1/targets?state=active").stdout
+    return next((health for name, health in golive.scrape_targets(answer).items() if name.startswith("n8n ")), "")
+
+
+def _n8n_metrics_cut(stack, cut: bool) -> None:
+    """Prometheus cut from (or joined back to) the network it scrapes n8n over; waited for until a scrape shows it."""
+    stack.ssh("docker", "network", "disconnect" if cut else "connect", N8N_METRICS_NETWORK, "resto-prometheus-1",
+              check=not cut)
+    poll(lambda: _n8n_target(stack), until=lambda health: health == ("down" if cut else "up"), timeout=120,
+         interval=2, what=f"n8n's /metrics {'down' if cut else 'up'} in Prometheus")
+
+
 BREAKAGES = {
     "signature-warn": (
         lambda s: _set_signature_mode(s, "warn"),
@@ -169,6 +187,11 @@ BREAKAGES = {
         lambda s: s.ssh("docker", "stop", "resto-prometheus-1"),
         lambda s: _compose_up(s, "prometheus"),
         "alert_rule_is_loaded", ["runbook alert rule is loaded in prometheus"],
+    ),
+    "n8n-metrics-unreachable": (
+        lambda s: _n8n_metrics_cut(s, cut=True),
+        lambda s: _n8n_metrics_cut(s, cut=False),
+        "scrape_target", ["every scrape target is up"],
     ),
     "alerts-routed-elsewhere": (
         lambda s: s.ssh("sh", "-c", f"f={ALERTMANAGER_YML}; cp -p $f $f.checks-saved && "

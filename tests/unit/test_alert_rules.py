@@ -164,6 +164,13 @@ CASES: dict[str, Case] = {
         labels={"severity": "warning"},
         summary="31 messages rate-limited in the last hour",
         description="RATE_LIMIT events above 30 per hour (the limit is 10 per conversation per 30 s)."),
+    "RestobotN8nJobsFailing": Case(
+        firing={"n8n_scaling_mode_queue_jobs_failed": "0+1x15"},     # 10 failed by EVAL
+        silent={"n8n_scaling_mode_queue_jobs_failed": "0+0.5x15"},   # 5
+        labels={"severity": "warning"},
+        summary="10 n8n queue jobs failed in the last hour",
+        description="Jobs the workers could not finish (a worker crashed or stalled mid-execution; n8n's own figure), "
+                    "above 7 per hour: resto production status, and the n8n-worker logs."),
     "RestobotMessagesStuck": Case(
         firing={"restobot_inbound_received_oldest_age_seconds": 1320},
         silent={"restobot_inbound_received_oldest_age_seconds": 1260},
@@ -205,15 +212,17 @@ def rule_names(rules: Path) -> list[str]:
     return [rule["alert"] for group in yaml.safe_load(rules.read_text())["groups"] for rule in group["rules"]]
 
 
-def promtool_test(promtool: str, rules: Path, name: str, series: dict[str, float],
+def promtool_test(promtool: str, rules: Path, name: str, series: dict[str, float | str],
                   alerts: list[dict]) -> subprocess.CompletedProcess[str]:
-    """Run one `promtool test rules` case: ``series`` constant for 15 minutes, ``alerts`` expected at EVAL."""
+    """Run one `promtool test rules` case: ``series`` constant for 15 minutes (or a promtool values
+    expression, for a counter), ``alerts`` expected at EVAL."""
     test = {
         "rule_files": [str(rules)],
         "evaluation_interval": "1m",
         "tests": [{
             "interval": "1m",
-            "input_series": [{"series": key, "values": f"{value:.17g}x15"} for key, value in series.items()],
+            "input_series": [{"series": key, "values": value if isinstance(value, str) else f"{value:.17g}x15"}
+                             for key, value in series.items()],
             "alert_rule_test": [{"eval_time": EVAL, "alertname": name, "exp_alerts": alerts}],
         }],
     }

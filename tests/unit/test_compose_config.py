@@ -163,12 +163,12 @@ def test_env_values_reach_the_containers_verbatim(parsed):
 @pytest.mark.parametrize(("service", "networks"), [
     ("traefik", {"public", "gateway"}),
     ("nginx", {"gateway", "backend"}),
-    ("n8n-main", {"gateway", "backend", "egress"}),
+    ("n8n-main", {"gateway", "backend", "egress", "n8n-metrics"}),
     ("n8n-worker", {"gateway", "backend", "egress"}),
     ("postgres", {"backend"}),
     ("redis", {"backend"}),
     ("db-migrate", {"backend"}),
-    ("prometheus", {"monitoring", "monitoring-egress"}),
+    ("prometheus", {"monitoring", "monitoring-egress", "n8n-metrics"}),
     ("alertmanager", {"monitoring", "monitoring-egress"}),
     ("blackbox-exporter", {"monitoring", "monitoring-egress"}),
     ("node-exporter", {"monitoring"}),
@@ -179,7 +179,7 @@ def test_service_sits_on_its_networks_only(parsed, service, networks):
     assert set(parsed[0]["services"][service]["networks"]) == networks
 
 
-@pytest.mark.parametrize("network", ["gateway", "backend", "monitoring"])
+@pytest.mark.parametrize("network", ["gateway", "backend", "monitoring", "n8n-metrics"])
 def test_backend_networks_are_internal(parsed, network):
     assert parsed[0]["networks"][network].get("internal") is True
 

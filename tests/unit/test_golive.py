@@ -197,6 +197,21 @@ def test_loaded_alert_rules_are_the_alerting_ones_with_their_health():
     assert golive.loaded_alert_rules(RULES_API) == {"RestobotContainerDown": "ok", "RestobotPublicProbeFailing": "err"}
 
 
+# Prometheus's /api/v1/targets answer, trimmed to what is read.
+TARGETS_API = json.dumps({"status": "success", "data": {"activeTargets": [
+    {"labels": {"job": "n8n", "instance": "n8n-main:5678"}, "health": "up", "lastError": ""},
+    {"labels": {"job": "redis", "instance": "redis-exporter:9121"}, "health": "down",
+     "lastError": "dial tcp: lookup redis-exporter: no such host"},
+    {"labels": {"job": "node", "instance": "node-exporter:9100"}, "health": "unknown"},
+], "droppedTargets": []}})
+
+
+def test_scrape_targets_are_named_by_job_and_instance_with_their_health():
+    assert golive.scrape_targets(TARGETS_API) == {
+        "n8n n8n-main:5678": "up", "redis redis-exporter:9121": "down", "node node-exporter:9100": "unknown"}
+    assert golive.scrape_targets('{"status": "success", "data": {"activeTargets": []}}') == {}
+
+
 def test_every_runbook_alert_names_a_rule_of_the_rendered_rules(production_data, secret_env):
     rules = render_monitoring(load_settings(production_data, secret_env))["monitoring/prometheus/alerts.yml"].text
     names = {rule["alert"] for group in yaml.safe_load(rules)["groups"] for rule in group["rules"]}

@@ -59,7 +59,7 @@ def test_prometheus_scrapes_every_exporter_and_probes_both_names(tmp_path):
                for job in config["scrape_configs"]}
     assert targets == {
         "prometheus": ["localhost:9090"], "alertmanager": ["alertmanager:9093"], "node": ["node-exporter:9100"],
-        "postgres": ["postgres-exporter:9187"], "redis": ["redis-exporter:9121"],
+        "postgres": ["postgres-exporter:9187"], "redis": ["redis-exporter:9121"], "n8n": ["n8n-main:5678"],
         "blackbox-exporter": ["blackbox-exporter:9115"],
         "blackbox-api-healthz": ["https://api.resto.example.com/healthz"],
         "blackbox-console-tls": ["console.resto.example.com:443"],
