@@ -603,7 +603,7 @@ until [ "$(psql -X -At -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c 'SELECT pg_is_in
     sleep 1
 done
 psql -X -At -v ON_ERROR_STOP=1 -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$sql"
-pg_dump -U "$POSTGRES_USER" -d "$POSTGRES_DB" --format=custom --file=/dev/null >&2
+pg_dump -U "$POSTGRES_USER" -d "$POSTGRES_DB" --format=custom >/dev/null
 pg_ctl -D "$data" -m fast stop >&2
 """
 
