@@ -10,6 +10,7 @@ host's files hold no plain text; a wrong passphrase is refused and writes nothin
 from __future__ import annotations
 
 import io
+import json
 import secrets
 import subprocess
 import tarfile
@@ -21,6 +22,8 @@ import pytest
 
 from harness.offsite import build_offsite_images
 from harness.poll import poll
+from restobot.commands import DRILL_SCRIPT
+from restobot.remote.backup import drill_sql
 from restobot.render import PGDATA, postgres_archiving_args, render_offsite_backup
 from restobot.secrets import generate_secrets
 from restobot.settings import Settings
@@ -191,6 +194,22 @@ def test_restore_into_a_fresh_container_brings_back_the_rows_archived_after_the_
          timeout=60, what="the restored cluster promoted at the end of the archive")
     rows = offsite.psql(fresh, "SELECT body FROM messages ORDER BY id").splitlines()
     assert rows == [backed_up.before_backup, backed_up.after_backup]
+
+
+def test_the_restore_drill_script_restores_the_latest_point_and_answers_its_rows(offsite, backed_up):
+    """DRILL_SCRIPT (the drill's scratch instance), as the one-off container runs it: pgBackRest's restore
+    into a subdirectory of its data volume, recovery to the end of the archive, then its JSON answer."""
+    scratch = offsite.postgres_container(offsite.settings, archiving=False, role="drill")
+    stanza = offsite.settings.offsite_backup.stanza
+    proc = docker("exec", "-e", "POSTGRES_DB=postgres", scratch, "gosu", "postgres", "sh", "-c", DRILL_SCRIPT,
+                  "restore-drill", stanza, "120", drill_sql(("messages", "absent_table")), check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answer = json.loads(proc.stdout.splitlines()[-1])
+    assert answer["tables"] == {"messages": 2} and answer["restored_to"], answer
+    # Stopped at the end, archiving nothing: no history file of its new timeline reached the repository.
+    assert docker("exec", scratch, "sh", "-c", f"ls {PGDATA}/drill/postmaster.pid", check=False).returncode != 0
+    history = docker("exec", offsite.sftp, "find", f"{REPO_PATH}/archive", "-name", "*.history*").stdout.split()
+    assert history == [], history
 
 
 def test_the_offsite_host_holds_no_plain_text(offsite, backed_up):
