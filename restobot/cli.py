@@ -288,10 +288,13 @@ def offsite_summary(stanzas: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
          "database_bytes": b["info"]["size"], "repository_bytes": b["info"]["repository"]["delta"]}
         for b in stanza.get("backup") or []
     ]
+    from restobot.offsite_restore import repository_problem
+
     status = stanza["status"]
     return {
         "stanza": stanza["name"],
         "status": status["message"],
+        "problem": repository_problem(stanza),
         "cipher": stanza.get("cipher", "none"),
         "wal_min": min((a.get("min") or "" for a in archives), default=""),
         "wal_max": max((a.get("max") or "" for a in archives), default=""),
@@ -1376,7 +1379,8 @@ def backup_offsite_info(session: Session, as_json: bool, check: bool) -> None:
     data = offsite_repository(session)
 
     def render():
-        say(f"stanza {data['stanza']}: {data['status']} (cipher {data['cipher']}); "
+        problem = f"{data['problem']}; " if data["problem"] else ""
+        say(f"stanza {data['stanza']}: {data['status']} (cipher {data['cipher']}); {problem}"
             f"WAL archived {data['wal_min'] or '-'} .. {data['wal_max'] or '-'}")
         table("backups, oldest first", ["label", "type", "started", "stopped", "database", "in the repository"],
               [(b["label"], b["type"], b["started"], b["stopped"], b["database_bytes"], b["repository_bytes"])
@@ -1384,7 +1388,7 @@ def backup_offsite_info(session: Session, as_json: bool, check: bool) -> None:
 
     emit(as_json, data, render)
     if check and not data["healthy"]:
-        raise CliError(f"the off-site repository is not healthy: {data['status']}, "
+        raise CliError(f"the off-site repository is not healthy: {data['problem'] or data['status']}, "
                        f"{sum(b['type'] == 'full' for b in data['backups'])} full backup(s)")
 
 

@@ -9,6 +9,7 @@ builders of restobot/commands.py (``offsite_restore`` and its neighbours).
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -58,6 +59,31 @@ def parse_target(text: str, now: datetime) -> Target:
     return Target(at)
 
 
+WRONG_PASSPHRASE = (  # nosec B105 # a message naming the setting, not a password
+    "its files do not decrypt with this stage's OFFSITE_BACKUP_PASSPHRASE: the passphrase differs from the one "
+    "they were written with (compare it with the copy you keep off the VPS, set it in secrets/STAGE.env, deploy "
+    "again), or the files are damaged"
+)
+# pgBackRest reading an encrypted info file with another passphrase: the bytes it decrypts are noise.
+UNDECRYPTABLE = re.compile(r"unable to load info file.*FormatError", re.DOTALL)
+
+
+def repository_problem(stanza: Mapping[str, Any]) -> str | None:
+    """Why ``pgbackrest --output=json info``'s stanza is not ok, readable (None when it is ok) (pure).
+
+    pgBackRest's stanza status is a code and a word ("other"); the repository's own status holds the
+    error, which for a wrong passphrase is a FormatError quoting undecrypted bytes: it is named instead."""
+    if (stanza.get("status") or {}).get("code") == 0:
+        return None
+    messages = [str((repo.get("status") or {}).get("message") or "") for repo in stanza.get("repo") or []
+                if (repo.get("status") or {}).get("code") not in (0, None)]
+    text = " ".join(messages) or str((stanza.get("status") or {}).get("message") or "unknown")
+    if stanza.get("cipher", "none") != "none" and UNDECRYPTABLE.search(text):
+        return WRONG_PASSPHRASE
+    printable = "".join(char if char.isprintable() else " " for char in text.splitlines()[0])
+    return re.sub(r"\s+", " ", printable).strip()[:300]
+
+
 def earliest_restorable(summary: Mapping[str, Any]) -> datetime | None:
     """When the oldest backup of ``cli.offsite_summary`` ended: no earlier point can be restored; None
     without a backup."""
@@ -68,8 +94,8 @@ def earliest_restorable(summary: Mapping[str, Any]) -> datetime | None:
 def check_reachable(target: Target, summary: Mapping[str, Any]) -> None:
     """Refuse a repository that cannot serve the restore, or a time before its oldest backup ended."""
     if summary.get("status") != "ok":
-        raise TargetRefused(f"the off-site repository's status is '{summary.get('status')}', not ok: see "
-                            "resto STAGE backup offsite info")
+        raise TargetRefused(f"the off-site repository is not readable: {summary.get('problem') or summary.get('status')}"
+                            " (see resto STAGE backup offsite info)")
     earliest = earliest_restorable(summary)
     if earliest is None:
         raise TargetRefused("the off-site repository holds no backup yet: nothing to restore")

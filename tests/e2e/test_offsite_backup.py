@@ -268,6 +268,28 @@ def resto_restore(stack, *args: str) -> subprocess.CompletedProcess[str]:
                           capture_output=True, text=True, timeout=1800, cwd=REPO_ROOT)
 
 
+PGBACKREST_CONF = "/etc/pgbackrest/pgbackrest.conf"
+
+
+def test_a_wrong_passphrase_refuses_the_restore_naming_it_and_changes_nothing(stack, sent):
+    """The postgres container's pgBackRest given another passphrase than the repository's (as a VPS deployed
+    with a mistyped OFFSITE_BACKUP_PASSPHRASE would be): the restore is refused before anything changes, and
+    says the passphrase is wrong rather than quoting pgBackRest's undecrypted bytes."""
+    started = postgres_started_at(stack)
+    edit = (f"cp -p {PGBACKREST_CONF} {PGBACKREST_CONF}.saved && "
+            f"sed -i 's/^repo1-cipher-pass=.*/repo1-cipher-pass={secrets.token_hex(24)}/' {PGBACKREST_CONF}")
+    stack.ssh("docker", "exec", "-u", "postgres", POSTGRES_CONTAINER, "sh", "-c", edit)
+    try:
+        refused = resto_restore(stack, "--to", "latest")
+    finally:
+        stack.ssh("docker", "exec", "-u", "postgres", POSTGRES_CONTAINER, "mv", f"{PGBACKREST_CONF}.saved",
+                  PGBACKREST_CONF)
+    assert refused.returncode == 2, refused.stderr[-3000:]
+    assert "do not decrypt with this stage's OFFSITE_BACKUP_PASSPHRASE" in refused.stderr, refused.stderr[-3000:]
+    assert "nothing changed" in refused.stderr
+    assert postgres_started_at(stack) == started and holds(stack, sent.marker)
+
+
 def test_a_restore_to_a_time_brings_back_the_rows_of_then_and_not_those_written_after(stack, sent):
     before = f"PITR-BEFORE-{secrets.token_hex(6)}"
     after = f"PITR-AFTER-{secrets.token_hex(6)}"

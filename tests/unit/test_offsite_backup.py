@@ -387,7 +387,7 @@ INFO_REPORT = {
 
 def test_offsite_info_is_summed_up_for_the_operator():
     assert cli.offsite_summary([INFO_REPORT]) == {
-        "stanza": "restobot", "status": "ok", "cipher": "aes-256-cbc",
+        "stanza": "restobot", "status": "ok", "problem": None, "cipher": "aes-256-cbc",
         "wal_min": "000000010000000000000003", "wal_max": "000000010000000000000009",
         "backups": [{"label": "20261201-101010F", "type": "full", "started": "2026-12-01T10:10:10Z",
                      "stopped": "2026-12-01T10:10:15Z", "database_bytes": 30_000_000, "repository_bytes": 3_000_000}],

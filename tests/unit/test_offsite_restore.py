@@ -14,10 +14,12 @@ from restobot import cli, commands
 from restobot.offsite_restore import (
     Target,
     TargetRefused,
+    WRONG_PASSPHRASE,
     check_reachable,
     earliest_restorable,
     parse_target,
     recovery_finished,
+    repository_problem,
     what_is_lost,
 )
 
@@ -60,7 +62,8 @@ def test_the_earliest_point_is_when_the_oldest_backup_ended():
 
 
 @pytest.mark.parametrize(("summary", "target", "reason"), [
-    ({**SUMMARY, "status": "missing stanza path"}, Target(None), "status is 'missing stanza path', not ok"),
+    ({**SUMMARY, "status": "other", "problem": "[HostConnectError] timeout"}, Target(None),
+     "not readable: \\[HostConnectError\\] timeout \\(see resto STAGE backup offsite info\\)"),
     ({**SUMMARY, "backups": []}, Target(None), "holds no backup yet"),
     (SUMMARY, Target(datetime(2026, 11, 30, 3, 0, tzinfo=timezone.utc)),
      "is before the oldest backup of the repository ended \\(2026-11-30T03:40:00Z\\)"),
@@ -128,3 +131,30 @@ def test_disabled_offsite_exits_2_saying_how_to_enable_it(capsys, monkeypatch, w
     status = cli.main(["production", "backup", "offsite", "restore", "--yes"])
     assert status == cli.EXIT_USAGE
     assert "offsite_backup.enabled is false" in capsys.readouterr().err
+
+
+# pgBackRest 2.55's `info --output=json` with another passphrase than the repository's (trimmed; the
+# noise stands for the undecrypted bytes it quotes).
+NOISE = "\x8bW\x0fE\x12.\tD\x1b"
+WRONG_KEY_INFO = {"archive": [], "backup": [], "cipher": "aes-256-cbc", "db": [], "name": "restobot",
+                  "repo": [{"cipher": "aes-256-cbc", "key": 1, "status": {"code": 99, "message": (
+                      "[FormatError] unable to load info file '/srv/offsite/restobot/backup/restobot/backup.info' or "
+                      f"'/srv/offsite/restobot/backup/restobot/backup.info.copy':\nFormatError: key/value found outside "
+                      f"of section at line 1: {NOISE}\nHINT: has a stanza-create been performed?")}}],
+                  "status": {"code": 99, "lock": {"backup": {"held": False}}, "message": "other"}}
+
+
+def test_a_repository_that_does_not_decrypt_is_named_a_wrong_passphrase_not_pgbackrests_noise():
+    assert repository_problem(WRONG_KEY_INFO) == WRONG_PASSPHRASE
+    assert "OFFSITE_BACKUP_PASSPHRASE" in WRONG_PASSPHRASE and "off the VPS" in WRONG_PASSPHRASE
+    summary = cli.offsite_summary([WRONG_KEY_INFO])
+    assert (summary["status"], summary["problem"], summary["healthy"]) == ("other", WRONG_PASSPHRASE, False)
+    with pytest.raises(TargetRefused, match="OFFSITE_BACKUP_PASSPHRASE"):
+        check_reachable(Target(None), summary)
+
+
+def test_any_other_problem_is_its_first_line_in_printable_text():
+    info = {**WRONG_KEY_INFO, "cipher": "none",
+            "repo": [{"status": {"code": 103, "message": f"[HostConnectError] timeout\t{NOISE}\nsecond line"}}]}
+    assert repository_problem(info) == "[HostConnectError] timeout W E . D"
+    assert repository_problem({"status": {"code": 0, "message": "ok"}}) is None
