@@ -220,8 +220,8 @@ def prune(directory: Path, daily: int, weekly: int, monthly: int, out=sys.stdout
     return removed
 
 
-def _run(argv: list[str], stdin=None) -> str:
-    proc = subprocess.run(argv, stdin=stdin, check=False, capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+def _run(argv: list[str], stdin=None, timeout: float = COMMAND_TIMEOUT) -> str:
+    proc = subprocess.run(argv, stdin=stdin, check=False, capture_output=True, text=True, timeout=timeout)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(argv[:4])} ... exited {proc.returncode}: {proc.stderr.strip()[-600:]}")
     return proc.stdout
@@ -446,7 +446,8 @@ def drill(container: str, stanza: str, name: str, scratch_argv: Sequence[str], s
         if room:
             raise RuntimeError(room)
         subprocess.run(["docker", "rm", "--force", "--volumes", name], check=False, capture_output=True)
-        output = _run([*scratch_argv, stanza, str(seconds), drill_sql()])
+        # The restore itself (its files over the network), then up to ``seconds`` of recovery.
+        output = _run([*scratch_argv, stanza, str(seconds), drill_sql()], timeout=COMMAND_TIMEOUT + seconds)
         lines = [line for line in output.splitlines() if line.startswith("{")]
         answer = json.loads(lines[-1]) if lines else {}
     except (RuntimeError, OSError, ValueError, subprocess.TimeoutExpired) as failure:
