@@ -260,11 +260,14 @@ def stats_alerts(containers: Sequence[Mapping[str, Any]], disk: Mapping[str, Any
 
 
 def parse_json_document(lines: Sequence[str]) -> Any:
-    """The one JSON document a ``json_rows`` query printed."""
+    """The one JSON document a ``json_rows`` query (or ``pgbackrest --output=json``) printed.
+
+    Not strict: pgBackRest quotes what it could not parse raw, control characters included (an info file
+    read with another passphrase); psql's JSON has none."""
     text = "\n".join(lines).strip()
     if not text:
         raise ValueError("psql printed nothing")
-    return json.loads(text)
+    return json.loads(text, strict=False)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -48,7 +48,8 @@ class OffsiteBackupInfo(FactBase[OffsiteRepository | None]):
 
     def process(self, output: list[str]) -> OffsiteRepository | None:
         try:
-            stanzas = json.loads("\n".join(output))
+            # Not strict: pgBackRest's errors may quote raw control characters (see cli.parse_json_document).
+            stanzas = json.loads("\n".join(output), strict=False)
         except json.JSONDecodeError:
             return None
         if not isinstance(stanzas, list) or not stanzas:

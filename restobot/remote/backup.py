@@ -437,7 +437,7 @@ def drill(container: str, stanza: str, name: str, scratch_argv: Sequence[str], s
         database = _run(["docker", "exec", container, "sh", "-c", 'printf %s "$POSTGRES_DB"']).strip()
         live = {str(k): int(v) for k, v in json.loads(_run(psql_argv(container, database, count_sql()))).items()}
         _run([*pgbackrest, "check"])
-        backup = newest_backup(json.loads(_run([*pgbackrest, "--output=json", "info"])))
+        backup = newest_backup(json.loads(_run([*pgbackrest, "--output=json", "info"]), strict=False))
         if not backup:
             raise RuntimeError("the repository holds no backup to restore: run bin/offsite-backup first")
         disk = _docker_root_statvfs()
@@ -495,7 +495,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0 if report["ok"] else 1
     if args.command in ("offsite-owner", "offsite-type"):
         try:
-            info = json.load(sys.stdin)
+            # Not strict: pgBackRest's errors may quote raw control characters (undecrypted bytes).
+            info = json.load(sys.stdin, strict=False)
         except json.JSONDecodeError as error:
             print(f"{args.command}: pgbackrest info's answer is not JSON ({error})", file=sys.stderr)
             return 2

@@ -6,6 +6,7 @@ tests/e2e/test_offsite_backup.py against the deployed local stack.
 
 from __future__ import annotations
 
+import json
 from datetime import datetime, timezone
 
 import pytest
@@ -158,3 +159,13 @@ def test_any_other_problem_is_its_first_line_in_printable_text():
             "repo": [{"status": {"code": 103, "message": f"[HostConnectError] timeout\t{NOISE}\nsecond line"}}]}
     assert repository_problem(info) == "[HostConnectError] timeout W E . D"
     assert repository_problem({"status": {"code": 0, "message": "ok"}}) is None
+
+
+def test_pgbackrests_answer_quoting_raw_control_characters_still_reads():
+    """pgBackRest writes the undecrypted bytes into its JSON raw (not escaped): read anyway, not refused as
+    "not the JSON expected" with the bytes in the message."""
+    raw = json.dumps([WRONG_KEY_INFO]).replace("\\u001b", "\x1b").replace("\\u000f", "\x0f").replace("\\n", "\n")
+    assert "\x1b" in raw and "\n" in raw
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(raw)
+    assert cli.offsite_summary(cli.parse_json_document([raw]))["problem"] == WRONG_PASSPHRASE
