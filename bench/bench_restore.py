@@ -51,9 +51,13 @@ from harness.deploys import (
     stop_vps,
     tear_down_stack,
 )
-from harness.offsite import build_offsite_images
+from harness.offsite import (
+    OffsiteHost,
+    attached_to,
+    remove_offsite_host,
+    start_offsite_host,
+)
 from harness.poll import PollTimeout, poll
-from harness.sidecar import docker
 from harness.traffic import stored_rows
 from restobot import golive, meta_payloads
 from restobot.commands import POSTGRES_CONTAINER, container_exec, pgbackrest, psql
@@ -64,7 +68,6 @@ GOAL_SECONDS = 600
 MIB = 1024 * 1024
 STAGE = "local"
 STANZA = OffsiteBackupSettings().stanza  # the settings below leave it at its default
-REPOSITORY_PATH = "/srv/offsite/restobot"
 ARCHIVE_TIMEOUT = 10  # as the e2e module: the marker's segment is closed within 10 s
 ARCHIVE_MARGIN = 60  # then pushed over SFTP
 FIRST_CHUNK_ROWS = 10_000  # measures the bytes a row takes; the next chunks are sized from it
@@ -104,80 +107,6 @@ def step(what: str) -> Iterator[None]:
             subprocess.TimeoutExpired) as error:
         detail = getattr(error, "stderr", None) or ""
         raise StepFailed(f"{what}: {error}\n{detail}".strip()) from None
-
-
-# --- the off-site host (as tests/e2e/test_offsite_backup.py's offsite_host fixture) ---------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class OffsiteHost:
-    container: str
-    network: str
-    settings: dict[str, Any]  # the offsite_backup section that reaches it
-
-
-def checked_docker(*args: str) -> str:
-    result = docker(*args)
-    if result.returncode != 0:
-        raise StepFailed(f"docker {' '.join(args[:3])} ... exited {result.returncode}: {result.stderr.strip()[-1000:]}")
-    return result.stdout
-
-
-def login_key(directory: Path) -> Path:
-    """pgBackRest's login key on the off-site host (ed25519, no passphrase); its .pub is authorised there."""
-    key = directory / "offsite-login"
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pgbackrest", "-f", str(key)],
-                   check=True, timeout=60)
-    return key
-
-
-def ecdsa_host_key(container: str) -> str:
-    """The host's ECDSA key, read out of band (as from a provider's console): the one libssh2 negotiates."""
-    public = poll(lambda: docker("exec", container, "cat", "/etc/ssh/ssh_host_ecdsa_key.pub"),
-                  until=lambda result: result.returncode == 0 and result.stdout.startswith("ecdsa-sha2-"),
-                  timeout=30, what="the off-site host's ECDSA host key")
-    return " ".join(public.stdout.split()[:2])
-
-
-def address_on(container: str, network: str) -> str:
-    return checked_docker("inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}',
-                          container).strip()
-
-
-def start_offsite_host(network: str, workdir: Path) -> OffsiteHost:
-    _, sftp_image = build_offsite_images()
-    key = login_key(workdir)
-    container = f"{network}-sftp"
-    checked_docker("network", "create", network)
-    checked_docker("run", "-d", "--name", container, "--network", network,
-                   "-e", f"AUTHORIZED_KEYS={key.with_suffix('.pub').read_text().strip()}", sftp_image)
-    settings = {
-        "enabled": True,
-        "sftp": {"host": address_on(container, network), "user": "offsite", "path": REPOSITORY_PATH,
-                 "host_key": ecdsa_host_key(container), "key_path": str(key)},
-        "archive_timeout_seconds": ARCHIVE_TIMEOUT,
-    }
-    return OffsiteHost(container, network, settings)
-
-
-def remove_offsite_host(network: str) -> None:
-    """The host and its network (the VPS containers that joined it are removed first)."""
-    docker("rm", "-f", "-v", f"{network}-sftp")
-    docker("network", "rm", network)
-
-
-def attached_to(host: OffsiteHost):
-    """bring_up_stack's ``prepare``: the VPS joins the off-site host's network, keeping the resolver it had
-    (docker's embedded 127.0.0.11 is useless to the VPS's own engine: see the e2e module)."""
-
-    def attach(endpoint) -> dict:
-        resolver = checked_docker("exec", endpoint.container, "cat", "/etc/resolv.conf")
-        checked_docker("network", "connect", host.network, endpoint.container)
-        subprocess.run(["docker", "exec", "-i", endpoint.container, "sh", "-c", "cat > /etc/resolv.conf"],
-                       input=resolver, text=True, check=True, timeout=60)
-        return {"offsite_backup": host.settings}
-
-    return attach
 
 
 # --- the database --------------------------------------------------------------------------------------
@@ -422,7 +351,7 @@ def benchmark(size_mib: int, keep: bool, workdir: Path) -> int:
     host: OffsiteHost | None = None
     try:
         with step("the off-site host"):
-            host = start_offsite_host(f"restobot-offsite-{token}", workdir)
+            host = start_offsite_host(f"restobot-offsite-{token}", workdir, ARCHIVE_TIMEOUT)
         print(f"off-site host {host.container} on {host.network}; deploying {names.vps} ...", flush=True)
         stack = prepared_stack(host, names, workdir / "lost", source, keep)
         print(f"first deploy (with the off-site backup): {stack.first_deploy.seconds:.0f} s", flush=True)

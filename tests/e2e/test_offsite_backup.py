@@ -20,17 +20,28 @@ from dataclasses import dataclass
 import pytest
 
 from harness.deploys import changed_operations, public_request, sql
-from harness.offsite import build_offsite_images
+from harness.offsite import (
+    REPOSITORY_PATH,
+    OffsiteHost,
+    attached_to,
+    remove_offsite_host,
+    start_offsite_host,
+)
 from harness.poll import poll
 from restobot import meta_payloads
-from restobot.commands import DRILL_CONTAINER, POSTGRES_CONTAINER, HostLayout, pgbackrest
+from restobot.commands import (
+    DRILL_CONTAINER,
+    POSTGRES_CONTAINER,
+    HostLayout,
+    pgbackrest,
+)
 from restobot.operations.backup import DRILL_CRON_FILE, OFFSITE_CRON_FILE, BackupPaths
 from restobot.settings import REPO_ROOT, read_env_file, secrets_file
 from tests.e2e.conftest import harness_must_deliver
 
 pytestmark = pytest.mark.e2e
 
-REPO_PATH = "/srv/offsite/restobot"
+REPO_PATH = REPOSITORY_PATH
 ARCHIVE_TIMEOUT = 10
 # The WAL segment is switched after ARCHIVE_TIMEOUT, then pushed over SFTP: a generous margin.
 ARCHIVE_MARGIN = 60
@@ -46,69 +57,28 @@ def docker(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
     return result
 
 
-@dataclass(frozen=True)
-class OffsiteHost:
-    container: str
-    network: str
-
-
 @pytest.fixture(scope="module")
 def offsite_host(tmp_path_factory) -> Iterator[tuple[OffsiteHost, dict]]:
     """The SFTP-only off-site host on a network of its own, and the ``offsite_backup`` settings that reach it."""
-    _, sftp_image = build_offsite_images()
-    keys = tmp_path_factory.mktemp("offsite-login")
-    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "pgbackrest", "-f", str(keys / "id")],
-                   check=True)
     network = f"resto-offsite-e2e-{secrets.token_hex(4)}"
-    container = f"{network}-sftp"
-    docker("network", "create", network)
     try:
-        docker("run", "-d", "--name", container, "--network", network,
-               "-e", f"AUTHORIZED_KEYS={(keys / 'id.pub').read_text().strip()}", sftp_image)
-        # Read out of band, as from the provider's console; libssh2 negotiates the ECDSA key (README, Backups).
-        public = poll(lambda: docker("exec", container, "cat", "/etc/ssh/ssh_host_ecdsa_key.pub", check=False),
-                      until=lambda result: result.returncode == 0 and result.stdout.startswith("ecdsa-sha2-"),
-                      timeout=30, what="the off-site host's ECDSA host key")
-        address = docker("inspect", "--format", f'{{{{(index .NetworkSettings.Networks "{network}").IPAddress}}}}',
-                         container).stdout.strip()
-        settings = {
-            "enabled": True,
-            "sftp": {"host": address, "user": "offsite", "path": REPO_PATH,
-                     "host_key": " ".join(public.stdout.split()[:2]), "key_path": str(keys / "id")},
-            "archive_timeout_seconds": ARCHIVE_TIMEOUT,
-        }
-        yield OffsiteHost(container, network), settings
+        with harness_must_deliver("the off-site host did not start"):
+            host = start_offsite_host(network, tmp_path_factory.mktemp("offsite-login"), ARCHIVE_TIMEOUT)
+        yield host, host.settings
     finally:
-        docker("rm", "-f", "-v", container, check=False)
         # The stack's teardown removed the VPS container by now (stack is torn down first: fixture order).
-        docker("network", "rm", network, check=False)
-
-
-def attached_to(host: OffsiteHost, settings: dict):
-    """bring_up_stack's ``prepare``: the VPS joins the off-site host's network; its settings reach it."""
-
-    def attach_offsite(endpoint) -> dict:
-        # Joining a user-defined network points the VPS's resolv.conf at docker's embedded 127.0.0.11, which the
-        # VPS's own docker engine cannot hand to its containers (it falls back to public resolvers, unreachable
-        # here, and the postgres image's apt-get fails): the VPS keeps the resolver it had, as a real VPS would.
-        resolver = docker("exec", endpoint.container, "cat", "/etc/resolv.conf").stdout
-        docker("network", "connect", host.network, endpoint.container)
-        subprocess.run(["docker", "exec", "-i", endpoint.container, "sh", "-c", "cat > /etc/resolv.conf"],
-                       input=resolver, text=True, check=True, timeout=60)
-        return {"offsite_backup": settings}
-
-    return attach_offsite
+        remove_offsite_host(network)
 
 
 @pytest.fixture(scope="module")
 def stack(offsite_host, tmp_path_factory, local_secrets):
     """A stack of this module's own, its VPS joined to the off-site host's network, deployed with offsite_backup."""
-    host, settings = offsite_host
+    host, _ = offsite_host
 
     with harness_must_deliver("the stack with an off-site backup did not come up") as deploys:
         names = deploys.stack_names("offsite")
         deployed = deploys.bring_up_stack(names, tmp_path_factory.mktemp("offsite-stack"), release="e2e-offsite",
-                                          prepare=attached_to(host, settings))
+                                          prepare=attached_to(host))
     yield deployed
     deploys.tear_down_stack(names)
 
@@ -391,7 +361,7 @@ def rebuilt(stack, offsite_host, tmp_path_factory) -> Iterator[Rebuilt]:
     """Messages answered 200 and archived within archive_timeout + 60 s; then the VPS and its volumes
     destroyed; a fresh VPS deployed with the same settings (deploy.py, once); then one restore command,
     to the end of the archive."""
-    host, settings = offsite_host
+    host, _ = offsite_host
     markers = tuple(f"LOST-VPS-{secrets.token_hex(6)}-{number}" for number in range(3))
     segment = ""
     for marker in markers:
@@ -405,7 +375,7 @@ def rebuilt(stack, offsite_host, tmp_path_factory) -> Iterator[Rebuilt]:
     try:
         with harness_must_deliver("the fresh VPS with the lost one's settings did not come up") as deploys:
             fresh = deploys.bring_up_stack(names, tmp_path_factory.mktemp("offsite-rebuilt"), release="e2e-offsite",
-                                           prepare=attached_to(host, settings))
+                                           prepare=attached_to(host))
         deployed = time.monotonic()
         untouched = repository_listing(host) == before
         restore = resto_restore(fresh)
