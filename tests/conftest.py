@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import copy
 import os
+from collections.abc import Mapping
+from pathlib import Path
 
+import jinja2
 import pytest
 
 from restobot.secrets import generate_secrets
@@ -55,3 +58,10 @@ def with_secrets(monkeypatch, secret_env) -> dict[str, str]:
 def production_data(secret_env) -> dict:
     """The shipped production inventory's settings tree (a deep copy to mutate)."""
     return copy.deepcopy(load_inventory("production", secret_env)["SETTINGS"])
+
+
+def render_script(template: Path, values: Mapping[str, object], dest: Path) -> Path:
+    """A host script template rendered into ``dest`` as the deploy renders it (every value required)."""
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
+    dest.write_text(env.from_string(template.read_text()).render(**values))
+    return dest

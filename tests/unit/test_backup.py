@@ -10,7 +10,6 @@ import json
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 from pyinfra.api import OperationError
 
@@ -30,6 +29,7 @@ from restobot.operations.backup import (
 from restobot.release_archive import SOURCE_GLOBS, source_files
 from restobot.remote import backup as backup_helper
 from restobot.settings import REPO_ROOT, BackupSettings
+from tests.conftest import render_script
 
 PATHS = BackupPaths(HostLayout("/opt/resto"))
 UTC = datetime.UTC
@@ -117,11 +117,9 @@ def test_script_values_quote_shell_words_and_carry_the_retention():
 
 @pytest.mark.parametrize("template", ["backup.sh.j2", "backup-verify.sh.j2"])
 def test_rendered_scripts_are_valid_posix_sh(template, tmp_path):
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    text = env.from_string((TEMPLATES / template).read_text()).render(
-        **script_values(BackupSettings(), "deploy", PATHS))
-    script = tmp_path / "script.sh"
-    script.write_text(text)
+    script = render_script(TEMPLATES / template, script_values(BackupSettings(), "deploy", PATHS),
+                           tmp_path / "script.sh")
+    text = script.read_text()
 
     proc = subprocess.run(["sh", "-n", str(script)], check=False, capture_output=True, text=True)
 
@@ -134,9 +132,7 @@ def rendered_backup(tmp_path: Path) -> tuple[Path, Path]:
     """bin/backup rendered for a base dir under ``tmp_path``, run as the current user: (script, its last-run record)."""
     paths = BackupPaths(HostLayout(str(tmp_path / "base")))
     values = {**script_values(BackupSettings(), getpass.getuser(), paths), "log": str(tmp_path / "backup.log")}
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    script = tmp_path / "backup"
-    script.write_text(env.from_string((TEMPLATES / "backup.sh.j2").read_text()).render(**values))
+    script = render_script(TEMPLATES / "backup.sh.j2", values, tmp_path / "backup")
     Path(paths.layout.state_dir).mkdir(parents=True)
     return script, Path(paths.last_run)
 

@@ -9,14 +9,13 @@ import shlex
 import subprocess
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from restobot import cli
 from restobot.commands import CLEANUP_SQL, HostLayout
 from restobot.operations import cleanup
 from restobot.settings import RetentionSettings
-from tests.conftest import settings_for_stage
+from tests.conftest import render_script, settings_for_stage
 
 LAYOUT = HostLayout("/srv/my resto")
 
@@ -50,9 +49,7 @@ def render(tmp_path: Path, settings, delete_command: str) -> tuple[Path, HostLay
     Path(layout.current).symlink_to("releases/v7-abc")
     values = {**cleanup.script_values(settings, layout), "delete_command": delete_command,
               "log": shlex.quote(str(tmp_path / "cleanup.log"))}
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    script = tmp_path / "cleanup"
-    script.write_text(env.from_string(cleanup.TEMPLATE.read_text()).render(**values))
+    script = render_script(cleanup.TEMPLATE, values, tmp_path / "cleanup")
     return script, layout
 
 

@@ -14,20 +14,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import jinja2
 import pytest
 
 from restobot.commands import HostLayout, offsite_repository_is_this_databases
 from restobot.operations.backup import (
-    unless_foreign,
     OFFSITE_CRON_FILE,
     TEMPLATES,
     BackupPaths,
     offsite_cron_file,
     offsite_script_values,
+    unless_foreign,
 )
 from restobot.remote import backup as helper
 from restobot.settings import OffsiteBackupSettings, SettingsError, load_settings
+from tests.conftest import render_script
 
 PATHS = BackupPaths(HostLayout())
 DAY = 86400
@@ -182,9 +182,7 @@ def rendered(tmp_path: Path) -> tuple[Path, BackupPaths]:
     values = {**offsite_script_values(OffsiteBackupSettings(), getpass.getuser(), paths,
                                       container="restobot-unit-no-such-container"),
               "log": str(tmp_path / "backup.log")}
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    script = tmp_path / "offsite-backup"
-    script.write_text(env.from_string((TEMPLATES / "offsite-backup.sh.j2").read_text()).render(**values))
+    script = render_script(TEMPLATES / "offsite-backup.sh.j2", values, tmp_path / "offsite-backup")
     Path(paths.layout.state_dir).mkdir(parents=True)
     return script, paths
 

@@ -7,18 +7,22 @@ tests/e2e/test_offsite_backup.py; here, what is ours, by value.
 from __future__ import annotations
 
 import fcntl
-import inspect
 import getpass
+import inspect
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-import jinja2
 import pytest
 from pyinfra.operations import files
 
-from restobot.commands import DRILL_CONTAINER, DRILL_SCRIPT, HostLayout, offsite_restore_drill
+from restobot.commands import (
+    DRILL_CONTAINER,
+    DRILL_SCRIPT,
+    HostLayout,
+    offsite_restore_drill,
+)
 from restobot.operations.backup import (
     DRILL_CRON_FILE,
     TEMPLATES,
@@ -31,7 +35,7 @@ from restobot.operations.backup import (
 from restobot.remote import backup as helper
 from restobot.secrets import generate_secrets
 from restobot.settings import OffsiteBackupSettings, SettingsError, load_settings
-from tests.conftest import settings_for_stage
+from tests.conftest import render_script, settings_for_stage
 
 PATHS = BackupPaths(HostLayout())
 MIB = 1 << 20
@@ -163,9 +167,7 @@ def rendered(tmp_path: Path) -> tuple[Path, BackupPaths]:
     settings = settings_for_stage("production", generate_secrets())
     values = {**drill_script_values(settings, paths, container="restobot-unit-no-such-container"),
               **{"deploy_user": getpass.getuser(), "log": str(tmp_path / "backup.log")}}
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, keep_trailing_newline=True)
-    script = tmp_path / "offsite-restore-drill"
-    script.write_text(env.from_string((TEMPLATES / "offsite-restore-drill.sh.j2").read_text()).render(**values))
+    script = render_script(TEMPLATES / "offsite-restore-drill.sh.j2", values, tmp_path / "offsite-restore-drill")
     Path(paths.layout.state_dir).mkdir(parents=True)
     Path(paths.helper).parent.mkdir(parents=True)
     Path(paths.helper).write_text(Path(helper.__file__).read_text())  # as the deploy installs it
