@@ -708,6 +708,9 @@ class MonitoringSettings(Section):
     # (a potential attack) and RATE_LIMIT events per hour ("rate limit excessif").
     signature_errors_per_hour: int = Field(10, ge=1)
     rate_limited_per_hour: int = Field(100, ge=1)
+    # The window the three *_per_hour thresholds count over: the runbook's hour. A test inventory
+    # shortens it so that an alert raised by a burst of events resolves within the test.
+    events_window_minutes: int = Field(60, ge=1, le=1440)
     # How long a resource threshold must hold before it alerts (a deploy or a burst passes).
     sustained_minutes: int = Field(5, ge=1, le=60)
     # How long a container, a probe or a scrape target may be down before it alerts.

@@ -1,8 +1,9 @@
 """postgres-exporter's custom queries (templates/monitoring/postgres-exporter-queries.yml.j2) on the real schema.
 
-The bot's figures that the alert rules read (security events per type in the last hour, inbound rows
-stuck in RECEIVED, outbound RETRY/DLQ counts) are computed by these queries: each runs here on a
-PostgreSQL migrated with migrations/, over rows written as the workflows write them.
+The bot's figures that the alert rules read (security events per type in the last
+`monitoring.events_window_minutes`, inbound rows stuck in RECEIVED, outbound RETRY/DLQ counts) are
+computed by these queries: each runs here on a PostgreSQL migrated with migrations/, over rows
+written as the workflows write them.
 """
 
 from __future__ import annotations
@@ -24,11 +25,15 @@ from tests.conftest import settings_for_stage
 from tests.unit.test_alert_rules import OFFSITE
 
 
-@pytest.fixture(scope="module")
-def queries() -> dict:
-    settings = settings_for_stage("production", generate_secrets())
+def rendered_queries(**monitoring) -> dict:
+    settings = settings_for_stage("production", generate_secrets(), monitoring=monitoring)
     text = render_monitoring(settings)["monitoring/postgres-exporter/queries.yml"].text
     return yaml.safe_load(text)
+
+
+@pytest.fixture(scope="module")
+def queries() -> dict:
+    return rendered_queries()
 
 
 @pytest.fixture
@@ -62,12 +67,21 @@ def test_security_events_are_counted_per_type_over_the_last_hour(database, queri
                       "VALUES (%s, 'whatsapp', now() - make_interval(mins => %s))",
             [("SIGNATURE_INVALID", 1), ("SIGNATURE_INVALID", 30), ("SIGNATURE_INVALID", 59),
              ("SIGNATURE_INVALID", 61), ("SIGNATURE_INVALID", 600), ("RATE_LIMIT", 5), ("RATE_LIMIT", 6)])
-    counts = {row["event_type"]: row["last_hour"] for row in run(database, queries, "restobot_security_events")}
+    counts = {row["event_type"]: row["in_window"] for row in run(database, queries, "restobot_security_events")}
     assert counts == {**dict.fromkeys(SECURITY_EVENT_TYPES, 0), "SIGNATURE_INVALID": 3, "RATE_LIMIT": 2}
 
 
+def test_security_events_are_counted_over_the_settable_window(database):
+    queries = rendered_queries(events_window_minutes=10)
+    execute(database, "INSERT INTO security_events (event_type, channel, created_at) "
+                      "VALUES (%s, 'whatsapp', now() - make_interval(mins => %s))",
+            [("SIGNATURE_INVALID", 1), ("SIGNATURE_INVALID", 9), ("SIGNATURE_INVALID", 11), ("RATE_LIMIT", 30)])
+    counts = {row["event_type"]: row["in_window"] for row in run(database, queries, "restobot_security_events")}
+    assert counts == {**dict.fromkeys(SECURITY_EVENT_TYPES, 0), "SIGNATURE_INVALID": 2}
+
+
 def test_no_event_reads_zero_for_every_type(database, queries):
-    counts = {row["event_type"]: row["last_hour"] for row in run(database, queries, "restobot_security_events")}
+    counts = {row["event_type"]: row["in_window"] for row in run(database, queries, "restobot_security_events")}
     assert counts == dict.fromkeys(SECURITY_EVENT_TYPES, 0)
 
 

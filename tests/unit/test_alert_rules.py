@@ -23,7 +23,7 @@ from tests.conftest import settings_for_stage
 # Every threshold moved off its default: each rule must read its own setting.
 MONITORING = {
     "cpu_percent": 70, "memory_percent": 75, "disk_percent": 80, "redis_queue_length": 500,
-    "errors_per_hour": 7, "signature_errors_per_hour": 4, "rate_limited_per_hour": 30,
+    "errors_per_hour": 7, "signature_errors_per_hour": 4, "rate_limited_per_hour": 30, "events_window_minutes": 30,
     "sustained_minutes": 3, "down_minutes": 4, "certificate_min_days": 20, "backup_max_age_hours": 30,
 }
 PIPELINE = {"dlq_alert_threshold": 6, "inbound_stuck_alert_seconds": 1260}
@@ -51,7 +51,7 @@ def fs(metric: str, mountpoint: str = "/", fstype: str = "ext4") -> str:
     return f'{metric}{{device="/dev/vda1",fstype="{fstype}",mountpoint="{mountpoint}"}}'
 
 
-EVENTS = "restobot_security_events_last_hour"
+EVENTS = "restobot_security_events_in_window"
 CASES: dict[str, Case] = {
     "RestobotContainerDown": Case(
         firing={'restobot_container_running{service="n8n-worker"}': 0,
@@ -149,28 +149,28 @@ CASES: dict[str, Case] = {
                 f'{EVENTS}{{event_type="REPLAY"}}': 500, f'{EVENTS}{{event_type="RATE_LIMIT"}}': 500,
                 f'{EVENTS}{{event_type="QUARANTINED"}}': 500},
         labels={"severity": "warning"},
-        summary="8 errors in the last hour",
-        description="security_events other than REPLAY, RATE_LIMIT and QUARANTINED, above 7 per hour."),
+        summary="8 errors in the last 30 minutes",
+        description="security_events other than REPLAY, RATE_LIMIT and QUARANTINED, above 7 per 30 minutes."),
     "RestobotSignatureErrors": Case(
         firing={f'{EVENTS}{{event_type="SIGNATURE_INVALID"}}': 3, f'{EVENTS}{{event_type="SIGNATURE_MISSING"}}': 2},
         silent={f'{EVENTS}{{event_type="SIGNATURE_INVALID"}}': 2, f'{EVENTS}{{event_type="SIGNATURE_MISSING"}}': 2,
                 f'{EVENTS}{{event_type="AUTH_FAILED"}}': 100},
         labels={"severity": "critical"},
-        summary="5 signature errors in the last hour",
-        description="Webhook requests with a wrong or missing Meta signature, above 4 per hour: a potential attack."),
+        summary="5 signature errors in the last 30 minutes",
+        description="Webhook requests with a wrong or missing Meta signature, above 4 per 30 minutes: a potential attack."),
     "RestobotRateLimitExcessive": Case(
         firing={f'{EVENTS}{{event_type="RATE_LIMIT"}}': 31},
         silent={f'{EVENTS}{{event_type="RATE_LIMIT"}}': 30, f'{EVENTS}{{event_type="REPLAY"}}': 100},
         labels={"severity": "warning"},
-        summary="31 messages rate-limited in the last hour",
-        description="RATE_LIMIT events above 30 per hour (the limit is 10 per conversation per 30 s)."),
+        summary="31 messages rate-limited in the last 30 minutes",
+        description="RATE_LIMIT events above 30 per 30 minutes (the limit is 10 per conversation per 30 s)."),
     "RestobotN8nJobsFailing": Case(
         firing={"n8n_scaling_mode_queue_jobs_failed": "0+1x15"},     # 10 failed by EVAL
         silent={"n8n_scaling_mode_queue_jobs_failed": "0+0.5x15"},   # 5
         labels={"severity": "warning"},
-        summary="10 n8n queue jobs failed in the last hour",
+        summary="10 n8n queue jobs failed in the last 30 minutes",
         description="Jobs the workers could not finish (a worker crashed or stalled mid-execution; n8n's own figure), "
-                    "above 7 per hour: resto production status, and the n8n-worker logs."),
+                    "above 7 per 30 minutes: resto production status, and the n8n-worker logs."),
     "RestobotMessagesStuck": Case(
         firing={"restobot_inbound_received_oldest_age_seconds": 1320},
         silent={"restobot_inbound_received_oldest_age_seconds": 1260},

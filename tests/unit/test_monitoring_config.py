@@ -146,7 +146,7 @@ def test_postgres_exporter_queries_feed_the_rules(tmp_path):
     queries = yaml.safe_load((directory / "postgres-exporter" / "queries.yml").read_text())
     metrics = {f"{name}_{column}" for name, query in queries.items() for metric in query["metrics"]
                for column, spec in metric.items() if spec["usage"] == "GAUGE"}
-    assert metrics == {"restobot_security_events_last_hour", "restobot_inbound_received",
+    assert metrics == {"restobot_security_events_in_window", "restobot_inbound_received",
                        "restobot_inbound_received_oldest_age_seconds", "restobot_outbound_messages"}
     rules = (directory / "prometheus" / "alerts.yml").read_text()
     # The counts by state are for the dashboards; the DLQ alert is W8_DLQ_HANDLER's (the runbook's).
