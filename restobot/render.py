@@ -209,6 +209,13 @@ def render_release(settings: Settings, context: RenderContext | None = None) -> 
     return rendered
 
 
+def window_words(minutes: int) -> str:
+    """``monitoring.events_window_minutes`` as the alerts' text says it: "hour", "minute", "30 minutes"."""
+    if minutes == 60:
+        return "hour"
+    return "minute" if minutes == 1 else f"{minutes} minutes"
+
+
 def render_monitoring(settings: Settings, options: MonitoringOptions | None = None,
                       release: str = "dev") -> dict[str, RenderedFile]:
     """The monitoring stack's configuration files (Prometheus, its rules, Alertmanager, the exporters')."""
@@ -228,6 +235,7 @@ def render_monitoring(settings: Settings, options: MonitoringOptions | None = No
         "drill_max_age_seconds": settings.restore_drill_max_age_seconds,
         "drill_max_age_days": f"{settings.restore_drill_max_age_seconds / 86400:.1f}",
         "security_event_types": SECURITY_EVENT_TYPES,
+        "events_window": window_words(settings.monitoring.events_window_minutes),
     }
     environment = make_environment()
     return {

@@ -99,6 +99,17 @@ def test_grouping_settings_reach_alertmanager(tmp_path):
     assert (route["group_wait"], route["group_interval"], route["repeat_interval"]) == ("10s", "2m", "12h")
 
 
+@pytest.mark.parametrize(("minutes", "words"), [(60, "hour"), (1, "minute"), (15, "15 minutes")])
+def test_the_events_window_is_counted_over_and_named_in_the_alerts(tmp_path, minutes, words):
+    path = rendered(tmp_path, events_window_minutes=minutes)
+    rules = {rule["alert"]: rule for group in yaml.safe_load((path / "prometheus" / "alerts.yml").read_text())["groups"]
+             for rule in group["rules"]}
+    assert rules["RestobotSignatureErrors"]["annotations"]["summary"].endswith(f"signature errors in the last {words}")
+    assert f"[{minutes}m]" in rules["RestobotN8nJobsFailing"]["expr"]
+    queries = (path / "postgres-exporter" / "queries.yml").read_text()
+    assert f"make_interval(mins => {minutes})" in queries
+
+
 @pytest.mark.parametrize("definition", ["restobot.title", "restobot.text"])
 def test_message_templates_render(tmp_path, definition):
     directory = rendered(tmp_path, alert_format="slack") / "alertmanager"
