@@ -39,6 +39,7 @@ from harness.deploys import (
     write_inventory,
 )
 from harness.poll import PollTimeout, poll
+from harness.traffic import at_the_start_of_a_rate_window
 from restobot import meta_payloads
 from restobot.commands import HostLayout
 from restobot.operations.backup import BackupPaths
@@ -216,6 +217,7 @@ def send_over_the_rate_limit(stack: DeployedStack) -> None:
     app_secret = read_env_file(secrets_file("local"))["META_APP_SECRET"]
     sender = f"3369{secrets.randbelow(10**8):08d}"
     phone_number_id = stack.settings["meta"]["wa_phone_number_id"]
+    at_the_start_of_a_rate_window()
     for number in range(RATE_LIMIT_PER_30S + OVER_THE_LIMIT):
         body = meta_payloads.encode(
             meta_payloads.whatsapp_text(f"e2e flood {number}", sender=sender, phone_number_id=phone_number_id)

@@ -11,6 +11,7 @@ import time
 
 import pytest
 
+from harness.traffic import at_the_start_of_a_rate_window
 from harness.workflows_stack import (
     previous_app_secret,
     Stack,
@@ -263,15 +264,6 @@ def test_replayed_message_is_processed_once_and_recorded(stack):
     assert len(replay) == 1
     time.sleep(1)
     assert stack.query("select count(*) from outbound_messages where msg_id = %s", wamid) == [(1,)]
-
-
-def at_the_start_of_a_rate_window(needed: float = 20.0) -> None:
-    """Wait, when less than ``needed`` seconds are left, for the next of W2's fixed 30 s windows
-    (``Date.now() / 30000``): messages split across two windows are counted in each (a CI run sent
-    12 across a boundary and none was dropped)."""
-    left = 30 - time.time() % 30
-    if left < needed:
-        time.sleep(left + 0.5)
 
 
 def test_more_than_the_limit_in_30s_is_dropped_and_recorded(stack):

@@ -120,6 +120,20 @@ def test_a_message_stuck_past_the_alert_threshold_is_redriven_and_w4_posts_no_al
     assert [r for r in stack.graph_requests() if r["path"] == "/alert" and r["body"].get("alert") != "dlq_threshold"] == []
 
 
+def test_a_backlog_re_driven_at_once_is_rate_limited_by_when_each_message_was_received(stack):
+    """After an outage one sweep re-drives a conversation's backlog: more messages than the limit,
+    received a window apart, are not a flood (each is counted in the window it was received in)."""
+    sender = "33600000405"
+    backlog = [leave_received(stack, sender=sender, age_seconds=120 + 31 * number)
+               for number in range(stack.rate_limit + 2)]
+    assert run_workflow(stack, "w4").status == 200
+    rows = stack.wait_rows("select status from inbound_messages where msg_id = any(%s) and status <> 'RECEIVED'",
+                           backlog, predicate=lambda r: len(r) == len(backlog), timeout=120)
+    assert sorted(status for (status,) in rows) == ["PROCESSED"] * len(backlog)
+    assert stack.query("select count(*) from security_events where event_type = 'RATE_LIMIT' "
+                       "and detail ->> 'conversation_key' = %s", f"whatsapp:{PHONE_NUMBER_ID}:{sender}") == [(0,)]
+
+
 # --- the intake fails closed ----------------------------------------------------------------
 
 
