@@ -45,6 +45,10 @@ release.release_unpacked(
     name=f"Ensure release {identifier} is on the host",
     layout=layout, release=built.name, sha256=built.sha256, archive=archive, owner=settings.host.deploy_user,
 )
+release.configs_in_place(
+    name=f"Ensure the configs {identifier} mounts are in place", layout=layout, identifier=identifier,
+    mounted=built.manifest.mounted_configs,
+)
 images.images_present(name="Ensure the stack's images are present", images=settings.images)
 images.migrate_image_built(name="Ensure the migrate image is built", release_dir=release_dir, image=built.migrate_image)
 images.postgres_image_built(
@@ -75,6 +79,7 @@ stack.release_serving(
 release.releases_pruned(
     name=f"Ensure at most {settings.host.keep_releases} releases (and the backups taken before them) are kept",
     layout=layout, keep=settings.host.keep_releases, protected=(identifier,),
+    protected_configs=tuple(built.manifest.mounted_configs),
 )
 
 # Backups: the nightly dump, its restore check, its cron entry, and a first dump now; off-site, the

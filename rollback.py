@@ -22,7 +22,7 @@ from restobot.facts.deploy import (
     DeployState,
     ReleaseManifestOnHost,
 )
-from restobot.operations import database, images, lock, stack
+from restobot.operations import database, images, lock, release, stack
 from restobot.rollback_plan import RollbackRefused, plan_rollback, resolve_release
 from restobot.settings import settings_for
 
@@ -51,6 +51,10 @@ lock.install_failure_handler(state, layout, actor, "rollback", identifier, start
 lock.deploy_lock_taken(name=lock.TAKE_LOCK, layout=layout, actor=actor, action="rollback", release=identifier)
 lock.audit_logged(name=lock.AUDIT, layout=layout, actor=actor, action="rollback", release=identifier, result="started")
 
+release.configs_in_place(
+    name=f"Ensure the configs {identifier} mounts are in place", layout=layout, identifier=identifier,
+    mounted=plan.manifest.mounted_configs,
+)
 images.images_present(name="Ensure the release's images are present", images=settings.images)
 images.migrate_image_built(name="Ensure the migrate image is built", release_dir=release_dir, image=plan.manifest.migrate_image)
 

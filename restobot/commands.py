@@ -108,6 +108,14 @@ class HostLayout:
     def release_dir(self, name: str) -> str:
         return f"{self.releases_dir}/{name}"
 
+    @property
+    def configs_dir(self) -> str:
+        """Where the release directories containers mount are copied, each named by its content."""
+        return f"{self.base_dir}/configs"
+
+    def config_dir(self, name: str) -> str:
+        return f"{self.configs_dir}/{name}"
+
     def predeploy_backup(self, identifier: str) -> str:
         """The dump taken before release ``identifier`` migrated the database."""
         return f"{self.backups_dir}/before-{identifier}.dump"
@@ -176,6 +184,12 @@ def run_script(path: str, *args: str) -> list[str]:
 
 
 # --- releases ----------------------------------------------------------------------
+
+
+def copy_directory(source: str, target: str) -> list[list[str]]:
+    """Copy ``source`` to ``target`` with its modes and owners, the copy appearing whole in one rename."""
+    partial = f"{target}.partial"
+    return [remove_tree(partial), ["cp", "-a", "-T", source, partial], ["mv", "-T", partial, target]]
 
 
 def unpack_release(layout: HostLayout, archive: str, identifier: str, sha256: str, owner: str,

@@ -27,7 +27,15 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from pyinfra.api.exceptions import DeployError
 
 from restobot.remote.migrate.lexer import BACKWARD_COMPATIBLE_MARKER, header_has
-from restobot.render import OffsiteKeyUnreadable, RenderContext, RenderedFile, render_release
+from restobot.render import (
+    MOUNTED_CONFIGS,
+    OffsiteKeyUnreadable,
+    RenderContext,
+    RenderedFile,
+    config_mounts,
+    release_entries,
+    render_release,
+)
 from restobot.settings import REPO_ROOT, Settings
 
 MANIFEST = "RELEASE.json"
@@ -90,6 +98,8 @@ class ReleaseManifest(BaseModel):
     + migrations: every migration of the release, ordered by file name
     + workflows_sha256: the hash of ``workflows/*.json``
     + config_sha256: the hash of every rendered file
+    + mounted_configs: the release directories containers mount, as copied on the host under
+      ``configs/``: ``<key>-<hash>`` -> the release path (none in releases built before them)
     """
 
     model_config = ConfigDict(frozen=True, extra="ignore")
@@ -102,10 +112,13 @@ class ReleaseManifest(BaseModel):
     migrations: tuple[MigrationInfo, ...]
     workflows_sha256: str
     config_sha256: str
+    mounted_configs: dict[str, str] = {}
 
     def to_json(self) -> str:
-        """The ``RELEASE.json`` text: keys sorted, two-space indent, a final newline."""
-        return json.dumps(self.model_dump(mode="json"), indent=2, sort_keys=True) + "\n"
+        """The ``RELEASE.json`` text: keys sorted, two-space indent, a final newline (and no ``mounted_configs``
+        when there are none: such a release reads and writes as the code before them did)."""
+        exclude = set() if self.mounted_configs else {"mounted_configs"}
+        return json.dumps(self.model_dump(mode="json", exclude=exclude), indent=2, sort_keys=True) + "\n"
 
     @classmethod
     def from_json(cls, text: str, source: str = MANIFEST) -> ReleaseManifest:
@@ -244,7 +257,8 @@ def build_release(settings: Settings, name: str, root: Path = REPO_ROOT) -> Rele
     postgres_image = postgres_image_name(files, settings.images.postgres)
     try:
         rendered: dict[str, RenderedFile] = render_release(
-            settings, RenderContext(release=name, migrate_image=migrate_image, postgres_image=postgres_image)
+            settings,
+            RenderContext(release=name, migrate_image=migrate_image, postgres_image=postgres_image, sources=files),
         )
     except OffsiteKeyUnreadable as error:
         raise ReleaseError(str(error)) from None
@@ -260,6 +274,9 @@ def build_release(settings: Settings, name: str, root: Path = REPO_ROOT) -> Rele
         migrations=tuple(migrations_of(files)),
         workflows_sha256=digest({p: c for p, c in files.items() if p.startswith("workflows/")}),
         config_sha256=digest({p: i.text.encode() for p, i in rendered.items()}),
+        mounted_configs={
+            directory: MOUNTED_CONFIGS[key] for directory, key in config_mounts(release_entries(rendered, files)).items()
+        },
     )
     entries[MANIFEST] = (manifest.to_json().encode(), 0o644)
     return Release(name=name, manifest=manifest, archive=deterministic_tar(entries),

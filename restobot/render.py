@@ -7,6 +7,7 @@ the release module uploads what this returns.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,8 +23,9 @@ SECRET_MODE = 0o600
 CONFIG_MODE = 0o644
 
 # Template -> (path in the release, mode). Env files hold secrets: 0600.
+COMPOSE_FILE = "compose.yml"
 RELEASE_FILES: dict[str, tuple[str, int]] = {
-    "compose.yml.j2": ("compose.yml", CONFIG_MODE),
+    "compose.yml.j2": (COMPOSE_FILE, CONFIG_MODE),
     "traefik/traefik.yml.j2": ("traefik/traefik.yml", CONFIG_MODE),
     "traefik/dynamic.yml.j2": ("traefik/dynamic/dynamic.yml", CONFIG_MODE),
     "nginx/nginx.conf.j2": ("nginx/nginx.conf", CONFIG_MODE),
@@ -53,6 +55,21 @@ MONITORING_FILES: dict[str, tuple[str, int]] = {
 NOBODY_UID = 65534
 CONTAINER_OWNED_FILES: dict[str, int] = {"monitoring/alertmanager/alertmanager.yml": NOBODY_UID}
 
+
+# The release directories a container mounts (compose key -> release path). On the host each is copied to
+# configs/<key>-<hash of its files>, and compose mounts that copy: the mounted path changes only when what
+# the service reads changes, so compose recreates only that service. Mounted from releases/<id>/, every path
+# changed with every release and a monitoring threshold recreated every container, n8n main included.
+MOUNTED_CONFIGS: dict[str, str] = {
+    "traefik": "traefik",
+    "nginx": "nginx",
+    "n8n-hooks": "docker/n8n",
+    "prometheus": "monitoring/prometheus",
+    "alertmanager": "monitoring/alertmanager",
+    "postgres-exporter": "monitoring/postgres-exporter",
+    "blackbox": "monitoring/blackbox",
+    "pgbackrest": "pgbackrest",
+}
 
 # pgBackRest's configuration (templates/backup/), rendered from the `offsite_backup` settings; a release
 # ships it when offsite_backup is enabled (compose hands it to postgres as a secret). It holds the
@@ -146,6 +163,9 @@ class RenderContext:
     postgres_image: str = "restobot/postgres-pgbackrest:dev"
     gateway: GatewayOptions = field(default_factory=GatewayOptions)
     traefik: TraefikOptions = field(default_factory=TraefikOptions)
+    # The release's source files (path -> bytes) that a container mounts as they are (docker/n8n/);
+    # None: this checkout's.
+    sources: Mapping[str, bytes] | None = None
 
 
 def env_quote(value: object) -> str:
@@ -189,6 +209,7 @@ def render_release(settings: Settings, context: RenderContext | None = None) -> 
         "s": settings,
         "m": settings.monitoring,
         "textfile_dir": HostLayout(settings.host.base_dir).textfile_dir,
+        "configs_dir": HostLayout(settings.host.base_dir).configs_dir,
         "release": context.release,
         "project": COMPOSE_PROJECT,
         "migrate_image": context.migrate_image,
@@ -200,13 +221,57 @@ def render_release(settings: Settings, context: RenderContext | None = None) -> 
     }
     rendered: dict[str, RenderedFile] = {}
     for template_name, (path, mode) in RELEASE_FILES.items():
-        text = environment.get_template(template_name).render(**variables)
-        rendered[path] = RenderedFile(text=text, mode=mode)
+        if path != COMPOSE_FILE:
+            rendered[path] = RenderedFile(text=environment.get_template(template_name).render(**variables), mode=mode)
     rendered.update(render_monitoring(settings, release=context.release))
     if settings.offsite_backup.enabled:
         rendered.update(render_offsite_backup(settings))
         rendered.update(offsite_login_key(settings))
+    sources = mounted_sources() if context.sources is None else context.sources
+    mounts = config_mounts(release_entries(rendered, sources))
+    layout = HostLayout(settings.host.base_dir)
+    variables["mounts"] = {key: layout.config_dir(directory) for directory, key in mounts.items()}
+    compose_template = next(name for name, (path, _) in RELEASE_FILES.items() if path == COMPOSE_FILE)
+    rendered[COMPOSE_FILE] = RenderedFile(
+        text=environment.get_template(compose_template).render(**variables), mode=RELEASE_FILES[compose_template][1]
+    )
     return rendered
+
+
+def mounted_sources(root: Path = REPO_ROOT) -> dict[str, bytes]:
+    """This checkout's source files under a mounted release path (the rendered ones are not in git)."""
+    return {
+        path.relative_to(root).as_posix(): path.read_bytes()
+        for prefix in MOUNTED_CONFIGS.values()
+        for path in sorted((root / prefix).rglob("*"))
+        if path.is_file()
+    }
+
+
+def release_entries(rendered: Mapping[str, RenderedFile], sources: Mapping[str, bytes]) -> dict[str, tuple[bytes, int]]:
+    """Release path -> (content, mode), as the archive holds them."""
+    entries = {path: (content, 0o644) for path, content in sources.items()}
+    entries.update({path: (item.text.encode(), item.mode) for path, item in rendered.items()})
+    return entries
+
+
+def config_mounts(entries: Mapping[str, tuple[bytes, int]]) -> dict[str, str]:
+    """The release's mounted config directories: ``<key>-<hash>`` (the copy's name under ``configs/``) -> key.
+
+    The hash covers each file's path within the directory, content, mode and owner, so two releases
+    whose copies would differ in anything a container sees never share one."""
+    mounts: dict[str, str] = {}
+    for key, prefix in MOUNTED_CONFIGS.items():
+        files = {path: entry for path, entry in entries.items() if path.startswith(prefix + "/")}
+        if not files:
+            continue
+        hasher = hashlib.sha256()
+        for path in sorted(files):
+            content, mode = files[path]
+            owner = CONTAINER_OWNED_FILES.get(path, 0)
+            hasher.update(f"{path[len(prefix) + 1:]}\0{mode:o}\0{owner}\0".encode() + hashlib.sha256(content).digest())
+        mounts[f"{key}-{hasher.hexdigest()[:12]}"] = key
+    return mounts
 
 
 def window_words(minutes: int) -> str:

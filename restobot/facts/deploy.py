@@ -391,6 +391,20 @@ class ReleaseManifestOnHost(FactBase[ReleaseManifest | None]):
         return None
 
 
+class ConfigDirs(FactBase[set[str]]):
+    """The names of the directories under ``configs/`` (the copies containers mount); empty without it.
+    A ``.partial`` copy (a deploy killed while copying) is not one."""
+
+    def command(self, configs_dir: str) -> str:
+        return f"ls -1 {shlex.quote(configs_dir)} 2>/dev/null || true"
+
+    def process(self, output: list[str]) -> set[str]:
+        return {line.strip() for line in output if line.strip() and not line.strip().endswith(".partial")}
+
+    def default(self) -> set[str]:
+        return set()
+
+
 @dataclass(frozen=True)
 class PreDeployDump:
     """A pre-deploy backup on the host.

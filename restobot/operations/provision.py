@@ -257,6 +257,7 @@ def release_directories(settings: HostSettings) -> list[DirectorySpec]:
     return [
         DirectorySpec(layout.base_dir, "750"),
         DirectorySpec(layout.releases_dir, "750"),
+        DirectorySpec(layout.configs_dir, "750"),
         DirectorySpec(layout.incoming_dir, "750"),
         DirectorySpec(layout.state_dir, "750"),
         DirectorySpec(layout.backups_dir, "700"),

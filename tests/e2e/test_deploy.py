@@ -144,6 +144,13 @@ def stored(stack, text: str) -> str:
                 until=lambda count: count != "0", timeout=60, what=f"the message {text!r} in inbound_messages")
 
 
+def container_ids(stack) -> dict[str, str]:
+    """Each compose service's container id."""
+    lines = stack.ssh("docker", "ps", "--all", "--filter", "label=com.docker.compose.project=resto", "--format",
+                      '{{.Label "com.docker.compose.service"}} {{.ID}}').stdout.splitlines()
+    return dict(line.split() for line in lines if line.strip())
+
+
 def current_release(stack) -> str:
     return stack.ssh("readlink", "/opt/resto/current").stdout.strip().rsplit("/", 1)[-1]
 
@@ -311,9 +318,12 @@ def upgraded_v2(deployed_stack, deployed_v1, checkouts) -> Stage:
     deployed_v1.require("the v1 deploy")
     serving(deployed_stack, checkouts, "v1")
     message = send_whatsapp(deployed_stack, "before v2")
+    containers_of_v1 = container_ids(deployed_stack)
     run = deployed_stack.deploy(source=checkouts["v2"])
     return Stage(run, {
         "message_through_v1": message,
+        "containers_of_v1": containers_of_v1,
+        "containers_of_v2": container_ids(deployed_stack),
         "current": current_release(deployed_stack),
         "note_column": sql(deployed_stack, "SELECT count(*) FROM information_schema.columns "
                                            "WHERE table_name = 'inbound_messages' AND column_name = 'e2e_note'"),
@@ -336,6 +346,15 @@ def test_v2_is_current_after_its_deploy(upgraded_v2):
 
 def test_v2_deploy_applies_its_migration(upgraded_v2):
     assert upgraded_v2.seen["note_column"] == "1"
+
+
+def test_v2_deploy_recreates_no_container_whose_configuration_it_did_not_change(upgraded_v2):
+    """v2 changes a migration and a workflow: n8n main is restarted to register the webhooks, nothing is
+    recreated (the configs containers mount are copies named by content, not paths inside the release)."""
+    before, after = upgraded_v2.seen["containers_of_v1"], upgraded_v2.seen["containers_of_v2"]
+    long_running = {"traefik", "nginx", "n8n-main", "n8n-worker", "postgres", "redis", "prometheus", "alertmanager"}
+    assert long_running <= set(before)
+    assert {service for service in long_running if after.get(service) != before[service]} == set()
 
 
 def test_v2_serves_its_changed_workflow(upgraded_v2):

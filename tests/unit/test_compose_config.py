@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import re
 import subprocess
 
 import pytest
@@ -198,7 +199,7 @@ def test_n8n_main_loads_the_drain_hooks_and_outlasts_them_before_dockers_kill(pa
     main = parsed[0]["services"]["n8n-main"]
     hooks = main["environment"]["EXTERNAL_HOOK_FILES"]
     binds = {volume["target"]: volume["source"] for volume in main["volumes"] if volume["type"] == "bind"}
-    assert binds[hooks].endswith("/docker/n8n/drain-hooks.js")
+    assert re.fullmatch(r"/opt/resto/configs/n8n-hooks-[0-9a-f]{12}/drain-hooks\.js", binds[hooks]), binds[hooks]
     drain = int(main["environment"]["RESTOBOT_DRAIN_SECONDS"])
     n8n_shutdown = int(main["environment"]["N8N_GRACEFUL_SHUTDOWN_TIMEOUT"])
     docker_kill = int(main["stop_grace_period"].rstrip("s"))

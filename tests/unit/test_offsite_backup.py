@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import re
 import secrets
 
 import pytest
@@ -303,8 +304,10 @@ def test_enabled_postgres_runs_the_built_image_archiving_with_its_secrets(enable
     assert postgres["command"] == ["postgres", *postgres_archiving_args(enabled)]
     assert postgres["secrets"] == [{"source": "pgbackrest_conf", "target": "pgbackrest.conf"},
                                    {"source": "pgbackrest_sftp_key", "target": "sftp_key"}]
-    assert compose["secrets"] == {"pgbackrest_conf": {"file": "./pgbackrest/pgbackrest.conf"},
-                                  "pgbackrest_sftp_key": {"file": "./pgbackrest/sftp_key"}}
+    files = {name: secret["file"] for name, secret in compose["secrets"].items()}
+    assert set(files) == {"pgbackrest_conf", "pgbackrest_sftp_key"}
+    assert re.fullmatch(r"/opt/resto/configs/pgbackrest-[0-9a-f]{12}/pgbackrest\.conf", files["pgbackrest_conf"])
+    assert files["pgbackrest_sftp_key"] == files["pgbackrest_conf"].replace("pgbackrest.conf", "sftp_key")
 
 
 def test_only_postgres_gets_the_route_to_the_offsite_host(enabled):

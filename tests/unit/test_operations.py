@@ -68,7 +68,7 @@ from restobot.facts.deploy import (
 )
 from restobot.facts.offsite import OffsiteRepository
 from restobot.facts.provision import Firewall, Platform, Swap
-from restobot.release_archive import MigrationInfo
+from restobot.release_archive import MigrationInfo, ReleaseManifest
 from restobot.settings import ImageSettings
 
 CASES_DIR = Path(__file__).parent / "operations"
@@ -83,7 +83,7 @@ def value_types() -> dict[str, type]:
 
     return {cls.__name__: cls for cls in (
         HostLayout, ImageSettings, MigrationInfo, HostState, Container, LedgerRow, ApiClientRow, DatabaseUnreadable,
-        SmokeCheck, Firewall, Platform, Swap, Actor, PreDeployDump, OffsiteRepository,
+        SmokeCheck, Firewall, Platform, Swap, Actor, PreDeployDump, OffsiteRepository, ReleaseManifest,
     )}
 
 
@@ -434,7 +434,8 @@ def test_host_provisioned_is_covered_through_its_operations():
 RELEASES_PRUNED = {
     "kwargs": {"layout": {"$type": "HostLayout", "base_dir": "/opt/resto"}, "keep": 5, "protected": []},
     "facts": {"deploy.DeployState": {"base_dir=/opt/resto": {"$type": "HostState"}},
-              "deploy.PreDeployDumps": {"backups_dir=/opt/resto/backups": []}},
+              "deploy.PreDeployDumps": {"backups_dir=/opt/resto/backups": []},
+              "deploy.ConfigDirs": {"configs_dir=/opt/resto/configs": ["set:"]}},
     "noop_description": "0 release(s) on the host, keeping up to 5",
 }
 

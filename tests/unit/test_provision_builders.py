@@ -189,6 +189,7 @@ def test_release_directories():
     assert release_directories(HostSettings(base_dir="/srv/resto")) == [
         DirectorySpec("/srv/resto", "750"),
         DirectorySpec("/srv/resto/releases", "750"),
+        DirectorySpec("/srv/resto/configs", "750"),
         DirectorySpec("/srv/resto/incoming", "750"),
         DirectorySpec("/srv/resto/state", "750"),
         DirectorySpec("/srv/resto/backups", "700"),
