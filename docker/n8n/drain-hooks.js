@@ -11,13 +11,23 @@
 // accepted have been answered, before n8n shuts its subscriber down.
 // (Not gated: the 404s of a starting n8n main before its webhooks are registered. n8n 2.40
 // registers them through its publication service, which runs no hook when it is done.)
+//
+// And: a 2xx answer to a webhook that does not carry ANSWER_HEADER is refused with 503. Every
+// workflow's Respond to Webhook node sets that header; n8n's own fallback answers do not. n8n main
+// answers a webhook 200 with no data when the execution ended without its answer reaching main
+// (webhook-helpers.js: "Workflow executed successfully but no data was returned", or an empty 200
+// in responseNode mode), which happens when Redis goes away while main waits on the worker: Meta
+// took that 200 for a stored message and never retried it. A 503 makes Meta retry; a retry of a
+// message that was stored after all is a REPLAY the intake answers 200 with the header.
 'use strict';
 
 const DRAIN_SECONDS = Number(process.env.RESTOBOT_DRAIN_SECONDS || 15);
 const WEBHOOK_PATH = /^\/webhook(-waiting)?\//;
+const ANSWER_HEADER = 'x-restobot-answer';
 
 let draining = false;
 let inFlight = 0;
+let refused = 0; // 2xx answers without a workflow's answer, turned into 503
 
 process.on('SIGTERM', () => {
   draining = true;
@@ -29,6 +39,37 @@ process.on('SIGINT', () => {
 function refuse(res, why) {
   res.writeHead(503, { 'Content-Type': 'text/plain', 'Retry-After': '5', Connection: 'close' });
   res.end(`${why}; retry\n`);
+}
+
+// The header is the workflows' word to this gate, not the client's: it is removed once checked.
+function withoutAnswerHeader(args) {
+  return args.map((arg) => {
+    if (!arg || typeof arg !== 'object' || Array.isArray(arg)) return arg;
+    return Object.fromEntries(Object.entries(arg).filter(([name]) => name.toLowerCase() !== ANSWER_HEADER));
+  });
+}
+
+function answeredByAWorkflow(res, args) {
+  if (res.hasHeader(ANSWER_HEADER)) return true;
+  return args.some((arg) => arg && typeof arg === 'object' && !Array.isArray(arg)
+    && Object.keys(arg).some((name) => name.toLowerCase() === ANSWER_HEADER));
+}
+
+// Refuse, at the moment n8n sends its status line, a 2xx no workflow wrote.
+function requireWorkflowAnswer(req, res) {
+  const writeHead = res.writeHead;
+  res.writeHead = function (statusCode, ...args) {
+    const answered = answeredByAWorkflow(res, args);
+    res.removeHeader(ANSWER_HEADER);
+    if (statusCode >= 200 && statusCode < 300 && !answered) {
+      const path = (req.url || '').split('?')[0]; // the verify handshake's query holds its token
+      console.warn(`[restobot] n8n answered ${req.method} ${path} ${statusCode} without a workflow's answer: refused with 503`);
+      refused += 1;
+      res.setHeader('Retry-After', '5');
+      return writeHead.call(this, 503, ...withoutAnswerHeader(args.filter((arg) => typeof arg !== 'string')));
+    }
+    return writeHead.call(this, statusCode, ...withoutAnswerHeader(args));
+  };
 }
 
 function track(res) {
@@ -58,6 +99,7 @@ function gate(server) {
       return;
     }
     track(res);
+    requireWorkflowAnswer(req, res);
     for (const handler of handlers) handler.call(server, req, res);
   });
 }
@@ -83,6 +125,6 @@ module.exports = {
 };
 // For tests, on any node HTTP server. Not enumerable: n8n registers every enumerable key as a hook.
 Object.defineProperty(module.exports, 'testing', {
-  value: { gate, drained, state: () => ({ draining, inFlight }) },
+  value: { gate, drained, ANSWER_HEADER, state: () => ({ draining, inFlight, refused }) },
   enumerable: false,
 });

@@ -162,6 +162,28 @@ def test_webhook_paths_are_exactly_the_gateway_routes():
     assert set(workflows.WEBHOOK_ROUTES) == GATEWAY_ROUTES
 
 
+ANSWER_HEADER = "X-Restobot-Answer"
+
+
+def respond_nodes(path: Path) -> list[dict]:
+    return [node for node in load(path)["nodes"] if node["type"] == "n8n-nodes-base.respondToWebhook"]
+
+
+@pytest.mark.parametrize("path", [p for p in FILES if respond_nodes(p)], ids=lambda p: p.name)
+def test_every_answer_to_a_webhook_carries_the_answer_header(path):
+    """n8n main's gate (docker/n8n/drain-hooks.js) refuses with 503 a 2xx that lacks it: n8n's own fallback
+    200s (an execution whose answer never reached main) must not reach Meta. A Respond node without it
+    would have its every 2xx refused."""
+    for node in respond_nodes(path):
+        entries = node["parameters"]["options"]["responseHeaders"]["entries"]
+        assert {entry["name"]: entry["value"] for entry in entries}.get(ANSWER_HEADER) == "workflow", node["name"]
+
+
+def test_the_gate_checks_the_header_the_workflows_set():
+    hooks = (REPO / "docker/n8n/drain-hooks.js").read_text()
+    assert f"const ANSWER_HEADER = '{ANSWER_HEADER.lower()}';" in hooks
+
+
 @pytest.mark.parametrize("path", FILES, ids=lambda p: p.name)
 def test_no_secret_inside(path):
     text = path.read_text()
