@@ -394,12 +394,50 @@ def runner_workflow(key: str, workflow_id: str) -> dict:
     }
 
 
+FALLBACK_PATH = "restobot-test/fallback"
+
+
+def fallback_workflow() -> dict:
+    """A test-only workflow whose run ends without reaching its Respond to Webhook node: n8n main then
+    answers with its own fallback, an empty 200 (webhook-helpers.js), as it does when an execution's
+    answer never reaches it (Redis gone while it waits on the worker)."""
+    def node_id(name: str) -> str:
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"{FALLBACK_PATH}/{name}"))
+
+    return {
+        "id": "RbTestFallback000", "name": "TEST_FALLBACK", "active": True,
+        "nodes": [
+            {"id": node_id("webhook"), "name": "Webhook", "type": "n8n-nodes-base.webhook", "typeVersion": 2,
+             "position": [200, 200], "webhookId": node_id("webhookId"),
+             "parameters": {"httpMethod": "POST", "path": FALLBACK_PATH, "responseMode": "responseNode",
+                            "options": {}}},
+            {"id": node_id("never"), "name": "Never", "type": "n8n-nodes-base.filter", "typeVersion": 2,
+             "position": [440, 200],
+             "parameters": {"conditions": {"options": {"caseSensitive": True, "leftValue": "", "typeValidation": "strict"},
+                                           "conditions": [{"id": node_id("condition"), "leftValue": "={{ false }}",
+                                                           "rightValue": "", "operator": {"type": "boolean",
+                                                                                          "operation": "true",
+                                                                                          "singleValue": True}}],
+                                           "combinator": "and"}, "options": {}}},
+            {"id": node_id("respond"), "name": "Respond", "type": "n8n-nodes-base.respondToWebhook",
+             "typeVersion": 1.1, "position": [680, 200],
+             "parameters": {"respondWith": "text", "responseBody": "answered", "options": {"responseHeaders": {
+                 "entries": [{"name": "X-Restobot-Answer", "value": "workflow"}]}}}},
+        ],
+        "connections": {"Webhook": {"main": [[{"node": "Never", "type": "main", "index": 0}]]},
+                        "Never": {"main": [[{"node": "Respond", "type": "main", "index": 0}]]}},
+        "settings": {"executionOrder": "v1"},
+    }
+
+
 def workflows_with_runners(directory: Path, runners: dict[str, str]) -> Path:
-    """The release's workflow files plus a test-only runner per ``{key: workflow id}``, in ``directory``."""
+    """The release's workflow files plus a test-only runner per ``{key: workflow id}`` and the fallback
+    workflow, in ``directory``."""
     for source in workflows.WORKFLOWS_DIR.glob("*.json"):
         (directory / source.name).write_bytes(source.read_bytes())
     for key, workflow_id in runners.items():
         (directory / f"TEST_RUN_{key.upper()}.json").write_text(json.dumps(runner_workflow(key, workflow_id)))
+    (directory / "TEST_FALLBACK.json").write_text(json.dumps(fallback_workflow()))
     return directory
 
 

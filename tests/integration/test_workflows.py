@@ -13,6 +13,7 @@ import pytest
 
 from harness.traffic import at_the_start_of_a_rate_window
 from harness.workflows_stack import (
+    FALLBACK_PATH,
     previous_app_secret,
     Stack,
     http,
@@ -51,6 +52,24 @@ def post(stack: Stack, channel: str, payload: dict, *, sign: bool = True, secret
 
 def events(stack: Stack, event_type: str) -> list[tuple]:
     return stack.query("select channel, detail from security_events where event_type = %s order by id", event_type)
+
+
+# --- n8n main's answer gate (docker/n8n/drain-hooks.js) --------------------------------
+
+
+def test_n8n_mains_own_fallback_200_is_refused_with_503_so_meta_retries(stack):
+    """A run that ends without its Respond node: n8n main's own empty 200 (as when an execution's answer
+    never reaches it) leaves as a 503, and n8n main's log says so."""
+    answer = http("POST", f"{stack.direct_url}/{FALLBACK_PATH}", b"{}", {"Content-Type": "application/json"})
+    assert (answer.status, answer.headers.get("retry-after")) == (503, "5")
+    assert f"n8n answered POST /webhook/{FALLBACK_PATH} 200 without a workflow's answer: refused with 503" in \
+        stack.logs("main", lines=400)
+
+
+def test_a_workflows_answer_passes_the_gate_and_its_header_stays_inside(stack):
+    answer, _ = post(stack, "whatsapp", meta.whatsapp_text("Bonjour", sender="33600000901"))
+    assert answer.status == 200
+    assert "x-restobot-answer" not in answer.headers
 
 
 # --- W0 verify -----------------------------------------------------------------------
