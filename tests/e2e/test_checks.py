@@ -23,7 +23,6 @@ from restobot.settings import REPO_ROOT
 pytestmark = pytest.mark.e2e
 
 CURRENT = "/opt/resto/current"
-ALERTMANAGER_YML = f"{CURRENT}/monitoring/alertmanager/alertmanager.yml"
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +78,23 @@ def _redis_cli(stack, *words: str) -> None:
     """redis-cli in the redis container, authenticated with the deployed password when it asks for one."""
     stack.ssh("docker", "exec", "resto-redis-1", "sh", "-c", 'REDISCLI_AUTH="$REDIS_PASSWORD" exec redis-cli "$@"',
               "redis-cli", *words)
+
+
+def _mounted(stack, container: str, destination: str, name: str) -> str:
+    """The host file ``name`` in what ``container`` mounts at ``destination``: the copy under configs/ it
+    reads (the release directory's own file is not what a container sees)."""
+    template = '{{range .Mounts}}{{if eq .Destination "%s"}}{{.Source}}{{end}}{{end}}' % destination
+    source = stack.ssh("docker", "inspect", "--format", template, container).stdout.strip()
+    assert source, f"{container} mounts nothing at {destination}"
+    return f"{source}/{name}"
+
+
+def _alertmanager_yml(stack) -> str:
+    return _mounted(stack, "resto-alertmanager-1", "/etc/alertmanager", "alertmanager.yml")
+
+
+def _traefik_dynamic_yml(stack) -> str:
+    return _mounted(stack, "resto-traefik-1", "/etc/traefik/dynamic", "dynamic.yml")
 
 
 def _restart_n8n_main(stack) -> None:
@@ -175,11 +191,11 @@ BREAKAGES = {
         "owner", ["n8n owner is set up by the deploy", "owner setup is closed inside n8n"],
     ),
     "console-allowlist-opened": (
-        lambda s: (s.ssh("sh", "-c", f"f={CURRENT}/traefik/dynamic/dynamic.yml; cp -p $f /tmp/checks-dynamic.yml && "
+        lambda s: (s.ssh("sh", "-c", f"f={_traefik_dynamic_yml(s)}; cp -p $f /tmp/checks-dynamic.yml && "
                          "sed -i 's|sourceRange:|sourceRange:\\n          - \"0.0.0.0/0\"|' $f"),
                    _console_answers_outside(s, refused=False)),
         lambda s: (s.ssh("sh", "-c", f"[ -e /tmp/checks-dynamic.yml ] && cat /tmp/checks-dynamic.yml > "
-                         f"{CURRENT}/traefik/dynamic/dynamic.yml && rm /tmp/checks-dynamic.yml", check=False),
+                         f"{_traefik_dynamic_yml(s)} && rm /tmp/checks-dynamic.yml", check=False),
                    _console_answers_outside(s, refused=True)),
         "allowlist", ["console refuses an address outside the allowlist"],
     ),
@@ -194,9 +210,9 @@ BREAKAGES = {
         "scrape_target", ["every scrape target is up"],
     ),
     "alerts-routed-elsewhere": (
-        lambda s: s.ssh("sh", "-c", f"f={ALERTMANAGER_YML}; cp -p $f $f.checks-saved && "
+        lambda s: s.ssh("sh", "-c", f"f={_alertmanager_yml(s)}; cp -p $f $f.checks-saved && "
                         "sed -i 's#/alerts#/elsewhere#' $f"),
-        lambda s: s.ssh("sh", "-c", f"f={ALERTMANAGER_YML}; [ -e $f.checks-saved ] && mv $f.checks-saved $f",
+        lambda s: s.ssh("sh", "-c", f"f={_alertmanager_yml(s)}; [ -e $f.checks-saved ] && mv $f.checks-saved $f",
                         check=False),
         "routed_to_the_alert_destination", ["runbook alert is routed to the alert destination"],
     ),
