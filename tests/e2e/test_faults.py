@@ -34,30 +34,26 @@ N8N_MAIN_STOPPED_ON_CI = pytest.mark.xfail(
     reason="n8n main stopped under traffic: passed here with the drain hooks, failed once on CI (issue #12)",
     strict=False,
 )
-# Postgres crashed: 1 duplicate in 25 in the clean-clone run of stop 26 (passed in every run before).
-# The likely cause: PostgreSQL gone between Meta's answer and W3's record of it. W3 now retries that
-# record (5 tries, 5 s apart; test_workflows_faults proves the case); xfail until runs confirm it.
-POSTGRES_CRASHED_ONE_DUPLICATE = pytest.mark.xfail(
-    reason="postgres crashed under traffic: one message answered twice in one CI run (issue #12)", strict=False,
-)
-# Postgres stopped (20 s): 1 duplicate in 62 in the clean-clone run of stop 33 (passed in every run
-# before). PostgreSQL was unusable for about 36 s (20 s stopped, 16 s to accept again), longer than
-# W3's record retries (5 tries 5 s apart, n8n's own cap on a node's retries); W3 records a whole batch
-# of up to 50 sends in one UPDATE, so each reply sent before the record failed is sent again when its
-# lease runs out. Open in issue #12 (the fix: record each send as it is made, and retry past n8n's cap).
-POSTGRES_STOPPED_ONE_DUPLICATE = pytest.mark.xfail(
-    reason="postgres stopped under traffic: one message answered twice in one CI run (issue #12)", strict=False,
+# PostgreSQL gone under traffic: 1 duplicate in 25 when it crashed (clean-clone CI of stop 26) and 1 in
+# 62 when it was stopped for 20 s (that of stop 33); both passed in every other run. W3 records a whole
+# batch of up to 50 sends in one UPDATE after the last send, and retries it 5 times 5 s apart (n8n's own
+# cap on a node's retries): PostgreSQL stopped for 20 s was unusable for about 36 s (16 s to accept
+# again), so each reply sent before the record failed is sent again when its lease runs out. Open in
+# issue #12 (the fix: record each send as it is made, and retry the record for as long as the lease).
+POSTGRES_GONE_MID_RECORD_REPLIES_TWICE = pytest.mark.xfail(
+    reason="postgres gone under traffic: W3's batch record failed after its sends, one reply sent twice (issue #12)",
+    strict=False,
 )
 FAULTS = [
     Fault("redis", "stop"),
     pytest.param(Fault("n8n-main", "stop"), marks=N8N_MAIN_STOPPED_ON_CI, id="n8n-main stopped"),
-    pytest.param(Fault("postgres", "stop"), marks=POSTGRES_STOPPED_ONE_DUPLICATE, id="postgres stopped"),
+    pytest.param(Fault("postgres", "stop"), marks=POSTGRES_GONE_MID_RECORD_REPLIES_TWICE, id="postgres stopped"),
     Fault("nginx", "stop"),
     Fault("traefik", "stop"),
     Fault("n8n-worker", "stop"),
     Fault("n8n-main", "crash"),
     pytest.param(Fault("n8n-worker", "crash"), marks=WORKER_KILLED_MID_SEND_REPLIES_TWICE, id="n8n-worker crashed"),
-    pytest.param(Fault("postgres", "crash"), marks=POSTGRES_CRASHED_ONE_DUPLICATE, id="postgres crashed"),
+    pytest.param(Fault("postgres", "crash"), marks=POSTGRES_GONE_MID_RECORD_REPLIES_TWICE, id="postgres crashed"),
     Fault("redis", "crash"),
     Fault("nginx", "crash"),
     Fault("traefik", "crash"),
