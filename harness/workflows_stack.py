@@ -126,6 +126,7 @@ class Stack:
     max_retries: int = 2
     retry_base_seconds: int = 1
     dlq_threshold: int = 2
+    on_uncertain_send: str = "resend"
     prefix: str = field(default_factory=lambda: f"rbwf-{uuid.uuid4().hex[:8]}")
     environ: dict[str, str] = field(default_factory=test_secrets)  # secrets, fixed for the stack's life
     publish_main: bool = False  # n8n main's 5678 on 127.0.0.1 (benchmark, test-only webhooks)
@@ -155,6 +156,7 @@ class Stack:
             "rate_limit_per_30s": self.rate_limit, "dlq_alert_threshold": self.dlq_threshold,
             "alert_webhook_url": "http://graph:8000/alert", "outbound_max_retries": self.max_retries,
             "outbound_retry_base_seconds": self.retry_base_seconds, "replay_check_enabled": True,
+            "on_uncertain_send": self.on_uncertain_send,
         }
         return load_settings(tree, self.environ)
 
@@ -461,12 +463,13 @@ def previous_app_secret(hours: float) -> dict[str, str]:
 
 @contextlib.contextmanager
 def running_stack(workdir: Path, workflows_dir: Path, runners: dict[str, str],
-                  extra_environ: dict[str, str] | None = None) -> Iterator[Stack]:
+                  extra_environ: dict[str, str] | None = None, **knobs) -> Iterator[Stack]:
     """A started stack with the release's workflows and the given test-only runners imported; its
     n8n logs printed if it does not come up; removed afterwards.
 
-    + extra_environ: settings beyond the generated secrets (runbook names), e.g. a previous app secret"""
-    running = Stack(publish_main=True, environ={**test_secrets(), **(extra_environ or {})})
+    + extra_environ: settings beyond the generated secrets (runbook names), e.g. a previous app secret
+    + knobs: Stack's fields, e.g. on_uncertain_send='park'"""
+    running = Stack(publish_main=True, environ={**test_secrets(), **(extra_environ or {})}, **knobs)
     try:
         running.start(workdir)
         workflows.import_workflows(running.target, workflows_with_runners(workflows_dir, runners))

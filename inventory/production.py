@@ -39,7 +39,12 @@ SETTINGS = {
     "redis": {},
     "admin": {},
     "console": {"ip_allowlist": ["198.51.100.7/32"]},
-    "pipeline": {"alert_webhook_url": "https://hooks.example.com/resto-alerts"},
+    "pipeline": {
+        "alert_webhook_url": "https://hooks.example.com/resto-alerts",
+        # A reply whose worker died between Meta's answer and its record: send it again (the customer
+        # may get it twice) or "park" it in the DLQ (the customer may get none until a dlq replay).
+        "on_uncertain_send": "resend",
+    },
     # Docker's own repository: a current engine and the compose v2 plugin.
     "host": {"docker_source": "docker", "compose_plugin": "docker-repository"},
 }

@@ -7,6 +7,7 @@ requests the Graph API double received."""
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import secrets
 import time
 
@@ -191,8 +192,9 @@ def test_postgres_stopped_under_a_delivery_loses_nothing(stack):
 
 
 def test_postgres_gone_while_meta_answers_a_reply_records_it_once_back_and_never_resends_it(stack):
-    """The reply reached Meta, then PostgreSQL went away before W3 recorded it: W3 retries the record
-    until PostgreSQL is back. Without that, the row keeps its 2-minute lease and is sent a second time."""
+    """The reply reached Meta, then PostgreSQL went away before W3 recorded it, for 40 s: longer than
+    n8n's own retries of a node can last (5 tries, 5 s apart). W3 records again every 3 s while the
+    reply's lease runs. Without that, the lease runs out and the reply is sent a second time."""
     stack.graph_reset()
     stack.graph_script({"status": 200, "delay": 4})  # Meta's answer comes while PostgreSQL is down
     sender = "33600000409"
@@ -201,15 +203,84 @@ def test_postgres_gone_while_meta_answers_a_reply_records_it_once_back_and_never
     poll(lambda: replies_sent_to(stack, sender), until=lambda sent: sent == 1, timeout=60, interval=0.3,
          what="the reply at the Graph API double")
     docker("stop", "--time", "1", stack.name("postgres"))
-    time.sleep(7)
+    time.sleep(40)
     docker("start", stack.name("postgres"))
     stack.forget_published_ports()
     stack.wait_postgres()
     rows = stack.wait_rows("select status, provider_message_id from outbound_messages where msg_id = %s",
-                           wamid_of(payload), predicate=lambda rows: rows and rows[0][0] == "SENT", timeout=60)
+                           wamid_of(payload), predicate=lambda rows: rows and rows[0][0] == "SENT", timeout=90)
     assert rows[0][1].startswith("wamid.DOUBLE")
     assert replies_sent_to(stack, sender) == 1
     stack.wait_n8n()  # left serving: n8n reconnects to PostgreSQL before it answers ready again
+
+
+def queue_replies(stack: Stack, recipients: list[str]) -> None:
+    """Replies as W2 writes them, due now, in the order of ``recipients``; W3's schedule sends them."""
+    for recipient in recipients:
+        stack.query("insert into outbound_messages (channel, msg_id, conversation_key, recipient, payload) "
+                    "values ('whatsapp', %s, %s, %s, %s)", meta.new_wamid(),
+                    f"whatsapp:{PHONE_NUMBER_ID}:{recipient}", recipient,
+                    json.dumps({"messaging_product": "whatsapp", "to": recipient, "type": "text",
+                                "text": {"body": "Bonjour !"}}))
+
+
+def kill_the_worker_while_meta_holds_the_second_of(stack: Stack, recipients: list[str]) -> dict[str, str]:
+    """Queue a reply to each of ``recipients``; Meta answers the first at once and holds its answer to
+    the second while the worker is killed (and started again). Once every reply has an outcome: each
+    recipient's final status."""
+    stack.graph_reset()
+    stack.graph_script({"status": 200}, {"status": 200, "delay": 15})
+    queue_replies(stack, recipients)
+    poll(lambda: len([r for r in stack.graph_requests() if r["path"] == GRAPH_MESSAGES]), until=lambda n: n >= 2,
+         timeout=60, interval=0.2, what="the second reply at the Graph API double")
+    docker("kill", stack.name("worker"))
+    docker("start", stack.name("worker"))
+    # the reply in flight waits for its 2-minute lease to run out
+    rows = stack.wait_rows("select recipient, status from outbound_messages where recipient = any(%s)", recipients,
+                           predicate=lambda rows: len(rows) == len(recipients)
+                           and {status for _, status in rows} <= {"SENT", "DLQ"}, timeout=200)
+    time.sleep(2)  # a further send, if any, would have reached the double by now
+    return dict(rows)
+
+
+def test_a_worker_killed_mid_run_sends_the_reply_in_flight_again_and_no_other(stack):
+    """W3 records each reply before it claims the next, so only the one in flight can go out twice
+    (pipeline.on_uncertain_send = resend, the default: the Graph API takes no idempotency key). A run
+    that sent all five before recording any would send all five twice."""
+    recipients = [f"3360000042{n}" for n in range(5)]
+    statuses = kill_the_worker_while_meta_holds_the_second_of(stack, recipients)
+    sends = {recipient: replies_sent_to(stack, recipient) for recipient in recipients}
+    print(f"sends per reply: {sends}")
+    assert statuses == dict.fromkeys(recipients, "SENT")
+    assert sends == {**dict.fromkeys(recipients, 1), recipients[1]: 2}
+
+
+@pytest.fixture
+def parking_stack(tmp_path_factory):
+    """A stack of its own whose settings choose pipeline.on_uncertain_send = park."""
+    with running_stack(tmp_path_factory.mktemp("wfpark"), tmp_path_factory.mktemp("wfparkdir"), {},
+                       on_uncertain_send="park") as running:
+        yield running
+
+
+def test_with_park_the_reply_in_flight_when_the_worker_dies_goes_to_the_dlq_unsent_again(parking_stack):
+    stack = parking_stack
+    recipients = [f"3360000043{n}" for n in range(5)]
+    statuses = kill_the_worker_while_meta_holds_the_second_of(stack, recipients)
+    assert statuses == {**dict.fromkeys(recipients, "SENT"), recipients[1]: "DLQ"}
+    assert {recipient: replies_sent_to(stack, recipient) for recipient in recipients} == dict.fromkeys(recipients, 1)
+    [(code, message, started)] = stack.query(
+        "select error_code, error_message, send_started_at from outbound_messages where recipient = %s", recipients[1])
+    assert (code, started) == ("send_outcome_unknown", None)
+    assert "may have reached the customer" in message
+
+
+def test_a_run_with_nothing_due_sends_nothing(stack):
+    """W3 runs every 10 s; with no reply due it must not call the Graph API at all (PostgreSQL answers an
+    UPDATE that changed no row with an item of its own, which once went out as a send to 'undefined')."""
+    stack.graph_reset()
+    time.sleep(12)  # one run of the schedule at least
+    assert [r["path"] for r in stack.graph_requests() if r["path"].endswith("/messages")] == []
 
 
 def test_a_message_signed_with_the_previous_app_secret_after_its_overlap_is_refused_and_recorded(stack):

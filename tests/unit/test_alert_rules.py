@@ -177,6 +177,14 @@ CASES: dict[str, Case] = {
         labels={"severity": "critical"},
         summary="An inbound message has waited 22m 0s in RECEIVED",
         description="Older than 1260 s: nothing re-drives it (is n8n down?)."),
+    "RestobotReplyOutcomeUnknown": Case(
+        firing={"restobot_outbound_outcome_unknown": 2},
+        silent={"restobot_outbound_outcome_unknown": 0},
+        labels={"severity": "warning"},
+        summary="2 replies may not have reached their customer",
+        description="The worker was lost between sending each and recording Meta's answer, and W3 parked them in "
+                    "the DLQ (pipeline.on_uncertain_send: park): resto production dlq list shows them; "
+                    "resto production dlq replay sends them again."),
     "RestobotBackupFailed": Case(
         firing={"restobot_backup_last_run_success": 0},
         silent={"restobot_backup_last_run_success": 1},

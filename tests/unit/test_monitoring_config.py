@@ -158,7 +158,8 @@ def test_postgres_exporter_queries_feed_the_rules(tmp_path):
     metrics = {f"{name}_{column}" for name, query in queries.items() for metric in query["metrics"]
                for column, spec in metric.items() if spec["usage"] == "GAUGE"}
     assert metrics == {"restobot_security_events_in_window", "restobot_inbound_received",
-                       "restobot_inbound_received_oldest_age_seconds", "restobot_outbound_messages"}
+                       "restobot_inbound_received_oldest_age_seconds", "restobot_outbound_messages",
+                       "restobot_outbound_outcome_unknown"}
     rules = (directory / "prometheus" / "alerts.yml").read_text()
     # The counts by state are for the dashboards; the DLQ alert is W8_DLQ_HANDLER's (the runbook's).
     for metric in metrics - {"restobot_inbound_received", "restobot_outbound_messages"}:

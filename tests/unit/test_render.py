@@ -78,6 +78,13 @@ def test_n8n_env_defines_every_variable_the_workflows_read(settings):
     assert set(WORKFLOW_ENV_VARS) <= defined, set(WORKFLOW_ENV_VARS) - defined
 
 
+@pytest.mark.parametrize("choice", ["resend", "park"])
+def test_the_uncertain_send_choice_reaches_w3(production_data, secret_env, choice):
+    production_data.setdefault("pipeline", {})["on_uncertain_send"] = choice
+    text = render_release(load_settings(production_data, secret_env))["env/n8n.env"].text
+    assert f"OUTBOUND_ON_UNCERTAIN_SEND='{choice}'" in text.splitlines()
+
+
 def test_credentials_overwrite_reaches_n8n_as_json(settings, secret_env):
     import json
 

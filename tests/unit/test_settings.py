@@ -127,6 +127,18 @@ def test_signature_mode_outside_the_three_values_is_refused(production_data, sec
     assert problem.startswith("meta.signature_required: Input should be 'off', 'warn' or 'enforce'")
 
 
+def test_uncertain_send_is_resend_unless_the_inventory_chooses_park(production_data, secret_env):
+    assert load_settings(production_data, secret_env).pipeline.on_uncertain_send == "resend"
+    production_data.setdefault("pipeline", {})["on_uncertain_send"] = "park"
+    assert load_settings(production_data, secret_env).pipeline.on_uncertain_send == "park"
+
+
+def test_uncertain_send_outside_its_two_choices_is_refused(production_data, secret_env):
+    production_data.setdefault("pipeline", {})["on_uncertain_send"] = "drop"
+    [problem] = problems_of(production_data, secret_env)
+    assert problem.startswith("pipeline.on_uncertain_send: Input should be 'resend' or 'park'")
+
+
 def test_image_must_be_pinned(production_data, secret_env):
     production_data["images"] = {"n8n": "n8nio/n8n:latest"}
     assert problems_of(production_data, secret_env) == [
