@@ -117,9 +117,9 @@ def test_outbound_counts_pending_retry_and_dlq_rows(database, queries):
 def test_outcome_unknown_counts_the_replies_w3_parked_and_nothing_else_in_the_dlq(database, queries):
     payload = json.dumps({"text": "x"})
     execute(database, "INSERT INTO outbound_messages (channel, msg_id, conversation_key, recipient, payload, status, "
-                      "error_code) VALUES ('whatsapp', %s, 'c', '33600000000', %s, %s, %s)",
-            [("u1", payload, "DLQ", "send_outcome_unknown"), ("u2", payload, "DLQ", "131047"),
-             ("u3", payload, "RETRY", "network")])
+                      "error_code, next_retry_at) VALUES ('whatsapp', %s, 'c', '33600000000', %s, %s, %s, %s)",
+            [("u1", payload, "DLQ", "send_outcome_unknown", None), ("u2", payload, "DLQ", "131047", None),
+             ("u3", payload, "RETRY", "network", "2026-01-01T00:00:00Z")])
     [row] = run(database, queries, "restobot_outbound_outcome")
     assert row["unknown"] == 1
 
