@@ -276,8 +276,9 @@ def test_with_park_the_reply_in_flight_when_the_worker_dies_goes_to_the_dlq_unse
 
 
 def test_a_run_with_nothing_due_sends_nothing(stack):
-    """W3 runs every 10 s; with no reply due it must not call the Graph API at all (PostgreSQL answers an
-    UPDATE that changed no row with an item of its own, which once went out as a send to 'undefined')."""
+    """W3 runs every 10 s; with no reply due it must not call the Graph API at all (n8n's Postgres node may
+    answer an UPDATE that changed no row with an item of its own, `{success: true}`, which W3's "Claimed
+    one?" stops)."""
     stack.graph_reset()
     time.sleep(12)  # one run of the schedule at least
     assert [r["path"] for r in stack.graph_requests() if r["path"].endswith("/messages")] == []
