@@ -52,7 +52,7 @@ def demo_stack() -> DemoStack:
 
 
 def run(stack, fault: Fault | GraphFault | EngineRestart, rate: float, number: int, before: float = 10.0, after: float = 20.0) -> str:
-    sender = MetaLikeSender(stack, rate=rate, sender_prefix=f"34{number:02d}")
+    sender = MetaLikeSender(stack, rate=rate, sender_prefix=f"34{number:02d}", statuses=True)
     sender.start()
     time.sleep(before)
     fault.inject(stack)

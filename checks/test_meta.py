@@ -127,8 +127,11 @@ def test_meta_webhook_subscription_is_confirmed(target, channel):
     url = f"https://{target.public_name('api')}/v1/inbound/{channel}"
     product = {"whatsapp": "WhatsApp > Configuration", "instagram": "Instagram > Webhooks",
                "messenger": "Messenger > Webhooks"}[channel]
+    # Messenger's message_echoes carry the metadata W3 puts on each reply: how a reply whose answer
+    # was lost is known as sent (WhatsApp's statuses come with 'messages').
+    fields = "fields 'messages' and 'message_echoes'" if channel == "messenger" else "field 'messages'"
     manual(f"in Meta's App Dashboard ({product}): callback URL {url}, the verify token of the settings, "
-           "field 'messages' subscribed (the handshake itself is checked by verify_handshake_answers_the_challenge)")
+           f"{fields} subscribed (the handshake itself is checked by verify_handshake_answers_the_challenge)")
 
 
 @pytest.mark.parametrize("channel", CHANNELS)

@@ -8,7 +8,9 @@ its control endpoints through a port published on 127.0.0.1.
   answer (FIFO), else 200 with a WhatsApp- or Messenger-shaped success body.
 * ``POST /alert`` (any other POST): recorded and answered 200 (alert sink).
 * ``GET /_control/requests``: everything recorded, oldest first, each with the
-  ``status`` it was answered (0: connection closed).
+  ``status`` it was answered (0: connection closed) and, for an accepted send,
+  the ``message_id`` Meta gave it (given when the request arrives: a held answer
+  that never reaches the caller is still a message Meta has).
 * ``POST /_control/script``: ``{"answers": [{"status": 500, "code": 131000}, ...]}``
   appends answers; ``{"status": 0}`` closes the connection (network error); ``"delay": 4``
   records the request at once and holds its answer back 4 s.
@@ -100,11 +102,17 @@ class Handler(BaseHTTPRequestHandler):
             body = json.loads(raw) if raw else None
         except json.JSONDecodeError:
             body = raw.decode(errors="replace")
+        whatsapp = isinstance(body, dict) and body.get("messaging_product") == "whatsapp"
         with lock:
             answer = next_answer(self.path)
             status = 200 if answer is None else int(answer.get("status", 200))
+            # Meta has the message once it accepted it, whether or not its answer reaches the caller
+            message_id = None
+            if status == 200 and self.path.endswith("/messages"):
+                message_id = f"{'wamid.' if whatsapp else 'm_'}DOUBLE{next(counter):06d}"
             recorded.append({"path": self.path, "authorization": self.headers.get("Authorization"),
-                             "content_type": self.headers.get("Content-Type"), "body": body, "status": status})
+                             "content_type": self.headers.get("Content-Type"), "body": body, "status": status,
+                             "message_id": message_id})
         if answer is not None and answer.get("delay"):
             time.sleep(float(answer["delay"]))  # the request is recorded, its answer held back
         if answer is not None and answer.get("status") == 0:
@@ -115,13 +123,12 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(answer["status"], error_body(int(answer.get("code", 131000))))
         if not self.path.endswith("/messages"):
             return self._send(200, {"ok": True})
-        n = next(counter)
-        if isinstance(body, dict) and body.get("messaging_product") == "whatsapp":
+        if whatsapp:
             return self._send(200, {"messaging_product": "whatsapp",
                                     "contacts": [{"input": body.get("to"), "wa_id": body.get("to")}],
-                                    "messages": [{"id": f"wamid.DOUBLE{n:06d}"}]})
+                                    "messages": [{"id": message_id}]})
         recipient = (body or {}).get("recipient", {}).get("id") if isinstance(body, dict) else None
-        return self._send(200, {"recipient_id": recipient, "message_id": f"m_DOUBLE{n:06d}"})
+        return self._send(200, {"recipient_id": recipient, "message_id": message_id})
 
 
 def main(port: int) -> None:

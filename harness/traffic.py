@@ -8,6 +8,10 @@ to ``max_retry_seconds``). A fixed 2 s interval was tried first: after a
 minute's outage its retry storm (128 threads, a TLS handshake each) took a
 third of a 2-CPU machine from the stack it was testing, and the probes of a
 deploy waited behind the executions it piled up; Meta does not do that.
+With ``statuses=True`` it also posts, as Meta does, a "sent" status for each
+reply the Graph API double accepted, echoing the send's
+``biz_opaque_callback_data``, signed and retried the same way (they are not
+counted in the figures).
 ``outcome`` then reads, for every message,
 what PostgreSQL stored, the reply rows, and the sends the Graph API double
 received, and sums them into :class:`Figures`.
@@ -39,6 +43,21 @@ def at_the_start_of_a_rate_window(needed: float = 20.0) -> None:
     left = RATE_WINDOW_SECONDS - time.time() % RATE_WINDOW_SECONDS
     if left < needed:
         time.sleep(left + 0.5)
+
+
+def statuses_for_accepted_sends(requests: list[dict], phone_number_id: str) -> list[tuple[str, dict]]:
+    """The "sent" status Meta posts for each WhatsApp message the Graph API double accepted, as
+    (message id, payload): ``requests`` as the double records them (``status``, ``message_id``, ``body``)."""
+    statuses = []
+    for request in requests:
+        body = request.get("body")
+        if request.get("status") != 200 or not request.get("message_id") or not isinstance(body, dict) \
+                or body.get("messaging_product") != "whatsapp":
+            continue
+        statuses.append((request["message_id"], meta_payloads.whatsapp_status(
+            request["message_id"], "sent", recipient=str(body.get("to", "")), phone_number_id=phone_number_id,
+            callback_data=body.get("biz_opaque_callback_data"))))
+    return statuses
 
 
 @dataclasses.dataclass
@@ -87,7 +106,7 @@ class MetaLikeSender:
     days; the test needs an end)."""
 
     def __init__(self, stack, *, rate: float = 2.0, retry_seconds: float = 2.0, max_retry_seconds: float = 16.0,
-                 give_up_after: float = 240.0, sender_prefix: str = "3361") -> None:
+                 give_up_after: float = 240.0, sender_prefix: str = "3361", statuses: bool = False) -> None:
         self.stack = stack
         self.rate = rate
         self.retry_seconds = retry_seconds
@@ -96,6 +115,10 @@ class MetaLikeSender:
         self.sender_prefix = sender_prefix
         self.run = secrets.randbelow(10_000)  # senders unique across runs: the double's record outlives a run
         self.deliveries: list[Delivery] = []
+        # Meta's "sent" status for each reply the Graph API double accepted, posted like a message
+        self.statuses = statuses
+        self.status_deliveries: list[Delivery] = []
+        self._statuses_posted: set[str] = set()
         self.started = 0.0
         self._secret = read_env_file(secrets_file("local"))["META_APP_SECRET"]
         self._phone_number_id = stack.settings["meta"]["wa_phone_number_id"]
@@ -114,6 +137,25 @@ class MetaLikeSender:
         body = meta_payloads.encode(payload)
         wamid = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
         return Delivery(wamid, sender, body, meta_payloads.sign(body, self._secret))
+
+    def signed(self, key: str, sender: str, payload: dict) -> Delivery:
+        body = meta_payloads.encode(payload)
+        return Delivery(key, sender, body, meta_payloads.sign(body, self._secret))
+
+    def post_new_statuses(self) -> None:
+        """A status for each send the double accepted since the last call, each retried until a 200."""
+        try:
+            requests = self.stack.meta.requests()
+        except OSError:  # the double's control port did not answer: the next call posts them
+            return
+        for message_id, payload in statuses_for_accepted_sends(requests, self._phone_number_id):
+            if message_id in self._statuses_posted:
+                continue
+            self._statuses_posted.add(message_id)
+            delivery = self.signed(message_id, payload["entry"][0]["changes"][0]["value"]["statuses"][0]
+                                   ["recipient_id"], payload)
+            self.status_deliveries.append(delivery)
+            self._futures.append(self._pool.submit(self.deliver_until_200, delivery))
 
     def post_once(self, delivery: Delivery) -> int:
         headers = {"Content-Type": "application/json", "X-Hub-Signature-256": delivery.signature}
@@ -144,6 +186,9 @@ class MetaLikeSender:
 
     def start(self) -> None:
         self.started = time.monotonic()
+        if self.statuses:  # the sends of earlier runs are not this run's
+            self._statuses_posted = {message_id for message_id, _ in
+                                     statuses_for_accepted_sends(self.stack.meta.requests(), self._phone_number_id)}
 
         def loop() -> None:
             number = 0
@@ -152,6 +197,8 @@ class MetaLikeSender:
                 self.deliveries.append(delivery)
                 self._futures.append(self._pool.submit(self.deliver_until_200, delivery))
                 number += 1
+                if self.statuses and number % max(1, round(2 * self.rate)) == 0:  # every 2 s
+                    self.post_new_statuses()
                 self._stop.wait(max(0.0, number / self.rate - self.now()))
 
         self._loop = threading.Thread(target=loop, daemon=True)
@@ -162,6 +209,8 @@ class MetaLikeSender:
         self._stop.set()
         if self._loop is not None:
             self._loop.join()
+        if self.statuses:
+            self.post_new_statuses()
         concurrent.futures.wait(self._futures)
         self._pool.shutdown()
 

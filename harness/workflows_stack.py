@@ -127,6 +127,9 @@ class Stack:
     retry_base_seconds: int = 1
     dlq_threshold: int = 2
     on_uncertain_send: str = "resend"
+    # A worker killed mid-send costs a test this long; PostgreSQL gone 40 s mid-record needs about 65 s
+    # (n8n takes some 20 s to reach it again once it is back).
+    lease_seconds: int = 90
     prefix: str = field(default_factory=lambda: f"rbwf-{uuid.uuid4().hex[:8]}")
     environ: dict[str, str] = field(default_factory=test_secrets)  # secrets, fixed for the stack's life
     publish_main: bool = False  # n8n main's 5678 on 127.0.0.1 (benchmark, test-only webhooks)
@@ -157,6 +160,7 @@ class Stack:
             "alert_webhook_url": "http://graph:8000/alert", "outbound_max_retries": self.max_retries,
             "outbound_retry_base_seconds": self.retry_base_seconds, "replay_check_enabled": True,
             "on_uncertain_send": self.on_uncertain_send,
+            "outbound_lease_seconds": self.lease_seconds,
         }
         return load_settings(tree, self.environ)
 

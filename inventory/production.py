@@ -41,8 +41,9 @@ SETTINGS = {
     "console": {"ip_allowlist": ["198.51.100.7/32"]},
     "pipeline": {
         "alert_webhook_url": "https://hooks.example.com/resto-alerts",
-        # A reply whose worker died between Meta's answer and its record: send it again (the customer
-        # may get it twice) or "park" it in the DLQ (the customer may get none until a dlq replay).
+        # A reply whose worker died between Meta's answer and its record, and for which Meta posted no
+        # status within its lease: send it again (the customer may get it twice) or "park" it in the DLQ
+        # (the customer may get none until a dlq replay).
         "on_uncertain_send": "resend",
     },
     # Docker's own repository: a current engine and the compose v2 plugin.

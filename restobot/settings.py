@@ -356,10 +356,15 @@ class PipelineSettings(Section):
     outbound_max_retries: int = Field(5, ge=0, le=20)
     outbound_retry_base_seconds: int = Field(30, ge=1, le=3600)
     # W3_OUTBOUND_SENDER: a reply whose lease ran out with no outcome recorded (the worker was lost
-    # between sending it and recording Meta's answer) may have reached the customer; the Graph API
+    # between sending it and recording Meta's answer) and no status from Meta naming it (WhatsApp
+    # echoes the biz_opaque_callback_data W3 sends) may have reached the customer; the Graph API
     # takes no idempotency key. resend: send it again (the customer may get it twice); park: move it
     # to the DLQ as send_outcome_unknown for the operator (the customer may get no answer).
     on_uncertain_send: Literal["resend", "park"] = "resend"
+    # How long W3 holds a reply it claimed: longer than a send (10 s timeout) plus the outage of
+    # PostgreSQL it rides out while recording the outcome, plus the some 20 s n8n takes to reach
+    # PostgreSQL again once it is back; past it, the outcome counts as unknown.
+    outbound_lease_seconds: int = Field(120, ge=30, le=3600)
     # W4_SWEEPER: an inbound row still RECEIVED after this long is handed to the pipeline again
     # (its background step failed); after the second threshold it raises the stuck alert.
     inbound_redrive_after_seconds: int = Field(60, ge=10, le=3600)

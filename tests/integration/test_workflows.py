@@ -136,6 +136,10 @@ def test_messenger_and_instagram_messages_get_an_english_reply(stack, channel, p
     requests = stack.graph_requests()
     assert [r["path"] for r in requests] == [f"/v21.0/{page}/messages"]
     assert requests[0]["authorization"] == f"Bearer {stack.graph_token(channel)}"
+    # Messenger echoes a send's metadata (message_echoes): it names the row; Instagram's go untagged
+    [(tag,)] = stack.query("select 'restobot-outbound-' || id || ':' || md5(msg_id) from outbound_messages "
+                           "where msg_id = %s", mid)
+    assert requests[0]["body"]["message"].get("metadata") == (tag if channel == "messenger" else None)
     assert stack.query("select conversation_key from inbound_messages where msg_id = %s", mid) == [
         (f"{channel}:{page}:6543210987654321",)]
 

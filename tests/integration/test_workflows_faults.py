@@ -224,10 +224,11 @@ def queue_replies(stack: Stack, recipients: list[str]) -> None:
                                 "text": {"body": "Bonjour !"}}))
 
 
-def kill_the_worker_while_meta_holds_the_second_of(stack: Stack, recipients: list[str]) -> dict[str, str]:
+def kill_the_worker_while_meta_holds_the_second_of(stack: Stack, recipients: list[str],
+                                                   meta_posts_its_status: bool = False) -> dict[str, str]:
     """Queue a reply to each of ``recipients``; Meta answers the first at once and holds its answer to
-    the second while the worker is killed (and started again). Once every reply has an outcome: each
-    recipient's final status."""
+    the second while the worker is killed (and started again), then posts that message's "sent" status
+    if ``meta_posts_its_status``. Once every reply has an outcome: each recipient's final status."""
     stack.graph_reset()
     stack.graph_script({"status": 200}, {"status": 200, "delay": 15})
     queue_replies(stack, recipients)
@@ -235,7 +236,12 @@ def kill_the_worker_while_meta_holds_the_second_of(stack: Stack, recipients: lis
          timeout=60, interval=0.2, what="the second reply at the Graph API double")
     docker("kill", stack.name("worker"))
     docker("start", stack.name("worker"))
-    # the reply in flight waits for its 2-minute lease to run out
+    if meta_posts_its_status:
+        [held] = [r for r in stack.graph_requests() if r["path"] == GRAPH_MESSAGES and r["body"]["to"] == recipients[1]]
+        status = meta.whatsapp_status(held["message_id"], "sent", recipient=recipients[1],
+                                      callback_data=held["body"].get("biz_opaque_callback_data"))
+        print(f"Meta's status for the reply in flight: {deliver_until_200(stack, status)}")
+    # without a status, the reply in flight waits for its lease to run out
     rows = stack.wait_rows("select recipient, status from outbound_messages where recipient = any(%s)", recipients,
                            predicate=lambda rows: len(rows) == len(recipients)
                            and {status for _, status in rows} <= {"SENT", "DLQ"}, timeout=200)
@@ -255,11 +261,106 @@ def test_a_worker_killed_mid_run_sends_the_reply_in_flight_again_and_no_other(st
     assert sends == {**dict.fromkeys(recipients, 1), recipients[1]: 2}
 
 
+def test_meta_s_status_for_the_reply_in_flight_when_the_worker_dies_marks_it_sent_once(stack):
+    """Each WhatsApp send carries biz_opaque_callback_data naming its row, and Meta echoes it in the
+    message's statuses: the status of the reply whose answer the killed worker never read marks it SENT,
+    with the id Meta gave it, and it is not sent again (the lease need not run out)."""
+    recipients = [f"3360000044{n}" for n in range(5)]
+    statuses = kill_the_worker_while_meta_holds_the_second_of(stack, recipients, meta_posts_its_status=True)
+    sends = {recipient: replies_sent_to(stack, recipient) for recipient in recipients}
+    print(f"sends per reply: {sends}")
+    assert statuses == dict.fromkeys(recipients, "SENT")
+    assert sends == dict.fromkeys(recipients, 1)
+    [held] = [r for r in stack.graph_requests() if r["path"] == GRAPH_MESSAGES and r["body"]["to"] == recipients[1]]
+    [(tag, provider_id, started, delivery)] = stack.query(
+        "select 'restobot-outbound-' || id || ':' || md5(msg_id), provider_message_id, send_started_at, "
+        "delivery_status from outbound_messages where recipient = %s", recipients[1])
+    assert held["body"]["biz_opaque_callback_data"] == tag
+    assert (provider_id, started, delivery) == (held["message_id"], None, "sent")
+
+
+def test_a_send_meta_answered_too_late_is_not_sent_again_once_its_status_came(stack):
+    """Meta accepts the reply but its answer comes after W3's 10 s time-out; its "sent" status comes
+    first. W3 records the time-out as a transient error (RETRY, 1 s backoff on this stack), which must not
+    undo the status: the reply stays SENT with Meta's id and goes out once."""
+    stack.graph_reset()
+    stack.graph_script({"status": 200, "delay": 12})
+    recipient = "33600000451"
+    queue_replies(stack, [recipient])
+    [held] = poll(lambda: [r for r in stack.graph_requests() if r["path"] == GRAPH_MESSAGES], until=len,
+                  timeout=60, interval=0.2, what="the reply at the Graph API double")
+    deliver_until_200(stack, meta.whatsapp_status(held["message_id"], "sent", recipient=recipient,
+                                                  callback_data=held["body"]["biz_opaque_callback_data"]))
+    stack.wait_rows("select status from outbound_messages where recipient = %s", recipient,
+                    predicate=lambda rows: rows == [("SENT",)], timeout=30)
+    time.sleep(12)  # W3's time-out (10 s after the send), its record, and a retry 1 s later, had it been one
+    assert stack.query("select status, provider_message_id, retry_count from outbound_messages "
+                       "where recipient = %s", recipient) == [("SENT", held["message_id"], 0)]
+    assert replies_sent_to(stack, recipient) == 1
+
+
+def test_a_messenger_send_answered_too_late_is_not_sent_again_once_its_echo_came(stack):
+    """Messenger's counterpart: the page's message_echoes carry the send's metadata, which names the row."""
+    stack.graph_reset()
+    stack.graph_script({"status": 200, "delay": 12})
+    recipient, page = "6500000000000451", "1122334455"
+    stack.query("insert into outbound_messages (channel, msg_id, conversation_key, recipient, payload) "
+                "values ('messenger', %s, %s, %s, %s)", meta.new_mid(), f"messenger:{page}:{recipient}", recipient,
+                json.dumps({"recipient": {"id": recipient}, "messaging_type": "RESPONSE",
+                            "message": {"text": "Hello!"}}))
+    path = f"/v21.0/{page}/messages"
+    [held] = poll(lambda: [r for r in stack.graph_requests() if r["path"] == path], until=len,
+                  timeout=60, interval=0.2, what="the reply at the Graph API double")
+    echo = meta.messaging_text("messenger", "Hello!", sender=recipient, page_id=page, mid=held["message_id"],
+                               is_echo=True, metadata=held["body"]["message"]["metadata"])
+    answer = http("POST", f"{stack.gateway_url}/v1/inbound/messenger", meta.encode(echo),
+                  {"Content-Type": "application/json", "X-Hub-Signature-256": meta.sign(meta.encode(echo),
+                                                                                      stack.app_secret)})
+    assert answer.status == 200
+    stack.wait_rows("select status from outbound_messages where recipient = %s", recipient,
+                    predicate=lambda rows: rows == [("SENT",)], timeout=30)
+    time.sleep(12)  # W3's time-out (10 s after the send), its record, and a retry 1 s later, had it been one
+    assert stack.query("select status, provider_message_id from outbound_messages where recipient = %s",
+                       recipient) == [("SENT", held["message_id"])]
+    assert len([r for r in stack.graph_requests() if r["path"] == path]) == 1
+    assert stack.query("select count(*) from inbound_messages where msg_id = %s", held["message_id"]) == [(0,)]
+
+
+def test_only_a_status_with_the_exact_tag_of_an_unrecorded_reply_marks_it_sent(stack):
+    """Two replies W3 has not sent yet (due in an hour). Statuses whose tag is foreign, malformed, or
+    names the first by its id with another msg_id (a row of before a restore that rewound the
+    sequence) change nothing; the exact tag of the second, in the same webhook, marks it SENT."""
+    stack.graph_reset()
+    recipients = ["33600000450", "33600000452"]
+    for recipient in recipients:
+        stack.query("insert into outbound_messages (channel, msg_id, conversation_key, recipient, payload, status, "
+                    "next_retry_at) values ('whatsapp', %s, %s, %s, '{}', 'RETRY', now() + interval '1 hour')",
+                    meta.new_wamid(), f"whatsapp:{PHONE_NUMBER_ID}:{recipient}", recipient)
+    [(first_id, first_tag), (_, second_tag)] = stack.query(
+        "select id, 'restobot-outbound-' || id || ':' || md5(msg_id) from outbound_messages "
+        "where recipient = any(%s) order by recipient", recipients)
+    stale = f"restobot-outbound-{first_id}:{'0' * 32}"
+    payload = meta.whatsapp_status("wamid.STATUS1", "sent", recipient=recipients[0], callback_data=stale)
+    statuses = payload["entry"][0]["changes"][0]["value"]["statuses"]
+    for number, tag in enumerate([f"restobot-outbound-{first_id}", f"{first_tag}; drop table outbound_messages",
+                                  "someone-else-42", second_tag], start=2):
+        statuses.append({**statuses[0], "id": f"wamid.STATUS{number}", "biz_opaque_callback_data": tag})
+    try:
+        deliver_until_200(stack, payload)
+        stack.wait_rows("select status, provider_message_id from outbound_messages where recipient = %s",
+                        recipients[1], predicate=lambda rows: rows == [("SENT", "wamid.STATUS5")], timeout=30)
+        assert stack.query("select status, provider_message_id, send_started_at from outbound_messages "
+                           "where recipient = %s", recipients[0]) == [("RETRY", None, None)]
+        assert replies_sent_to(stack, recipients[0]) == replies_sent_to(stack, recipients[1]) == 0
+    finally:  # the next tests wait for every reply to be settled (graph_reset)
+        stack.query("delete from outbound_messages where recipient = any(%s) and status <> 'SENT'", recipients)
+
+
 @pytest.fixture
 def parking_stack(tmp_path_factory):
     """A stack of its own whose settings choose pipeline.on_uncertain_send = park."""
     with running_stack(tmp_path_factory.mktemp("wfpark"), tmp_path_factory.mktemp("wfparkdir"), {},
-                       on_uncertain_send="park") as running:
+                       on_uncertain_send="park", lease_seconds=30) as running:
         yield running
 
 

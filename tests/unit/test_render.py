@@ -85,6 +85,12 @@ def test_the_uncertain_send_choice_reaches_w3(production_data, secret_env, choic
     assert f"OUTBOUND_ON_UNCERTAIN_SEND='{choice}'" in text.splitlines()
 
 
+def test_the_reply_lease_reaches_w3(production_data, secret_env):
+    production_data.setdefault("pipeline", {})["outbound_lease_seconds"] = 90
+    text = render_release(load_settings(production_data, secret_env))["env/n8n.env"].text
+    assert "OUTBOUND_LEASE_SECONDS='90'" in text.splitlines()
+
+
 def test_credentials_overwrite_reaches_n8n_as_json(settings, secret_env):
     import json
 

@@ -139,6 +139,18 @@ def test_uncertain_send_outside_its_two_choices_is_refused(production_data, secr
     assert problem.startswith("pipeline.on_uncertain_send: Input should be 'resend' or 'park'")
 
 
+def test_the_reply_lease_is_two_minutes_unless_the_inventory_sets_it(production_data, secret_env):
+    assert load_settings(production_data, secret_env).pipeline.outbound_lease_seconds == 120
+    production_data.setdefault("pipeline", {})["outbound_lease_seconds"] = 300
+    assert load_settings(production_data, secret_env).pipeline.outbound_lease_seconds == 300
+
+
+def test_a_reply_lease_shorter_than_a_send_and_a_blink_is_refused(production_data, secret_env):
+    production_data.setdefault("pipeline", {})["outbound_lease_seconds"] = 10
+    [problem] = problems_of(production_data, secret_env)
+    assert problem.startswith("pipeline.outbound_lease_seconds: Input should be greater than or equal to 30")
+
+
 def test_image_must_be_pinned(production_data, secret_env):
     production_data["images"] = {"n8n": "n8nio/n8n:latest"}
     assert problems_of(production_data, secret_env) == [
