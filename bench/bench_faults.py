@@ -3,7 +3,8 @@
     .venv/bin/python bench/bench_faults.py [--seconds 20] [--rate 2] [--only redis] [--graph 500] [--engine] [--demo] [--keep]
 
 For each fault of harness.faults (each service stopped for --seconds, then each crashed and restarted
-by docker, then the Graph API answering 500, 429 or closing the connection to 6 sends, then the
+by docker, then the Graph API answering 500, 429 or closing the connection to 6 sends, or accepting
+3 and answering after W3's 10 s time-out, then the
 VPS's docker engine restarted), a sender posts signed WhatsApp messages through Traefik at --rate per second and retries
 every non-200 answer every 2 s until a 200, as Meta does. Printed per fault: sent, answered 200, the
 non-200 answers, stored, duplicates, replied, lost, and the time from the end of the fault to the
@@ -28,7 +29,8 @@ sys.path.insert(0, str(REPO))
 
 from harness import meta_double, vps  # noqa: E402
 from harness.deploys import bring_up_stack, stack_names, tear_down_stack, vps_exec  # noqa: E402
-from harness.faults import GRAPH_ERROR_CODES, SERVICES, EngineRestart, Fault, GraphFault  # noqa: E402
+from harness.faults import (  # noqa: E402
+    GRAPH_ERROR_CODES, LATE_GRAPH_ANSWERS, SERVICES, EngineRestart, Fault, GraphFault)
 from harness.traffic import MetaLikeSender, outcome  # noqa: E402
 from restobot.secrets import ensure_secrets_file  # noqa: E402
 from restobot.settings import load_inventory, read_env_file, secrets_file  # noqa: E402
@@ -68,9 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rate", type=float, default=2.0, help="messages per second")
     parser.add_argument("--only", choices=SERVICES, action="append", help="only these services (repeatable)")
     parser.add_argument("--kind", choices=("stop", "crash"), action="append", help="only these kinds")
-    parser.add_argument("--graph", type=int, choices=sorted(GRAPH_ERROR_CODES), action="append",
-                        help="the Graph API answering this status to 6 sends (0: closing the connection); "
-                             "repeatable; alone, only these faults")
+    parser.add_argument("--graph", type=int, choices=sorted({*GRAPH_ERROR_CODES, 200}), action="append",
+                        help="the Graph API answering this status to 6 sends (0: closing the connection; 200: "
+                             "accepting 3 and answering after W3's time-out); repeatable; alone, only these faults")
     parser.add_argument("--engine", action="store_true",
                         help="the VPS's docker engine restarted; alone, only this fault")
     parser.add_argument("--demo", action="store_true", help="against the stack scripts/demo deployed")
@@ -80,7 +82,8 @@ def main(argv: list[str] | None = None) -> int:
     faults: list[Fault | GraphFault | EngineRestart] = [
         Fault(service, kind, args.seconds) for kind in args.kind or ("stop", "crash")
         for service in args.only or SERVICES] if services_chosen else []
-    faults += [GraphFault(status) for status in args.graph or ((500, 429, 0) if services_chosen else ())]
+    faults += [LATE_GRAPH_ANSWERS if status == 200 else GraphFault(status)
+               for status in args.graph or ((500, 429, 0, 200) if services_chosen else ())]
     faults += [EngineRestart()] if args.engine or not (args.only or args.kind or args.graph) else []
     names = None
     if args.demo:

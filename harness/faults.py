@@ -6,7 +6,8 @@
   docker sees it die and its restart policy (``unless-stopped``) must bring it back by itself.
 
 :class:`GraphFault` is the Graph API failing instead: the Meta double answers the next sends
-with an error (5xx, 429) or closes the connection without an answer.
+with an error (5xx, 429), closes the connection without an answer, or accepts them and answers
+after W3 has timed out.
 
 :class:`EngineRestart` is the VPS's docker engine restarted (a package upgrade, a daemon.json
 change): every container stops with it, and the restart policies alone must bring the stack back.
@@ -108,18 +109,33 @@ GRAPH_ERROR_CODES = {429: 130429, 500: 131000, 503: 131016, 0: 0}  # Meta's erro
 
 @dataclasses.dataclass(frozen=True)
 class GraphFault:
-    """The Graph API answers the next ``count`` sends with ``status`` (0: closes the connection)."""
+    """The Graph API answers the next ``count`` sends with ``status`` (0: closes the connection), after
+    ``delay`` seconds: 200 after 12 s is Meta accepting each reply and answering past W3's 10 s time-out."""
 
     status: int
     count: int = 6
+    delay: float = 0.0
 
     def __str__(self) -> str:
         what = "closes the connection" if self.status == 0 else f"answers {self.status}"
-        return f"graph api {what} x{self.count}"
+        late = f" after {self.delay:g} s" if self.delay else ""
+        return f"graph api {what}{late} x{self.count}"
+
+    def answer(self) -> dict:
+        answer: dict = {"status": self.status}
+        if self.status != 200:
+            answer["code"] = GRAPH_ERROR_CODES[self.status]
+        if self.delay:
+            answer["delay"] = self.delay
+        return answer
 
     def inject(self, stack) -> None:
         """Queue the failures; return once W3's sends have used them all up."""
-        stack.meta.script(*({"status": self.status, "code": GRAPH_ERROR_CODES[self.status]}
-                            for _ in range(self.count)))
+        stack.meta.script(*(self.answer() for _ in range(self.count)))
         poll(lambda: stack.meta.script() == 0, timeout=180, interval=1,
              what=f"W3 sending through the {self} failures")
+
+
+# Meta accepts each reply but answers after W3's 10 s time-out: W3 takes it for a transient error, and
+# Meta's "sent" status for the message must mark it SENT before W3's retry would send it again.
+LATE_GRAPH_ANSWERS = GraphFault(200, count=3, delay=12)

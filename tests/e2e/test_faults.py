@@ -8,7 +8,7 @@ import time
 
 import pytest
 
-from harness.faults import EngineRestart, Fault, GraphFault, stack_health, whole_stack_back
+from harness.faults import LATE_GRAPH_ANSWERS, EngineRestart, Fault, GraphFault, stack_health, whole_stack_back
 from harness.poll import PollTimeout, poll
 from harness.traffic import MetaLikeSender, outcome
 
@@ -49,6 +49,7 @@ FAULTS = [
     GraphFault(500),
     GraphFault(429),
     GraphFault(0),
+    LATE_GRAPH_ANSWERS,
     EngineRestart(),  # last: every container goes down with the engine
 ]
 
