@@ -604,23 +604,28 @@ def test_cleanup_removes_exactly_the_rows_past_their_retention_and_dry_run_chang
 
 
 INTERRUPTED = ('INSERT INTO execution_entity (finished, mode, "startedAt", "stoppedAt", "workflowId", status, '
-               "\"createdAt\") SELECT false, 'webhook', now() - interval '2 minutes', "
-               "CASE WHEN :'status' = 'running' THEN NULL ELSE now() - interval '1 minute' END, id, :'status', "
-               "now() - interval '2 minutes' FROM workflow_entity WHERE name = :'workflow' RETURNING id")
+               "\"createdAt\") SELECT false, 'webhook', now() - make_interval(mins => (:'ended'::int + 1)), "
+               "CASE WHEN :'status' = 'running' THEN NULL ELSE now() - make_interval(mins => :'ended'::int) END, "
+               "id, :'status', now() - make_interval(mins => (:'ended'::int + 1)) "
+               "FROM workflow_entity WHERE name = :'workflow' RETURNING id")
 
 
 def test_cleanup_removes_what_an_interruption_left_of_a_workflow_that_saves_nothing(resto, stack):
     """W0 saves no execution (its data holds the verify token); one a restart interrupted is kept by n8n,
-    and goes at the next cleanup however young. One still running stays, one that succeeded is n8n's to
-    delete, and W2's own stay their age."""
-    cases = (("W0_META_VERIFY_UNIFIED", "crashed"), ("W0_META_VERIFY_UNIFIED", "running"),
-             ("W0_META_VERIFY_UNIFIED", "success"), ("W2_INBOUND_PROCESS", "crashed"))
-    rows = {(workflow, status): int(sql(stack, INTERRUPTED, workflow=workflow, status=status).splitlines()[0])
-            for workflow, status in cases}
+    and goes at the next cleanup however young, and so does one that ended over 10 minutes ago (a
+    restart between its end and n8n's delete of it). One still running stays, one that succeeded a
+    minute ago is n8n's to delete, and W2's own stay their age."""
+    cases = (("W0_META_VERIFY_UNIFIED", "crashed", 1), ("W0_META_VERIFY_UNIFIED", "running", 1),
+             ("W0_META_VERIFY_UNIFIED", "success", 1), ("W0_META_VERIFY_UNIFIED", "success", 11),
+             ("W2_INBOUND_PROCESS", "crashed", 1), ("W2_INBOUND_PROCESS", "success", 11))
+    rows = {(workflow, status, ended): int(sql(stack, INTERRUPTED, workflow=workflow, status=status,
+                                               ended=str(ended)).splitlines()[0])
+            for workflow, status, ended in cases}
     try:
         resto.json("cleanup")
         kept = {key: row_exists(stack, "execution_entity", row) for key, row in rows.items()}
-        assert kept == {**dict.fromkeys(cases, True), ("W0_META_VERIFY_UNIFIED", "crashed"): False}
+        assert kept == {**dict.fromkeys(cases, True), ("W0_META_VERIFY_UNIFIED", "crashed", 1): False,
+                        ("W0_META_VERIFY_UNIFIED", "success", 11): False}
     finally:
         sql(stack, "DELETE FROM execution_entity WHERE id = ANY(string_to_array(:'ids', ',')::bigint[])",
             ids=",".join(map(str, rows.values())))
