@@ -134,9 +134,7 @@ class MetaLikeSender:
         sender = f"{self.sender_prefix}{self.run:04d}{number:04d}"
         payload = meta_payloads.whatsapp_text(f"Bonjour, vos horaires ? ({number})", sender=sender,
                                               phone_number_id=self._phone_number_id)
-        body = meta_payloads.encode(payload)
-        wamid = payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"]
-        return Delivery(wamid, sender, body, meta_payloads.sign(body, self._secret))
+        return self.signed(payload["entry"][0]["changes"][0]["value"]["messages"][0]["id"], sender, payload)
 
     def signed(self, key: str, sender: str, payload: dict) -> Delivery:
         body = meta_payloads.encode(payload)
