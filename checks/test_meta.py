@@ -128,7 +128,7 @@ def test_meta_webhook_subscription_is_confirmed(target, channel):
     product = {"whatsapp": "WhatsApp > Configuration", "instagram": "Instagram > Webhooks",
                "messenger": "Messenger > Webhooks"}[channel]
     # Messenger's message_echoes carry the metadata W3 puts on each reply: how a reply whose answer
-    # was lost is known as sent (WhatsApp's statuses come with 'messages').
+    # was lost is known as sent (WhatsApp's statuses and Instagram's echoes come with 'messages').
     fields = "fields 'messages' and 'message_echoes'" if channel == "messenger" else "field 'messages'"
     manual(f"in Meta's App Dashboard ({product}): callback URL {url}, the verify token of the settings, "
            f"{fields} subscribed (the handshake itself is checked by verify_handshake_answers_the_challenge)")

@@ -523,40 +523,58 @@ def _build_debian_base(image: LocalImage, ref: str, key: str, log_path: Path) ->
         if base.include:
             argv.append("--include=" + ",".join(base.include))
         argv += [base.suite, str(rootfs), base.mirror]
-        _run_logged(argv, log_path)
-        (rootfs / "etc/apt/sources.list").write_text(base.sources_list())
-        for dest_rel, source in _iter_input_files(image):
-            rel = Path(dest_rel).relative_to("rootfs")
-            dest = rootfs / rel
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(source, dest)
-        # Leave nothing of this host in the image: docker provides these at run time.
-        for rel in ("etc/resolv.conf", "etc/hostname", "etc/hosts"):
-            (rootfs / rel).unlink(missing_ok=True)
-        (rootfs / "etc/machine-id").write_text("")
-        for rel in ("var/lib/apt/lists", "var/cache/apt/archives", "var/log", "tmp"):
-            for path in (rootfs / rel).glob("*"):
-                if path.is_file() or path.is_symlink():
-                    path.unlink()
-        tar = subprocess.Popen(
-            ["tar", "-C", str(rootfs), "--numeric-owner",
-             "--exclude=./dev/*", "--exclude=./proc/*", "--exclude=./sys/*", "-c", "."],
-            stdout=subprocess.PIPE,
-        )
         try:
-            _run_logged(
-                ["docker", "import",
-                 "--change", 'CMD ["bash"]',
-                 "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-                 "--change", f"LABEL {INPUTS_LABEL}={key} {NAME_LABEL}={image.name}",
-                 "-", ref],
-                log_path, stdin=tar.stdout,
-            )
+            _run_logged(argv, log_path)
+            _import_rootfs(image, rootfs, ref, key, log_path)
         finally:
-            assert tar.stdout is not None
-            tar.stdout.close()
-            if tar.wait() != 0:
-                raise ImageBuildError(f"tar of {rootfs} failed (exit {tar.returncode})")
+            _unmount_below(rootfs)
+
+
+def _unmount_below(rootfs: Path) -> None:
+    """Unmount what debootstrap left mounted in ``rootfs``: its /proc stays when a process had a file of
+    it open as debootstrap ended (the rootfs's removal then fails on /proc's files)."""
+    prefix = str(rootfs.resolve()) + "/"
+    mounts = [line.split()[1] for line in Path("/proc/self/mounts").read_text().splitlines()]
+    for point in sorted((m for m in mounts if m.startswith(prefix)), key=len, reverse=True):
+        subprocess.run(["umount", "--lazy", point], check=False)
+
+
+def _import_rootfs(image: LocalImage, rootfs: Path, ref: str, key: str, log_path: Path) -> None:
+    base = image.debian
+    assert base is not None
+    (rootfs / "etc/apt/sources.list").write_text(base.sources_list())
+    for dest_rel, source in _iter_input_files(image):
+        rel = Path(dest_rel).relative_to("rootfs")
+        dest = rootfs / rel
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source, dest)
+    # Leave nothing of this host in the image: docker provides these at run time.
+    for rel in ("etc/resolv.conf", "etc/hostname", "etc/hosts"):
+        (rootfs / rel).unlink(missing_ok=True)
+    (rootfs / "etc/machine-id").write_text("")
+    for rel in ("var/lib/apt/lists", "var/cache/apt/archives", "var/log", "tmp"):
+        for path in (rootfs / rel).glob("*"):
+            if path.is_file() or path.is_symlink():
+                path.unlink()
+    tar = subprocess.Popen(
+        ["tar", "-C", str(rootfs), "--numeric-owner",
+         "--exclude=./dev/*", "--exclude=./proc/*", "--exclude=./sys/*", "-c", "."],
+        stdout=subprocess.PIPE,
+    )
+    try:
+        _run_logged(
+            ["docker", "import",
+             "--change", 'CMD ["bash"]',
+             "--change", "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+             "--change", f"LABEL {INPUTS_LABEL}={key} {NAME_LABEL}={image.name}",
+             "-", ref],
+            log_path, stdin=tar.stdout,
+        )
+    finally:
+        assert tar.stdout is not None
+        tar.stdout.close()
+        if tar.wait() != 0:
+            raise ImageBuildError(f"tar of {rootfs} failed (exit {tar.returncode})")
 
 
 def _remove_older_tags(image: LocalImage, *, keep: str, say) -> None:

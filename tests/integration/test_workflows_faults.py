@@ -356,24 +356,57 @@ def test_only_a_status_with_the_exact_tag_of_an_unrecorded_reply_marks_it_sent(s
         stack.query("delete from outbound_messages where recipient = any(%s) and status <> 'SENT'", recipients)
 
 
-@pytest.fixture
-def parking_stack(tmp_path_factory):
-    """A stack of its own whose settings choose pipeline.on_uncertain_send = park."""
-    with running_stack(tmp_path_factory.mktemp("wfpark"), tmp_path_factory.mktemp("wfparkdir"), {},
-                       on_uncertain_send="park", lease_seconds=30) as running:
-        yield running
+IG_ACCOUNT = "17841400000000000"
+IG_MESSAGES = f"/v21.0/{IG_ACCOUNT}/messages"
 
 
-def test_with_park_the_reply_in_flight_when_the_worker_dies_goes_to_the_dlq_unsent_again(parking_stack):
-    stack = parking_stack
-    recipients = [f"3360000043{n}" for n in range(5)]
-    statuses = kill_the_worker_while_meta_holds_the_second_of(stack, recipients)
-    assert statuses == {**dict.fromkeys(recipients, "SENT"), recipients[1]: "DLQ"}
-    assert {recipient: replies_sent_to(stack, recipient) for recipient in recipients} == dict.fromkeys(recipients, 1)
-    [(code, message, started)] = stack.query(
-        "select error_code, error_message, send_started_at from outbound_messages where recipient = %s", recipients[1])
-    assert (code, started) == ("send_outcome_unknown", None)
-    assert "may have reached the customer" in message
+def queue_instagram_reply(stack: Stack, recipient: str, text: str) -> None:
+    stack.query("insert into outbound_messages (channel, msg_id, conversation_key, recipient, payload) "
+                "values ('instagram', %s, %s, %s, %s)", meta.new_mid(), f"instagram:{IG_ACCOUNT}:{recipient}",
+                recipient, json.dumps({"recipient": {"id": recipient}, "messaging_type": "RESPONSE",
+                                       "message": {"text": text}}))
+
+
+def instagram_sends(stack: Stack) -> list[dict]:
+    return [r for r in stack.graph_requests() if r["path"] == IG_MESSAGES]
+
+
+def echo_instagram_send(stack: Stack, send: dict) -> None:
+    """Meta's echo of a message the account sent: is_echo, its mid and text, and no metadata (Instagram's
+    Send API takes none)."""
+    echo = meta.messaging_text("instagram", send["body"]["message"]["text"], sender=send["body"]["recipient"]["id"],
+                               page_id=IG_ACCOUNT, mid=send["message_id"], is_echo=True)
+    body = meta.encode(echo)
+    answer = http("POST", f"{stack.gateway_url}/v1/inbound/instagram", body,
+                  {"Content-Type": "application/json", "X-Hub-Signature-256": meta.sign(body, stack.app_secret)})
+    assert answer.status == 200
+
+
+def test_an_instagram_send_answered_too_late_is_settled_by_its_echo_and_one_without_an_echo_is_sent_again(stack):
+    """Instagram replies carry no tag, but Meta echoes each message the account sends. Two identical
+    replies to one customer: Meta answers the first at once and the second after W3's 10 s time-out, and
+    echoes both. W3, about to send the second again, takes the echo that no reply holds (the first's is
+    held by the first's record). A reply to another customer answered too late, with no echo, is sent again."""
+    stack.graph_reset()
+    stack.graph_script({"status": 200}, {"status": 200, "delay": 12}, {"status": 200, "delay": 12})
+    customer, other = "6800000000000461", "6800000000000462"
+    text = "Bonjour, merci pour votre message !"
+    for recipient in (customer, customer, other):
+        queue_instagram_reply(stack, recipient, text)
+    first, second = poll(lambda: instagram_sends(stack), until=lambda sends: len(sends) >= 2, timeout=60,
+                         interval=0.2, what="two replies at the Graph API double")[:2]
+    for send in (first, second):
+        echo_instagram_send(stack, send)
+    rows = stack.wait_rows("select recipient, status, provider_message_id from outbound_messages "
+                           "where recipient = any(%s) order by id", [customer, other],
+                           predicate=lambda rows: len(rows) == 3 and {r[1] for r in rows} == {"SENT"}, timeout=90)
+    time.sleep(2)  # a further send, if any, would have reached the double by now
+    sends = [send["body"]["recipient"]["id"] for send in instagram_sends(stack)]
+    print(f"Instagram sends: {sends}")
+    assert rows[:2] == [(customer, "SENT", first["message_id"]), (customer, "SENT", second["message_id"])]
+    assert (sends.count(customer), sends.count(other)) == (2, 2)
+    assert stack.query("select count(*) from outbound_echoes where mid = any(%s)",
+                       [first["message_id"], second["message_id"]]) == [(2,)]
 
 
 def test_a_run_with_nothing_due_sends_nothing(stack):
@@ -408,3 +441,47 @@ def test_a_message_postgresql_refuses_is_refused_and_so_is_its_retry(stack):
     answers = [deliver(stack, payload) for _ in range(2)]
     assert all(answer.status >= 500 for answer in answers), [(a.status, a.text[:200]) for a in answers]
     assert stack.query("select count(*) from inbound_messages where msg_id = %s", wamid_of(payload)) == [(0,)]
+
+
+# --- pipeline.on_uncertain_send = park (a stack of its own, last: its lease is 30 s) -----------------
+
+
+@pytest.fixture(scope="module")
+def parking_stack(tmp_path_factory):
+    """A stack of its own whose settings choose pipeline.on_uncertain_send = park."""
+    with running_stack(tmp_path_factory.mktemp("wfpark"), tmp_path_factory.mktemp("wfparkdir"), {},
+                       on_uncertain_send="park", lease_seconds=30) as running:
+        yield running
+
+
+def test_with_park_the_reply_in_flight_when_the_worker_dies_goes_to_the_dlq_unsent_again(parking_stack):
+    stack = parking_stack
+    recipients = [f"3360000043{n}" for n in range(5)]
+    statuses = kill_the_worker_while_meta_holds_the_second_of(stack, recipients)
+    assert statuses == {**dict.fromkeys(recipients, "SENT"), recipients[1]: "DLQ"}
+    assert {recipient: replies_sent_to(stack, recipient) for recipient in recipients} == dict.fromkeys(recipients, 1)
+    [(code, message, started)] = stack.query(
+        "select error_code, error_message, send_started_at from outbound_messages where recipient = %s", recipients[1])
+    assert (code, started) == ("send_outcome_unknown", None)
+    assert "may have reached the customer" in message
+
+
+def test_with_park_an_instagram_reply_in_flight_when_the_worker_dies_is_settled_by_its_echo(parking_stack):
+    """The lease of an Instagram reply whose worker died runs out with no outcome; Meta's echo of the
+    send (same recipient and text, after the send) marks it SENT with Meta's id instead of parking it."""
+    stack = parking_stack
+    stack.graph_reset()
+    stack.graph_script({"status": 200, "delay": 15})
+    recipient = "6800000000000471"
+    queue_instagram_reply(stack, recipient, "Hello, thanks for your message!")
+    [held] = poll(lambda: instagram_sends(stack), until=len, timeout=60, interval=0.2,
+                  what="the reply at the Graph API double")
+    echo_instagram_send(stack, held)
+    docker("kill", stack.name("worker"))
+    docker("start", stack.name("worker"))
+    rows = stack.wait_rows("select status, provider_message_id, error_code, send_started_at from outbound_messages "
+                           "where recipient = %s", recipient, predicate=lambda rows: rows[0][0] != "PENDING",
+                           timeout=120)
+    time.sleep(2)  # a further send, if any, would have reached the double by now
+    assert rows == [("SENT", held["message_id"], None, None)]
+    assert len(instagram_sends(stack)) == 1

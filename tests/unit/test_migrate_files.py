@@ -113,5 +113,6 @@ def test_the_repo_schema_loads_in_order_and_every_file_is_transactional():
         "0007_quarantine.sql",
         "0008_outbound_send_started.sql",
         "0009_outbound_lease_setting.sql",
+        "0010_instagram_echoes.sql",
     ]
     assert all(m.transactional for m in migrations)
