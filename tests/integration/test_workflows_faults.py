@@ -477,6 +477,9 @@ def test_with_park_an_instagram_reply_in_flight_when_the_worker_dies_is_settled_
     [held] = poll(lambda: instagram_sends(stack), until=len, timeout=60, interval=0.2,
                   what="the reply at the Graph API double")
     echo_instagram_send(stack, held)
+    # W2 keeps the echo after W1's 200, on the worker: killed before that, the echo would be lost (Meta
+    # does not send an answered webhook again), and the reply parked
+    stack.wait_rows("select mid from outbound_echoes where mid = %s", held["message_id"], predicate=bool, timeout=30)
     docker("kill", stack.name("worker"))
     docker("start", stack.name("worker"))
     rows = stack.wait_rows("select status, provider_message_id, error_code, send_started_at from outbound_messages "
